@@ -1,0 +1,583 @@
+"""Codecs: how values (task results, flow inputs, event details) become journal text.
+
+The journal stores every value as text. :class:`JsonCodec` (the default) writes plain,
+compact JSON, so SQLite's JSON functions can read what it stores. Values JSON has no
+form for are written as an object with one reserved tag key::
+
+    (1, 2)              -> {"__aioflow__":"tuple","v":[1,2]}
+    b"hi"               -> {"__aioflow__":"bytes","v":"aGk="}
+    {1: "a"}            -> {"__aioflow__":"dict","v":[[1,"a"]]}
+    float("inf")        -> {"__aioflow__":"float","v":"inf"}
+    Point(x=1, y=2)     -> {"__aioflow__":"dataclass","cls":"app.geo:Point","v":{"x":1,"y":2}}
+
+A dict of the caller's that itself holds the tag key is written in the ``"dict"`` form,
+so it is never mistaken for a tagged value. :class:`PickleCodec` stores any picklable
+value as base64 text, for those who ask for it by name; :func:`get_codec` turns a
+codec spec (``None``, ``"json"``, ``"pickle"`` or a codec object) into a codec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import datetime
+import decimal
+import enum
+import importlib
+import json
+import json.encoder
+import math
+import pickle
+import sys
+import uuid
+import zoneinfo
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from ._errors import SerializationError
+
+__all__ = ["Codec", "JsonCodec", "PickleCodec", "get_codec"]
+
+TAG = "__aioflow__"
+"""The reserved key that marks a JSON object as an encoded non-JSON value."""
+
+MAX_DEPTH = 500
+"""How deep JSON objects and arrays may nest in an encoded value."""
+
+_QUOTED_TAG = f'"{TAG}"'
+
+
+class Codec(Protocol):
+    """Turns values into text for the journal and back."""
+
+    name: str
+
+    def encode(self, value: object) -> str: ...
+
+    def decode(self, data: str) -> object: ...
+
+
+# --------------------------------------------------------------------------- JSON text
+
+
+def _refuse(o: object) -> object:
+    raise TypeError(f"not JSON: {type(o).__name__}")
+
+
+def _make_dumps(ensure_ascii: bool) -> Callable[[object], str]:
+    """A one-shot compact JSON writer that refuses NaN/inf and non-JSON types.
+
+    Uses the C encoder directly where there is one (three times faster than
+    ``json.dumps`` with keyword arguments); circularity is checked by the caller.
+    """
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        quote = (
+            json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+        )
+        encoder = make(None, _refuse, quote, None, ":", ",", False, False, False)
+
+        def dumps(value: object) -> str:
+            return "".join(encoder(value, 0))
+
+        return dumps
+    fallback = json.JSONEncoder(
+        separators=(",", ":"),
+        ensure_ascii=ensure_ascii,
+        allow_nan=False,
+        check_circular=False,
+        default=_refuse,
+    )
+    return fallback.encode
+
+
+_dumps = _make_dumps(ensure_ascii=False)
+_dumps_ascii = _make_dumps(ensure_ascii=True)
+
+
+def _text(tree: object) -> str:
+    """Write a JSON-ready tree; ``\\u`` escapes keep lone surrogates storable as UTF-8."""
+    out = _dumps(tree)
+    if not out.isascii():
+        try:
+            out.encode("utf-8")
+        except UnicodeEncodeError:
+            return _dumps_ascii(tree)
+    return out
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+class _Unencodable(Exception):
+    """Raised inside the walk; collects the path on its way out."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        super().__init__(subject, reason)
+        self.subject = subject
+        self.reason = reason
+        self.segments: list[str] = []  # innermost first
+
+
+def _type_name(t: type) -> str:
+    if t.__module__ == "builtins":
+        return t.__qualname__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _format_path(segments: list[str]) -> str:
+    parts = segments[::-1]
+    if len(parts) > 12:
+        parts = [*parts[:6], "...", *parts[-4:]]
+    return "value" + "".join(parts)
+
+
+_class_paths: dict[type, str] = {}
+
+
+def _class_path(cls: type) -> str:
+    """``module:QualName`` of a class that can be imported again to decode it."""
+    path = _class_paths.get(cls)
+    if path is not None:
+        return path
+    qualname = cls.__qualname__
+    if "<locals>" in qualname:
+        raise _Unencodable(
+            f"a {_type_name(cls)}",
+            "the class is defined inside a function, so decoding cannot import it; "
+            "define it at module level",
+        )
+    found: object = sys.modules.get(cls.__module__)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not cls:
+        raise _Unencodable(
+            f"a {_type_name(cls)}",
+            f"{cls.__module__}:{qualname} does not name this class, so decoding cannot import it",
+        )
+    path = _class_paths[cls] = f"{cls.__module__}:{qualname}"
+    return path
+
+
+_init_fields: dict[type, tuple[str, ...]] = {}
+
+
+def _dataclass_fields(cls: type) -> tuple[str, ...]:
+    names = _init_fields.get(cls)
+    if names is None:
+        names = _init_fields[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    return names
+
+
+def _tagged(tag: str, v: object) -> dict[str, object]:
+    return {TAG: tag, "v": v}
+
+
+def _add_fine_offset(out: dict[str, object], offset: datetime.timedelta | None) -> None:
+    """Store a UTC offset with microseconds exactly (fromisoformat may drop them)."""
+    if offset is not None and offset.microseconds:
+        out["off"] = [offset.days, offset.seconds, offset.microseconds]
+
+
+def _ordered(items: Iterable[Any]) -> list[Any]:
+    """Set elements, sorted when they sort, so equal sets give equal text."""
+    items = list(items)
+    with contextlib.suppress(Exception):  # mixed or unorderable: keep as found
+        items.sort()
+    return items
+
+
+_FLAT = frozenset({type(None), bool, int, str, float})
+_SCALAR = frozenset({type(None), bool, int, str})
+
+
+def _walk(value: object, depth: int, active: set[int]) -> object:
+    """Turn ``value`` into a tree of JSON types; ``depth`` counts JSON levels above it."""
+    t = type(value)
+    if t in _SCALAR:
+        return value
+    if t is float:
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return value
+        return _tagged("float", repr(value))
+    if depth >= MAX_DEPTH:
+        raise _Unencodable("a value", f"it nests more than {MAX_DEPTH} levels deep")
+
+    if t is list or t is tuple or t is set or t is frozenset or t is dict:
+        key = id(value)
+        if key in active:
+            raise _Unencodable(f"a {t.__name__}", "it contains itself (a reference cycle)")
+        active.add(key)
+        try:
+            if t is dict:
+                return _walk_dict(value, depth, active)  # type: ignore[arg-type]
+            items: Iterable[object] = value  # type: ignore[assignment]
+            if t is list:
+                inner = depth + 1
+            else:
+                inner = depth + 2
+                if t is not tuple:
+                    items = _ordered(items)
+            out: list[object] = []
+            for i, item in enumerate(items):
+                try:
+                    out.append(_walk(item, inner, active))
+                except _Unencodable as exc:
+                    exc.segments.append(f"[{i}]" if t is list or t is tuple else "{*}")
+                    raise
+            return out if t is list else _tagged(t.__name__, out)
+        finally:
+            active.discard(key)
+
+    if t is bytes:
+        return _tagged("bytes", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
+    if t is bytearray:
+        return _tagged("bytearray", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
+    if t is datetime.datetime:
+        dt: datetime.datetime = value  # type: ignore[assignment]
+        out_dt = _tagged("datetime", dt.isoformat())
+        if isinstance(dt.tzinfo, zoneinfo.ZoneInfo) and dt.tzinfo.key:
+            out_dt["tz"] = dt.tzinfo.key
+        else:
+            _add_fine_offset(out_dt, dt.utcoffset())
+        return out_dt
+    if t is datetime.date:
+        return _tagged("date", value.isoformat())  # type: ignore[attr-defined]
+    if t is datetime.time:
+        tm: datetime.time = value  # type: ignore[assignment]
+        if tm.tzinfo is not None and tm.utcoffset() is None:
+            raise _Unencodable("a datetime.time", f"its tzinfo {tm.tzinfo!r} has no fixed offset")
+        out_tm = _tagged("time", tm.isoformat())
+        _add_fine_offset(out_tm, tm.utcoffset())
+        return out_tm
+    if t is datetime.timedelta:
+        td: datetime.timedelta = value  # type: ignore[assignment]
+        return _tagged("timedelta", [td.days, td.seconds, td.microseconds])
+    if t is uuid.UUID:
+        return _tagged("uuid", str(value))
+    if t is decimal.Decimal:
+        return _tagged("decimal", str(value))
+
+    if isinstance(value, enum.Enum):
+        out_e: dict[str, object] = {TAG: "enum", "cls": _class_path(t)}
+        try:
+            out_e["v"] = _walk(value.value, depth + 1, active)
+        except _Unencodable as exc:
+            exc.segments.append(".value")
+            raise
+        return out_e
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out_dc: dict[str, object] = {TAG: "dataclass", "cls": _class_path(t)}
+        fields = {name: getattr(value, name) for name in _dataclass_fields(t)}
+        key = id(value)
+        if key in active:
+            raise _Unencodable(f"a {_type_name(t)}", "it contains itself (a reference cycle)")
+        active.add(key)
+        try:
+            out_dc["v"] = _walk_dict(fields, depth + 1, active, attrs=True)
+        finally:
+            active.discard(key)
+        return out_dc
+    if isinstance(value, tuple) and hasattr(t, "_fields"):  # a namedtuple
+        out_nt: dict[str, object] = {TAG: "namedtuple", "cls": _class_path(t)}
+        out_nt["v"] = _walk(tuple(value), depth + 1, active)
+        return out_nt
+
+    raise _Unencodable(
+        f"a value of type {_type_name(t)}",
+        "the json codec stores JSON types, tuples, sets, bytes, dates and times, UUIDs, "
+        "decimals, enums and dataclasses (or use the 'pickle' codec)",
+    )
+
+
+def _walk_dict(
+    value: dict[Any, Any], depth: int, active: set[int], *, attrs: bool = False
+) -> object:
+    plain = TAG not in value
+    if plain:
+        for k in value:
+            if type(k) is not str:
+                plain = False
+                break
+    if plain:
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            try:
+                out[k] = _walk(v, depth + 1, active)
+            except _Unencodable as exc:
+                exc.segments.append(f".{k}" if attrs else f"[{json.dumps(k, ensure_ascii=False)}]")
+                raise
+        return out
+    # Non-str keys, or the reserved key itself: a tagged list of [key, value] pairs.
+    pairs: list[object] = []
+    for k, v in value.items():
+        try:
+            ek = _walk(k, depth + 3, active)
+        except _Unencodable as exc:
+            exc.segments.append("[<key>]")
+            raise
+        try:
+            ev = _walk(v, depth + 3, active)
+        except _Unencodable as exc:
+            label = json.dumps(k, ensure_ascii=False) if type(k) is str else repr(k)
+            exc.segments.append(f".{k}" if attrs else f"[{label}]")
+            raise
+        pairs.append([ek, ev])
+    return _tagged("dict", pairs)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _Undecodable(Exception):
+    pass
+
+
+_classes: dict[tuple[str, str], type] = {}
+
+
+def _load_class(path: object, kind: str, check: Callable[[type], bool]) -> type:
+    cached = _classes.get((kind, path)) if isinstance(path, str) else None
+    if cached is not None:
+        return cached
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise _Undecodable(f"bad class path {path!r}")
+    module_name, qualname = path.split(":")
+    found: object = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, type) or not check(found):
+        raise _Undecodable(f"{path} is not {kind}")
+    _classes[(kind, path)] = found
+    return found
+
+
+def _is_enum(cls: type) -> bool:
+    return issubclass(cls, enum.Enum)
+
+
+def _is_dataclass(cls: type) -> bool:
+    return dataclasses.is_dataclass(cls)
+
+
+def _is_namedtuple(cls: type) -> bool:
+    return issubclass(cls, tuple) and hasattr(cls, "_fields")
+
+
+def _decode_datetime(obj: dict[str, Any]) -> datetime.datetime:
+    dt = datetime.datetime.fromisoformat(obj["v"])
+    tz = obj.get("tz")
+    if tz is not None:
+        return dt.astimezone(zoneinfo.ZoneInfo(tz))
+    off = obj.get("off")
+    if off is not None:
+        dt = dt.replace(tzinfo=datetime.timezone(datetime.timedelta(*off)))
+    return dt
+
+
+def _decode_time(obj: dict[str, Any]) -> datetime.time:
+    tm = datetime.time.fromisoformat(obj["v"])
+    off = obj.get("off")
+    if off is not None:
+        tm = tm.replace(tzinfo=datetime.timezone(datetime.timedelta(*off)))
+    return tm
+
+
+def _decode_float(obj: dict[str, Any]) -> float:
+    v = obj["v"]
+    if v not in ("inf", "-inf", "nan"):
+        raise _Undecodable(f"bad float {v!r}")
+    return float(v)
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "tuple": lambda o: tuple(o["v"]),
+    "set": lambda o: set(o["v"]),
+    "frozenset": lambda o: frozenset(o["v"]),
+    "dict": lambda o: {k: v for k, v in o["v"]},
+    "float": _decode_float,
+    "bytes": lambda o: base64.b64decode(o["v"], validate=True),
+    "bytearray": lambda o: bytearray(base64.b64decode(o["v"], validate=True)),
+    "datetime": _decode_datetime,
+    "date": lambda o: datetime.date.fromisoformat(o["v"]),
+    "time": _decode_time,
+    "timedelta": lambda o: datetime.timedelta(*o["v"]),
+    "uuid": lambda o: uuid.UUID(o["v"]),
+    "decimal": lambda o: decimal.Decimal(o["v"]),
+    "enum": lambda o: _load_class(o["cls"], "an enum", _is_enum)(o["v"]),
+    "dataclass": lambda o: _load_class(o["cls"], "a dataclass", _is_dataclass)(**o["v"]),
+    "namedtuple": lambda o: _load_class(o["cls"], "a namedtuple", _is_namedtuple)(*o["v"]),
+}
+
+
+def _object_hook(obj: dict[str, Any]) -> object:
+    tag = obj.get(TAG)
+    if tag is None:
+        return obj
+    decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
+    if decoder is None:
+        raise _Undecodable(f"unknown tag {tag!r}")
+    return decoder(obj)
+
+
+_plain_decoder = json.JSONDecoder()
+_plain_scan: Callable[[str, int], tuple[object, int]] = _plain_decoder.scan_once  # type: ignore[attr-defined]
+_tagged_decoder = json.JSONDecoder(object_hook=_object_hook)
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+class JsonCodec:
+    """The default codec: compact, valid JSON that round-trips the supported types exactly.
+
+    Supported are the JSON types plus tuple, set, frozenset, bytes, bytearray, non-finite
+    floats, datetime/date/time/timedelta, UUID, Decimal, enum members, namedtuples and
+    dataclass instances of importable classes, and dicts with any hashable keys, nested
+    in any way. Aware datetimes keep their UTC offset (and a ``ZoneInfo`` its zone).
+    Anything else raises :class:`~aioflow.SerializationError` naming the type and where
+    in the value it sits. Decoding imports the modules that class paths name.
+    """
+
+    name: str = "json"
+
+    def encode(self, value: object) -> str:
+        """Return ``value`` as JSON text; :meth:`decode` gives back an equal value."""
+        t = type(value)
+        # Fast path: a flat dict of str keys and JSON scalars, or such a scalar.
+        if t is dict:
+            flat = TAG not in value  # type: ignore[operator]
+            if flat:
+                for k, v in value.items():  # type: ignore[attr-defined]
+                    if type(k) is not str or type(v) not in _FLAT:
+                        flat = False
+                        break
+        else:
+            flat = t in _FLAT
+        if flat:
+            try:
+                out = _dumps(value)
+            except ValueError:  # NaN/inf, or an int too long to print: take the walk
+                pass
+            else:
+                if out.isascii():
+                    return out
+                try:
+                    out.encode("utf-8")
+                except UnicodeEncodeError:
+                    return _dumps_ascii(value)
+                return out
+        return self._encode_walk(value)
+
+    def _encode_walk(self, value: object) -> str:
+        try:
+            return _text(_walk(value, 0, set()))
+        except _Unencodable as exc:
+            where = _format_path(exc.segments)
+            message = f"cannot encode {exc.subject} at {where}: {exc.reason}"
+            raise SerializationError(message) from None
+        except RecursionError:
+            raise SerializationError(
+                f"cannot encode value: nested too deeply (more than {MAX_DEPTH} levels "
+                "or close to the interpreter's recursion limit)"
+            ) from None
+        except ValueError as exc:  # e.g. an int too long to write as decimal digits
+            raise SerializationError(f"cannot encode value: {exc}") from exc
+
+    def decode(self, data: str) -> object:
+        """Return the value that :meth:`encode` turned into ``data``.
+
+        Raises :class:`~aioflow.SerializationError` when ``data`` is not such text, or
+        names a class that can no longer be imported or constructed.
+        """
+        try:
+            if _QUOTED_TAG not in data:
+                try:
+                    obj, end = _plain_scan(data, 0)
+                except StopIteration:
+                    pass
+                else:
+                    if end == len(data):
+                        return obj
+                return _plain_decoder.decode(data)
+            return _tagged_decoder.decode(data)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot decode {_preview(data)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return "JsonCodec()"
+
+
+class PickleCodec:
+    """Stores any picklable value as base64 text of pickle protocol 5.
+
+    Only for journals whose readers trust their writers: decoding runs pickle.
+    """
+
+    name: str = "pickle"
+
+    def encode(self, value: object) -> str:
+        """Pickle ``value``; a value pickle refuses raises SerializationError."""
+        try:
+            raw = pickle.dumps(value, protocol=5)
+        except RecursionError:
+            raise SerializationError(
+                f"cannot pickle a value of type {_type_name(type(value))}: nested too deeply"
+            ) from None
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot pickle a value of type {_type_name(type(value))}: {exc}"
+            ) from exc
+        return base64.b64encode(raw).decode("ascii")
+
+    def decode(self, data: str) -> object:
+        """Unpickle what :meth:`encode` wrote; bad text raises SerializationError."""
+        try:
+            return pickle.loads(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise SerializationError(f"cannot decode {_preview(data)}: {exc}") from exc
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot unpickle {_preview(data)}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def __repr__(self) -> str:
+        return "PickleCodec()"
+
+
+def _preview(data: object) -> str:
+    text = repr(data)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_JSON = JsonCodec()
+_PICKLE = PickleCodec()
+
+
+def get_codec(spec: Codec | str | None) -> Codec:
+    """Return the codec ``spec`` names: ``None`` or ``"json"``, ``"pickle"``, or a codec.
+
+    A codec is any object with a str ``name`` and ``encode``/``decode`` methods; it is
+    returned as it is. Anything else raises ValueError.
+    """
+    if spec is None or spec == "json":
+        return _JSON
+    if spec == "pickle":
+        return _PICKLE
+    if (
+        not isinstance(spec, str | type)
+        and isinstance(getattr(spec, "name", None), str)
+        and callable(getattr(spec, "encode", None))
+        and callable(getattr(spec, "decode", None))
+    ):
+        return spec
+    raise ValueError(
+        f"codec must be None, 'json', 'pickle' or an object with a str name and "
+        f"encode/decode methods, not {spec!r}"
+    )

@@ -1,0 +1,481 @@
+"""Compile a flow tree into an execution graph, once, before anything runs.
+
+Every :class:`~aioflow.InvalidFlowError` is raised here: duplicate names, cycles,
+ambiguous providers, dependencies inside an ``Unordered``, links to non-members, and
+missing inputs (all of them at once, in a :class:`~aioflow.MissingInputsError`).
+
+Symbols resolve through nested scopes that mirror the tree: a member sees the inputs and
+what its ancestors in the graph provided, the nearest provider winning. Because a member
+can only see its ancestors' symbols, data edges are always implied by the structure and
+never need adding. Node indices are a topological order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ._errors import InvalidFlowError, MissingInputsError
+from ._flow import Checkpoint, Decider, Flow, Graph, Linear, Member, Unordered
+from ._retry import Retry
+from ._task import Task
+
+INPUT: Final = -1
+TASK: Final = "task"
+CHECKPOINT: Final = "checkpoint"
+BARRIER: Final = "barrier"
+RETRY: Final = "retry"
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """One vertex of the execution graph: a task, a checkpoint, or an internal barrier
+    that joins many predecessors to many successors without n*m edges."""
+
+    index: int
+    name: str
+    kind: str
+    preds: list[int]
+    task: Task | None = None
+    checkpoint: Checkpoint | None = None
+    args: tuple[tuple[str, int, str], ...] = ()
+    succs: list[int] = field(default_factory=list)
+    deciders: list[Decider] = field(default_factory=list)
+    provides: tuple[str, ...] = ()
+    unpack: bool = False
+    weight: float = 1.0
+    scopes: tuple[int, ...] = ()
+    controls: int | None = None
+
+
+@dataclass(slots=True, eq=False)
+class RetryScope:
+    """A part of the flow that a retry runs again: a flow with ``retry=``, or what follows
+    a ``Checkpoint(retry=...)`` in its ``Linear``. ``controller`` is the node that starts
+    each attempt (the flow's retry atom, or the checkpoint); ``nodes`` are run again."""
+
+    index: int
+    name: str
+    retry: Retry
+    controller: int
+    nodes: list[int]
+    parent: int | None
+
+
+@dataclass(slots=True, eq=False)
+class ExecGraph:
+    """A compiled flow: nodes in topological order and what the flow publishes."""
+
+    name: str
+    nodes: list[Node]
+    index: dict[str, int]
+    symbols: dict[str, int]
+    structure: list[Any]
+    structure_json: str
+    fingerprint: str
+    checkpoints: dict[str, int]
+    scopes: list[RetryScope]
+
+    @property
+    def atoms(self) -> Iterable[Node]:
+        """The nodes users see (tasks and checkpoints), barriers left out."""
+        return (n for n in self.nodes if n.kind != BARRIER)
+
+
+class _Scope:
+    __slots__ = ("local", "parent")
+
+    def __init__(self, parent: _Scope | None = None, local: dict[str, int] | None = None) -> None:
+        self.parent = parent
+        self.local: dict[str, int] = local if local is not None else {}
+
+    def lookup(self, symbol: str) -> int | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            found = scope.local.get(symbol)
+            if found is not None:
+                return found
+            scope = scope.parent
+        return None
+
+
+def _summary(
+    member: Member, cache: dict[int, tuple[set[str], set[str]]]
+) -> tuple[set[str], set[str]]:
+    """(symbols the member needs from outside, symbols it provides)."""
+    key = id(member)
+    if key in cache:
+        return cache[key]
+    needs: set[str] = set()
+    gives: set[str] = set()
+    if isinstance(member, Task):
+        needs = {r.symbol for r in member.requires}
+        gives = set(member.provided)
+    elif isinstance(member, Linear):
+        for m in member.members:
+            n, g = _summary(m, cache)
+            needs |= n - gives
+            gives |= g
+    elif isinstance(member, Flow):
+        for m in member.members:
+            n, g = _summary(m, cache)
+            needs |= n
+            gives |= g
+        needs -= gives
+    if isinstance(member, Flow) and member.retry is not None and member.retry.provides:
+        needs.discard(member.retry.provides)
+    cache[key] = (needs, gives)
+    return needs, gives
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self.index: dict[str, int] = {}
+        self.checkpoints: dict[str, int] = {}
+        self.missing: dict[str, list[str]] = {}
+        self.summaries: dict[int, tuple[set[str], set[str]]] = {}
+        self.scopes: list[RetryScope] = []
+        self.scope_stack: list[int] = []
+
+    def node(self, name: str, kind: str, preds: list[int], **kw: Any) -> int:
+        i = len(self.nodes)
+        self.nodes.append(Node(i, name, kind, preds, scopes=tuple(self.scope_stack), **kw))
+        for p in preds:
+            self.nodes[p].succs.append(i)
+        if kind != BARRIER:
+            self.index[name] = i
+        return i
+
+    def barrier(self, preds: list[int]) -> list[int]:
+        return [self.node(f"<join {len(self.nodes)}>", BARRIER, preds)]
+
+    def build(self, member: Member, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        """Add ``member`` after ``preds``; its writes go into ``scope``. Returns its exits
+        and its structure (what the fingerprint is made of)."""
+        if isinstance(member, Task):
+            return self.task(member, preds, scope)
+        if isinstance(member, Checkpoint):
+            i = self.node(member.name, CHECKPOINT, preds, checkpoint=member, weight=0.0)
+            self.checkpoints[member.name] = i
+            return [i], ["checkpoint", member.name]
+        if isinstance(member, Flow) and member.retry is not None:
+            return self.retried(member, preds, scope)
+        return self.body(member, preds, scope)
+
+    def body(self, member: Flow, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        if isinstance(member, Linear):
+            return self.linear(member, preds, scope)
+        if isinstance(member, Unordered):
+            return self.unordered(member, preds, scope)
+        if isinstance(member, Graph):
+            return self.graph(member, preds, scope)
+        raise InvalidFlowError(f"unknown kind of flow {type(member).__name__}", atoms=[member.name])
+
+    def open_scope(self, name: str, retry: Retry, controller: int) -> int:
+        if retry.values is not None and not retry.values:
+            raise InvalidFlowError(
+                f"{name!r}: Retry.for_each needs at least one value; it was given none",
+                atoms=[name],
+            )
+        index = len(self.scopes)
+        parent = self.scope_stack[-1] if self.scope_stack else None
+        self.scopes.append(RetryScope(index, name, retry, controller, [], parent))
+        self.nodes[controller].controls = index
+        self.scope_stack.append(index)
+        return len(self.nodes)
+
+    def close_scope(self, start: int) -> None:
+        index = self.scope_stack.pop()
+        self.scopes[index].nodes = list(range(start, len(self.nodes)))
+
+    def retried(self, flow: Flow, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        """A flow with a retry: a retry atom (named as the flow) starts every attempt and,
+        with ``Retry.for_each``, publishes that attempt's value inside the flow."""
+        retry = flow.retry
+        assert retry is not None
+        provides = (retry.provides,) if retry.provides else ()
+        controller = self.node(flow.name, RETRY, preds, provides=provides, weight=0.0)
+        start = self.open_scope(flow.name, retry, controller)
+        inner = _Scope(scope, {retry.provides: controller}) if retry.provides else scope
+        exits, structure = self.body(flow, [controller], inner)
+        self.close_scope(start)
+        if inner is not scope:
+            inner.local.pop(str(retry.provides), None)
+            scope.local.update(inner.local)
+        kind = "for_each" if retry.values is not None else "times"
+        return exits, [*structure, ["retry", kind, list(provides)]]
+
+    def task(self, task: Task, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        if task.retry is not None and task.retry.values is not None:
+            raise InvalidFlowError(
+                f"task {task.name!r}: Retry.for_each belongs on a flow, not on a task",
+                atoms=[task.name],
+            )
+        args = []
+        for req in task.requires:
+            provider = scope.lookup(req.symbol)
+            if provider is None:
+                if not req.optional:
+                    self.missing.setdefault(task.name, []).append(req.symbol)
+                continue
+            args.append((req.param, provider, req.symbol))
+        i = self.node(
+            task.name,
+            TASK,
+            preds,
+            task=task,
+            args=tuple(args),
+            provides=task.provided,
+            unpack=isinstance(task.provides, tuple),
+            weight=float(task.weight),
+        )
+        for symbol in task.provided:
+            scope.local[symbol] = i
+        requires = [[r.param, r.symbol, r.optional] for r in task.requires]
+        return [i], ["task", task.name, requires, list(task.provided)]
+
+    def linear(self, flow: Linear, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        current = preds
+        structure = []
+        start = None
+        for m in flow.members:
+            if len(current) > 1 and isinstance(m, Flow):
+                current = self.barrier(current)
+            current, s = self.build(m, current, scope)
+            structure.append(s)
+            if isinstance(m, Checkpoint) and m.retry is not None:
+                if start is not None:
+                    self.close_scope(start)
+                start = self.open_scope(m.name, m.retry, current[0])
+        if start is not None:
+            self.close_scope(start)
+        return current, ["linear", flow.name, structure]
+
+    def no_checkpoint_retry(self, flow: Flow) -> None:
+        for m in flow.members:
+            if isinstance(m, Checkpoint) and m.retry is not None:
+                raise InvalidFlowError(
+                    f"checkpoint {m.name!r} has a retry but is a member of {flow.kind} flow"
+                    f" {flow.name!r}; a checkpoint with a retry must be a member of a Linear,"
+                    " whose following members it runs again",
+                    atoms=[m.name, flow.name],
+                )
+
+    def unordered(
+        self, flow: Unordered, preds: list[int], scope: _Scope
+    ) -> tuple[list[int], list[Any]]:
+        self.no_checkpoint_retry(flow)
+        providers: dict[str, str] = {}
+        for m in flow.members:
+            for symbol in _summary(m, self.summaries)[1]:
+                if symbol in providers:
+                    raise InvalidFlowError(
+                        f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"
+                        f" provide {symbol!r}; concurrent providers of one symbol are ambiguous",
+                        atoms=[providers[symbol], m.name],
+                    )
+                providers[symbol] = m.name
+        for m in flow.members:
+            for symbol in sorted(_summary(m, self.summaries)[0]):
+                other = providers.get(symbol)
+                if other is not None and other != m.name:
+                    raise InvalidFlowError(
+                        f"unordered flow {flow.name!r}: {m.name!r} needs {symbol!r}, which its"
+                        f" sibling {other!r} provides; members of an Unordered run concurrently"
+                        " and may not depend on each other (use a Linear or a Graph)",
+                        atoms=[m.name, other],
+                    )
+        exits: list[int] = []
+        structure = []
+        writes: dict[str, int] = {}
+        for m in flow.members:
+            child = _Scope(scope)
+            ex, s = self.build(m, preds, child)
+            exits.extend(ex)
+            structure.append(s)
+            writes.update(child.local)
+        scope.local.update(writes)
+        return exits, ["unordered", flow.name, structure]
+
+    def graph(self, flow: Graph, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        self.no_checkpoint_retry(flow)
+        members = {m.name: m for m in flow.members}
+        providers: dict[str, str] = {}
+        for m in flow.members:
+            for symbol in _summary(m, self.summaries)[1]:
+                if symbol in providers:
+                    raise InvalidFlowError(
+                        f"graph {flow.name!r}: {providers[symbol]!r} and {m.name!r} both provide"
+                        f" {symbol!r}; which one a consumer gets would be ambiguous",
+                        atoms=[providers[symbol], m.name],
+                    )
+                providers[symbol] = m.name
+        deps: dict[str, list[str]] = {name: [] for name in members}
+        deciders: dict[str, list[Decider]] = {}
+        for m in flow.members:
+            for symbol in sorted(_summary(m, self.summaries)[0]):
+                source = providers.get(symbol)
+                if source is not None and source != m.name and source not in deps[m.name]:
+                    deps[m.name].append(source)
+        for link in flow.links:
+            for end in (link.source, link.target):
+                if end not in members:
+                    raise InvalidFlowError(
+                        f"graph {flow.name!r}: link {link.source!r} -> {link.target!r} names"
+                        f" {end!r}, which is not a member of the graph",
+                        atoms=[end],
+                    )
+            if link.source == link.target:
+                raise InvalidFlowError(
+                    f"graph {flow.name!r}: {link.source!r} is linked to itself (a cycle)",
+                    atoms=[link.source],
+                )
+            if link.source not in deps[link.target]:
+                deps[link.target].append(link.source)
+            if link.decider is not None:
+                deciders.setdefault(link.target, []).append(link.decider)
+        order = _toposort(flow.name, [m.name for m in flow.members], deps)
+        exits_of: dict[str, list[int]] = {}
+        writes_of: dict[str, dict[str, int]] = {}
+        structure: dict[str, Any] = {}
+        used: set[str] = set()
+        for name in order:
+            before = [x for d in deps[name] for x in exits_of[d]] if deps[name] else preds
+            if len(before) > 1 and isinstance(members[name], Flow):
+                before = self.barrier(before)  # n + m edges instead of n * m
+            used.update(deps[name])
+            seen = {s: i for d in deps[name] for s, i in writes_of[d].items()}
+            child = _Scope(_Scope(scope, seen) if seen else scope)
+            start = len(self.nodes)
+            exits_of[name], structure[name] = self.build(members[name], before, child)
+            writes_of[name] = child.local
+            for fn in deciders.get(name, ()):
+                for node in self.nodes[start:]:
+                    if not node.preds or min(node.preds) < start:
+                        node.deciders.append(fn)
+        for w in writes_of.values():
+            scope.local.update(w)
+        exits = [x for m in flow.members if m.name not in used for x in exits_of[m.name]]
+        links = sorted([lk.source, lk.target, lk.decider is not None] for lk in flow.links)
+        return exits, ["graph", flow.name, [structure[m.name] for m in flow.members], links]
+
+
+def _toposort(graph: str, names: list[str], deps: dict[str, list[str]]) -> list[str]:
+    """Kahn's algorithm, taking ready members in their declared order so that compiling
+    the same graph always numbers its nodes the same way."""
+    position = {n: i for i, n in enumerate(names)}
+    indegree = {n: len(deps[n]) for n in names}
+    users: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        for d in deps[n]:
+            users[d].append(n)
+    ready = [position[n] for n in names if indegree[n] == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        n = names[heapq.heappop(ready)]
+        order.append(n)
+        for u in users[n]:
+            indegree[u] -= 1
+            if indegree[u] == 0:
+                heapq.heappush(ready, position[u])
+    if len(order) < len(names):
+        left = {n for n in names if indegree[n] > 0}
+        raise InvalidFlowError(
+            f"graph {graph!r} has a cycle: {' -> '.join(_find_cycle(left, deps))}",
+            atoms=sorted(left),
+        )
+    return order
+
+
+def _find_cycle(left: set[str], deps: dict[str, list[str]]) -> list[str]:
+    start = min(left)
+    path = [start]
+    seen = {start: 0}
+    current = start
+    while True:
+        current = next(d for d in sorted(deps[current]) if d in left)
+        if current in seen:
+            cycle = [*path[seen[current] :], current]
+            return list(reversed(cycle))
+        seen[current] = len(path)
+        path.append(current)
+
+
+def _check_names(flow: Flow) -> None:
+    seen: dict[str, int] = {}
+    stack: list[Member] = [flow]
+    while stack:
+        m = stack.pop()
+        seen[m.name] = seen.get(m.name, 0) + 1
+        if isinstance(m, Flow):
+            stack.extend(m.members)
+    dups = sorted(n for n, c in seen.items() if c > 1)
+    if dups:
+        raise InvalidFlowError(
+            f"flow {flow.name!r} uses the name(s) {', '.join(map(repr, dups))} more than once;"
+            " names are unique in a whole flow tree (use task.using(name=...) for copies)",
+            atoms=dups,
+        )
+
+
+def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
+    """Check ``flow`` against the given input symbols and build its execution graph."""
+    if not isinstance(flow, Flow):
+        raise TypeError(f"expected a flow (Linear, Unordered or Graph), not {flow!r}")
+    _check_names(flow)
+    builder = _Builder()
+    root = _Scope(None, dict.fromkeys(inputs, INPUT))
+    _, structure = builder.build(flow, [], root)
+    if builder.missing:
+        raise MissingInputsError(builder.missing)
+    text = json.dumps(structure, separators=(",", ":"))
+    return ExecGraph(
+        name=flow.name,
+        nodes=builder.nodes,
+        index=builder.index,
+        symbols=root.local,
+        structure=structure,
+        structure_json=text,
+        fingerprint=hashlib.sha256(text.encode()).hexdigest()[:32],
+        checkpoints=builder.checkpoints,
+        scopes=builder.scopes,
+    )
+
+
+def _flatten(structure: list[Any], parent: str, out: dict[str, str]) -> None:
+    kind, name = structure[0], structure[1]
+    path = f"{parent}/{name}" if parent else name
+    if kind == "task":
+        out[name] = f"task at {path} requiring {structure[2]} providing {structure[3]}"
+    elif kind == "checkpoint":
+        out[name] = f"checkpoint at {path}"
+    else:
+        members = structure[2]
+        order = [m[1] for m in members]
+        out[name] = f"{kind} flow at {path} with members {order}" + (
+            f" and links {structure[3]}" if kind == "graph" else ""
+        )
+        for m in members:
+            _flatten(m, path, out)
+
+
+def describe_differences(old: list[Any], new: list[Any]) -> list[str]:
+    """What differs between two flow structures, one readable line per difference."""
+    before: dict[str, str] = {}
+    after: dict[str, str] = {}
+    _flatten(old, "", before)
+    _flatten(new, "", after)
+    lines = [f"{n!r} is in the journal but not in the flow" for n in before if n not in after]
+    lines += [f"{n!r} is in the flow but not in the journal" for n in after if n not in before]
+    lines += [
+        f"{n!r} was {before[n]}, is now {after[n]}"
+        for n in before
+        if n in after and before[n] != after[n]
+    ]
+    return lines or ["the structures differ"]

@@ -1,0 +1,537 @@
+"""The Engine: runs flows on anyio, records them in a journal, resumes them after a crash."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._codec import Codec
+from ._compile import compile_flow, describe_differences
+from ._errors import (
+    AioflowError,
+    FlowFailedError,
+    FlowMismatchError,
+    InvalidFlowError,
+    JournalError,
+    NotFoundError,
+    SerializationError,
+)
+from ._events import Event, EventKind
+from ._flow import Flow
+from ._outcome import Outcome
+from ._progress import AtomProgress, FlowProgress
+from ._replay import AtomRecord, FlowState, atom_names, replay
+from ._run import Run
+from ._states import AtomState, FlowStatus
+from .journal import Journal, open_journal
+
+Listener = Callable[[Event], Any]
+FlowRef = Flow | str
+_LOG = structlog.get_logger("aioflow")
+_WATCH_POLL = 0.2
+
+
+def load_reference(ref: str) -> Flow:
+    """Import ``"package.module:factory"`` and return the flow it names or makes."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise NotFoundError(
+            f"{ref!r} is not a flow reference; one looks like 'package.module:factory'"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise NotFoundError(
+            f"cannot import {module_name!r} for flow reference {ref!r}: {exc}"
+        ) from exc
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise NotFoundError(
+            f"module {module_name!r} has no {attr!r} (flow reference {ref!r})"
+        ) from exc
+    if not isinstance(obj, Flow) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Flow):
+        raise NotFoundError(f"flow reference {ref!r} gives {type(obj).__name__}, not a flow")
+    return obj
+
+
+class FlowHandle:
+    """A flow running in an entered engine's background (see :meth:`Engine.start`)."""
+
+    def __init__(self, engine: Engine, flow_id: str) -> None:
+        self.flow_id = flow_id
+        self._engine = engine
+        self._done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._outcome: Outcome | None = None
+        self._error: BaseException | None = None
+
+    async def wait(self) -> Outcome:
+        """Wait for the run to end; its outcome, or the error ``run`` would have raised."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Cancel the run: running atoms are cancelled and the flow is left SUSPENDED."""
+        self._scope.cancel()
+
+    @property
+    def done(self) -> bool:
+        """True once the run has ended, one way or another."""
+        return self._done.is_set()
+
+    @property
+    def progress(self) -> FlowProgress | None:
+        """The run's progress now, or None once it has ended."""
+        run = self._engine._live.get(self.flow_id)
+        return None if run is None else run.flow_progress(self._engine._clock())
+
+
+class Engine:
+    """Runs flows, records every step in a journal, and resumes them after a crash.
+
+    Use it with ``async with`` (one journal connection and one background task group for
+    all runs) or without (each call opens and closes what it needs; a ``memory://``
+    journal lives as long as the engine object).
+    """
+
+    def __init__(
+        self,
+        journal: str | Journal = "memory://",
+        *,
+        max_concurrency: int | None = None,
+        listeners: Iterable[Listener] = (),
+        codec: Codec | str | None = None,
+        secret: str | bytes | None = None,
+        registry: Any = None,
+        durability: Literal["strict", "batched"] = "strict",
+        progress_interval: float = 0.5,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if durability not in ("strict", "batched"):
+            raise ValueError(f"durability must be 'strict' or 'batched', not {durability!r}")
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ValueError(f"max_concurrency must be a positive integer, not {max_concurrency!r}")
+        if not progress_interval >= 0:
+            raise ValueError(f"progress_interval must be >= 0, not {progress_interval!r}")
+        self.journal: Journal = open_journal(journal, codec=codec)
+        self.max_concurrency = max_concurrency
+        self.durability = durability
+        self.progress_interval = float(progress_interval)
+        self.secret = secret
+        self.registry = registry
+        self._clock = clock
+        self._sleep = sleep
+        self._sync_listeners: list[Listener] = []
+        self._async_listeners: list[Listener] = []
+        for fn in listeners:
+            if not callable(fn):
+                raise TypeError(f"a listener must be callable, not {fn!r}")
+            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                getattr(fn, "__call__", None)  # noqa: B004
+            )
+            (self._async_listeners if is_async else self._sync_listeners).append(fn)
+        self._live: dict[str, Run] = {}
+        self._watchers: dict[str, list[MemoryObjectSendStream[Event]]] = {}
+        self._async_streams: dict[str, MemoryObjectSendStream[Event]] = {}
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise AioflowError("this engine is already entered")
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            if not self.journal.is_open:
+                await stack.enter_async_context(self.journal)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        assert stack is not None and self._tg is not None
+        self._tg.cancel_scope.cancel()
+        self._tg = None
+        await stack.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[None]:
+        if self.journal.is_open:
+            yield
+        else:
+            async with self.journal:
+                yield
+
+    # Running ---------------------------------------------------------------------------
+
+    def _resolve(self, flow: FlowRef) -> tuple[Flow, str | None]:
+        if isinstance(flow, Flow):
+            return flow, None
+        if isinstance(flow, str):
+            if ":" in flow:
+                return load_reference(flow), flow
+            if self.registry is not None:
+                entry = self.registry.get(flow)
+                return entry.build(), flow
+            raise NotFoundError(
+                f"no flow named {flow!r}: pass a flow, a reference like 'package.module:factory',"
+                " or give the engine a registry"
+            )
+        raise TypeError(f"expected a flow or a flow reference string, not {flow!r}")
+
+    def _new_run(self, graph: Any, flow_id: str, inputs: Mapping[str, Any], seq: int = 0) -> Run:
+        return Run(
+            graph=graph,
+            flow_id=flow_id,
+            inputs=inputs,
+            journal=self.journal,
+            publish=self._publish if (self._sync_listeners or self._async_listeners) else None,
+            clock=self._clock,
+            sleep=self._sleep,
+            strict=self.durability == "strict",
+            progress_interval=self.progress_interval,
+            seq=seq,
+        )
+
+    def _prepare(
+        self,
+        flow: FlowRef,
+        inputs: Mapping[str, Any] | None,
+        flow_id: str | None,
+        stop_at: str | None,
+    ) -> tuple[Run, dict[str, Any]]:
+        flow_obj, ref = self._resolve(flow)
+        if inputs is not None and not isinstance(inputs, Mapping):
+            raise TypeError(f"inputs must be a mapping of symbol -> value, not {inputs!r}")
+        inputs = dict(inputs or {})
+        bad = [k for k in inputs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"input symbols must be strings, not {bad!r}")
+        graph = compile_flow(flow_obj, inputs.keys())
+        if stop_at is not None and stop_at not in graph.checkpoints:
+            raise InvalidFlowError(
+                f"stop_at={stop_at!r} is not a checkpoint of flow {graph.name!r}"
+                f" (it has: {', '.join(map(repr, graph.checkpoints)) or 'none'})",
+                atoms=[stop_at],
+            )
+        run = self._new_run(graph, flow_id or uuid.uuid4().hex, inputs)
+        run.stop_at = stop_at
+        weights = {n.name: n.weight for n in graph.atoms if n.weight != 1.0 and n.task is not None}
+        start = {
+            "name": graph.name,
+            "ref": ref,
+            "fingerprint": graph.fingerprint,
+            "structure": graph.structure_json,
+            "inputs": inputs,
+            "weights": weights,
+        }
+        return run, start
+
+    async def run(
+        self,
+        flow: FlowRef,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        flow_id: str | None = None,
+        stop_at: str | None = None,
+    ) -> Outcome:
+        """Run ``flow`` to its end (or to ``stop_at``) and return its :class:`Outcome`.
+
+        Raises :class:`FlowFailedError` when an atom failed and the flow was reverted.
+        Cancelling the caller leaves the flow SUSPENDED and resumable.
+        """
+        run, start = self._prepare(flow, inputs, flow_id, stop_at)
+        async with self._session():
+            await self._begin(run, start, explicit_id=flow_id is not None)
+            return await self._drive(run)
+
+    async def _begin(self, run: Run, start: dict[str, Any], *, explicit_id: bool) -> None:
+        if run.flow_id in self._live:
+            raise AioflowError(f"flow {run.flow_id} is already running in this engine")
+        if explicit_id:
+            try:
+                await self.journal.load(run.flow_id)
+            except NotFoundError:
+                pass
+            else:
+                raise AioflowError(
+                    f"flow {run.flow_id} already exists in the journal; resume it instead"
+                )
+        try:
+            run.set_flow(FlowStatus.RUNNING, start)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"the inputs of flow {run.flow_id} cannot be stored: {exc}"
+            ) from exc
+
+    async def start(
+        self,
+        flow: FlowRef,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        flow_id: str | None = None,
+        stop_at: str | None = None,
+    ) -> FlowHandle:
+        """Start ``flow`` in the entered engine's background and return a handle at once."""
+        tg = self._require_entered("start")
+        run, start = self._prepare(flow, inputs, flow_id, stop_at)
+        await self._begin(run, start, explicit_id=flow_id is not None)
+        handle = FlowHandle(self, run.flow_id)
+        tg.start_soon(self._background, handle, self._drive(run), name=f"flow {run.flow_id}")
+        return handle
+
+    async def _background(self, handle: FlowHandle, work: Any) -> None:
+        try:
+            with handle._scope:
+                handle._outcome = await work
+        except Exception as exc:
+            handle._error = exc
+        finally:
+            if handle._outcome is None and handle._error is None:
+                handle._error = anyio.get_cancelled_exc_class()("the flow run was cancelled")
+            handle._done.set()
+
+    def _require_entered(self, what: str) -> TaskGroup:
+        if self._tg is None:
+            raise AioflowError(f"engine.{what} needs an entered engine: async with Engine(...)")
+        return self._tg
+
+    async def resume(
+        self, flow_id: str, flow: FlowRef | None = None, *, stop_at: str | None = None
+    ) -> Outcome:
+        """Continue flow ``flow_id`` from its journal: finished atoms keep their results,
+        atoms that were running run again, a flow that was reverting goes on reverting."""
+        async with self._session():
+            if flow_id in self._live:
+                raise AioflowError(
+                    f"flow {flow_id} is running in this engine; it cannot be resumed"
+                )
+            state = replay(flow_id, await self.journal.load(flow_id))
+            run = self._restore(state, flow)
+            if stop_at is not None and stop_at not in run.graph.checkpoints:
+                raise InvalidFlowError(
+                    f"stop_at={stop_at!r} is not a checkpoint of flow {run.graph.name!r}",
+                    atoms=[stop_at],
+                )
+            run.stop_at = stop_at
+            if state.status.is_final:
+                return self._finish(run)
+            run.set_flow(
+                FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True}
+            )
+            run.resume_events()
+            return await self._drive(run)
+
+    def _restore(self, state: FlowState, flow: FlowRef | None) -> Run:
+        if flow is None:
+            if state.ref is None:
+                raise AioflowError(
+                    f"flow {state.flow_id} was not started from a reference; pass the flow object"
+                    " to resume it"
+                )
+            flow = state.ref
+        flow_obj, _ = self._resolve(flow)
+        graph = compile_flow(flow_obj, state.inputs.keys())
+        if graph.fingerprint != state.fingerprint:
+            raise FlowMismatchError(
+                state.flow_id, describe_differences(state.structure, graph.structure)
+            )
+        run = self._new_run(graph, state.flow_id, state.inputs, seq=state.last_seq)
+        run.restore(state)
+        return run
+
+    async def _drive(self, run: Run) -> Outcome:
+        if self.max_concurrency is not None:
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self.max_concurrency)
+            run.limiter = self._limiter
+        self._live[run.flow_id] = run
+        send = None
+        try:
+            async with anyio.create_task_group() as outer:
+                if self._async_listeners:
+                    send, receive = anyio.create_memory_object_stream[Event](math.inf)
+                    self._async_streams[run.flow_id] = send
+                    outer.start_soon(self._dispatch, receive)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        run.begin(tg)
+                except BaseExceptionGroup as group:
+                    journal_errors = group.subgroup(JournalError)
+                    if journal_errors is not None and len(journal_errors.exceptions) == len(
+                        group.exceptions
+                    ):
+                        raise journal_errors.exceptions[0] from None
+                    raise
+                run.set_flow(run.final_status())
+                await self.journal.flush()
+                if send is not None:
+                    send.close()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                if not run.status.is_resting:
+                    run.set_flow(FlowStatus.SUSPENDED, {"cancelled": True})
+                await self.journal.flush()
+            raise
+        finally:
+            self._live.pop(run.flow_id, None)
+            self._async_streams.pop(run.flow_id, None)
+            if send is not None:
+                send.close()
+            for stream in self._watchers.pop(run.flow_id, []):
+                stream.close()
+        return self._finish(run)
+
+    def _finish(self, run: Run) -> Outcome:
+        outcome = run.outcome()
+        if outcome.status in (FlowStatus.REVERTED, FlowStatus.FAILED):
+            error = FlowFailedError(outcome)
+            raise error from run.first_error
+        return outcome
+
+    # Events ----------------------------------------------------------------------------
+
+    def _publish(self, event: Event) -> None:
+        for fn in self._sync_listeners:
+            try:
+                fn(event)
+            except Exception:
+                _LOG.exception("aioflow.listener_failed", listener=repr(fn), flow_id=event.flow_id)
+        stream = self._async_streams.get(event.flow_id)
+        if stream is not None:
+            stream.send_nowait(event)
+        for watcher in self._watchers.get(event.flow_id, ()):
+            watcher.send_nowait(event)
+
+    async def _dispatch(self, receive: Any) -> None:
+        async with receive:
+            async for event in receive:
+                for fn in self._async_listeners:
+                    try:
+                        await fn(event)
+                    except Exception:
+                        _LOG.exception(
+                            "aioflow.listener_failed", listener=repr(fn), flow_id=event.flow_id
+                        )
+
+    async def watch(self, flow_id: str) -> AsyncIterator[Event]:
+        """Yield the flow's events, from the first, live, until the flow rests.
+
+        Works for a flow this engine runs and for one another process runs against the
+        same journal (then the journal is followed).
+        """
+        async with self._session():
+            run = self._live.get(flow_id)
+            if run is None:
+                async for event in self._follow(flow_id):
+                    yield event
+                return
+            send, receive = anyio.create_memory_object_stream[Event](math.inf)
+            self._watchers.setdefault(flow_id, []).append(send)
+            run.publish = self._publish
+            last = 0
+            async with receive:
+                await self.journal.flush()
+                async for event in self.journal.events(flow_id):
+                    last = event.seq
+                    yield event
+                async for event in receive:
+                    if event.seq <= last and event.kind is not EventKind.PROGRESS:
+                        continue
+                    last = max(last, event.seq)
+                    yield event
+                    if (
+                        event.kind is EventKind.FLOW
+                        and isinstance(event.state, FlowStatus)
+                        and (event.state.is_resting)
+                    ):
+                        return
+
+    async def _follow(self, flow_id: str) -> AsyncIterator[Event]:
+        last = 0
+        await self.journal.load(flow_id)  # NotFoundError for an unknown flow
+        while True:
+            async for event in self.journal.events(flow_id, after=last):
+                last = event.seq
+                yield event
+                if (
+                    event.kind is EventKind.FLOW
+                    and isinstance(event.state, FlowStatus)
+                    and (event.state.is_resting)
+                ):
+                    return
+            await anyio.sleep(_WATCH_POLL)
+
+    # Looking at flows --------------------------------------------------------------------
+
+    async def progress(self, flow_id: str) -> FlowProgress:
+        """How far flow ``flow_id`` is, live or read back from the journal."""
+        run = self._live.get(flow_id)
+        if run is not None:
+            return run.flow_progress(self._clock())
+        async with self._session():
+            events = await self.journal.load(flow_id)
+        state = replay(flow_id, events)
+        weights = dict(events[0].details.get("weights", {})) if events else {}
+        atoms: dict[str, AtomProgress] = {}
+        total = done = 0.0
+        for name, kind in atom_names(state.structure):
+            record = state.atoms.get(name) or AtomRecord()
+            weight = float(weights.get(name, 1.0)) if kind == "task" else 0.0
+            atoms[name] = AtomProgress(
+                record.state.value, record.progress, dict(record.details), None, weight
+            )
+            if record.state is not AtomState.IGNORED:
+                total += weight
+                done += weight * record.progress
+        fraction = done / total if total else (1.0 if state.status is FlowStatus.SUCCESS else 0.0)
+        return FlowProgress(flow_id, state.status.value, fraction, atoms, None)
+
+    async def outcome(self, flow_id: str) -> Outcome:
+        """The outcome of flow ``flow_id`` as its journal tells it (no flow object needed)."""
+        async with self._session():
+            state = replay(flow_id, await self.journal.load(flow_id))
+        from ._outcome import AtomOutcome
+
+        atoms = {
+            name: AtomOutcome(r.state, r.result, r.progress, r.attempt, r.failure)
+            for name, r in state.atoms.items()
+        }
+        failures = {n: r.failure for n, r in state.atoms.items() if r.failure is not None}
+        return Outcome(flow_id, state.status, {}, failures, atoms, state.checkpoint)

@@ -1,0 +1,54 @@
+"""Events: the frozen records of everything the engine does, in the order it did it.
+
+A flow's journal is the list of its events; its state is a replay of them
+(see :mod:`aioflow._replay`). What each kind carries in ``details`` is written down in
+``docs/journal.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._states import AtomState, FlowStatus
+
+
+class EventKind(enum.Enum):
+    """What an :class:`Event` is about."""
+
+    FLOW = "FLOW"
+    """The flow's status changed (``state`` is a :class:`FlowStatus`)."""
+    ATOM = "ATOM"
+    """An atom's state changed (``state`` is an :class:`AtomState`)."""
+    PROGRESS = "PROGRESS"
+    """A running atom reported progress (``progress`` and ``details``)."""
+    CHECKPOINT = "CHECKPOINT"
+    """A checkpoint was reached."""
+    WAIT = "WAIT"
+    """An external wait was opened or closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to a flow; ``seq`` is its place in the flow's journal."""
+
+    flow_id: str
+    seq: int
+    time: float
+    kind: EventKind
+    atom: str | None = None
+    state: AtomState | FlowStatus | None = None
+    attempt: int = 0
+    progress: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def decode_state(kind: EventKind, state: str | None) -> AtomState | FlowStatus | None:
+    """Turn a stored state name back into the enum its event kind uses."""
+    if state is None:
+        return None
+    if kind is EventKind.FLOW:
+        return FlowStatus(state)
+    return AtomState(state)

@@ -1,0 +1,34 @@
+"""Listeners shipped with aioflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from ._events import Event
+
+
+class StructlogListener:
+    """Logs every event through structlog, with the flow id and atom bound.
+
+    Progress events are logged at debug level, everything else at info.
+    """
+
+    def __init__(self, logger: Any = None, *, event: str = "aioflow.event") -> None:
+        self._log = logger if logger is not None else structlog.get_logger("aioflow.events")
+        self._event = event
+
+    def __call__(self, event: Event) -> None:
+        log = self._log.bind(flow_id=event.flow_id, atom=event.atom)
+        fields: dict[str, Any] = {"kind": event.kind.value, "seq": event.seq}
+        if event.state is not None:
+            fields["state"] = event.state.value
+        if event.attempt:
+            fields["attempt"] = event.attempt
+        if event.progress is not None:
+            fields["progress"] = event.progress
+        if event.kind.value == "PROGRESS":
+            log.debug(self._event, **fields)
+        else:
+            log.info(self._event, **fields)

@@ -1,0 +1,79 @@
+"""Retry policies: how often a failed task (or, later, a flow part) is tried again.
+
+The policy only decides; the engine sleeps. Randomness for jitter comes from a seam
+(``rng``) so tests are exact.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._failure import Failure
+
+_ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A retry policy; build one with :meth:`times` or :meth:`for_each`."""
+
+    attempts: int
+    backoff: float = 0.0
+    max_backoff: float | None = None
+    jitter: bool = False
+    on: tuple[type[BaseException], ...] = (Exception,)
+    revert_all: bool = False
+    values: tuple[Any, ...] | None = None
+    provides: str | None = None
+    rng: _random.Random | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def times(
+        cls,
+        attempts: int,
+        *,
+        backoff: float = 0.0,
+        max_backoff: float | None = None,
+        jitter: bool = False,
+        on: _ExcTypes = (Exception,),
+        revert_all: bool = False,
+        rng: _random.Random | None = None,
+    ) -> Retry:
+        """At most ``attempts`` executions in all, waiting ``backoff * 2**(n-1)`` seconds
+        (capped by ``max_backoff``, randomised to [0.5, 1.0] of that with ``jitter``)
+        before try n+1; only exceptions matching ``on`` are retried."""
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"Retry.times needs attempts >= 1, not {attempts!r}")
+        if backoff < 0 or (max_backoff is not None and max_backoff < 0):
+            raise ValueError("Retry.times needs backoff and max_backoff >= 0")
+        on_types = on if isinstance(on, tuple) else (on,)
+        return cls(attempts, float(backoff), max_backoff, jitter, on_types, revert_all, rng=rng)
+
+    @classmethod
+    def for_each(cls, values: Sequence[Any], *, provides: str) -> Retry:
+        """One attempt per value; attempt k publishes ``values[k]`` as ``provides``."""
+        return cls(len(values), values=tuple(values), provides=provides)
+
+    def should_retry(self, attempt: int, error: BaseException | Failure) -> bool:
+        """True when try ``attempt`` failed with ``error`` (an exception, or a failure read
+        back from the journal) and another try is allowed."""
+        if attempt >= self.attempts:
+            return False
+        if isinstance(error, Failure):
+            return error.matches(*self.on)
+        return isinstance(error, self.on)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try ``attempt`` (1-based) before the next one."""
+        if self.backoff <= 0:
+            return 0.0
+        wait = self.backoff * (2 ** (attempt - 1))
+        if self.max_backoff is not None:
+            wait = min(wait, self.max_backoff)
+        if self.jitter:
+            source = self.rng if self.rng is not None else _random
+            wait *= 0.5 + 0.5 * float(source.random())
+        return float(wait)

@@ -1,0 +1,283 @@
+"""Reverting, and the retries of flow parts that revert and run again.
+
+A *revert group* is a set of atoms to undo: an atom is reverted once every successor in
+the group has been, so dependents go before their dependencies and independent branches
+revert concurrently. The whole flow is one group when it fails; a *retry scope* (a flow
+with ``retry=``, or what follows a ``Checkpoint(retry=...)``) is a group of its own when
+one of its atoms fails and its retry has attempts left: it is reverted, reset to PENDING
+and started again from its controller, while atoms outside it go on.
+
+Which scope takes a failure: the innermost one with attempts left whose retry matches the
+error; an exhausted scope passes the failure outwards, unless its retry says
+``revert_all``, which fails the whole flow at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from ._compile import BARRIER, RETRY, ExecGraph, Node
+from ._failure import Failure
+from ._states import AtomState, FlowStatus
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+_S = AtomState
+TO_REVERT = (_S.SUCCESS, _S.FAILURE, _S.RETRYING, _S.REVERTING)
+FINISHED = (_S.SUCCESS, _S.IGNORED)
+NO_INJECTIONS: dict[str, Any] = {}
+
+
+class _Group:
+    __slots__ = ("done", "remaining")
+
+    def __init__(self, remaining: int, done: Callable[[], None] | None) -> None:
+        self.remaining = remaining
+        self.done = done
+
+
+class Reverting:
+    """The reverting half of :class:`aioflow._run.Run` (a mixin over its state)."""
+
+    graph: ExecGraph
+    nodes: list[Node]
+    states: list[AtomState]
+    attempts: list[int]
+    results: list[Any]
+    values: list[Any]
+    indegree: list[int]
+    failures: dict[str, Failure]
+    first_error: BaseException | None
+    first_error_at: int | None
+    status: FlowStatus
+    failing: bool
+    reverting: bool
+    revert_failed: bool
+    cancelled: bool
+    running: int
+    tg: TaskGroup | None
+    sleep: Callable[[float], Awaitable[None]]
+    log: structlog.typing.FilteringBoundLogger
+
+    def init_reverting(self) -> None:
+        n = len(self.nodes)
+        self.revert_target = [False] * n
+        self.revert_count = [0] * n
+        self.group: list[_Group | None] = [None] * n
+        k = len(self.graph.scopes)
+        self.scope_failing = [False] * k
+        self.scope_reverting = [False] * k
+        self.scope_running = [0] * k
+
+    # Decided by the scheduler ------------------------------------------------------------
+
+    def set_flow(self, status: FlowStatus, details: Any = None) -> int:
+        raise NotImplementedError
+
+    def set_atom(self, i: int, state: AtomState, details: Any = None) -> int:
+        raise NotImplementedError
+
+    def ready(self, i: int) -> bool:
+        raise NotImplementedError
+
+    def release(self, i: int) -> None:
+        raise NotImplementedError
+
+    def spawn(self) -> None:
+        raise NotImplementedError
+
+    def arguments(self, node: Node) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def injections(self, i: int, attempt: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # Failing ----------------------------------------------------------------------------
+
+    def fail(self, node: Node, failure: Failure, exc: BaseException | None) -> None:
+        """Atom ``node`` failed for good: retry the part around it, or fail the flow."""
+        self.failures.setdefault(node.name, failure)
+        self.results[node.index] = failure
+        if self.first_error is None and exc is not None:
+            self.first_error = exc
+            self.first_error_at = node.index
+        scope = self.retry_scope_for(node, failure)
+        if scope is None:
+            self.failing = True
+        elif not self.scope_failing[scope]:
+            self.scope_failing[scope] = True
+            self.check_scope(scope)
+
+    def retry_scope_for(self, node: Node, failure: Failure) -> int | None:
+        for s in reversed(node.scopes):
+            if self.scope_failing[s]:
+                return s
+            scope = self.graph.scopes[s]
+            if scope.retry.should_retry(self.attempts[scope.controller], failure):
+                return s
+            if scope.retry.revert_all:
+                return None
+        return None
+
+    def check_scope(self, s: int) -> None:
+        if (
+            self.scope_failing[s]
+            and not self.scope_reverting[s]
+            and self.scope_running[s] == 0
+            and not self.cancelled
+            and self.tg is not None
+        ):
+            self.scope_reverting[s] = True
+            if self.failing:
+                return  # the whole flow reverts; this part with it
+            scope = self.graph.scopes[s]
+            members = [scope.controller, *scope.nodes]
+            targets = [i for i in members if self.states[i] in TO_REVERT]
+            self.revert_group(targets, lambda: self.restart_scope(s))
+
+    def check_idle(self) -> None:
+        if self.running == 0 and self.failing and not self.reverting and not self.cancelled:
+            self.start_revert()
+
+    def restart_scope(self, s: int) -> None:
+        """Reset a reverted scope to PENDING and start its next attempt (after backoff)."""
+        if self.failing or self.revert_failed or self.cancelled:
+            return
+        scope = self.graph.scopes[s]
+        members = [scope.controller, *scope.nodes]
+        for i in members:
+            node = self.nodes[i]
+            if node.kind == BARRIER:
+                self.states[i] = _S.PENDING
+            elif self.states[i] is not _S.PENDING:
+                self.set_atom(i, _S.PENDING)
+            self.failures.pop(node.name, None)
+            self.results[i] = self.values[i] = None
+            if i != scope.controller:
+                self.attempts[i] = 0
+            if node.controls is not None and node.controls != s:
+                self.scope_failing[node.controls] = self.scope_reverting[node.controls] = False
+            if self.first_error_at == i:
+                self.first_error = self.first_error_at = None
+        for i in members:
+            self.indegree[i] = sum(1 for p in self.nodes[i].preds if self.states[p] not in FINISHED)
+        self.scope_failing[s] = self.scope_reverting[s] = False
+        delay = scope.retry.delay(self.attempts[scope.controller])
+        self.running += 1
+        assert self.tg is not None
+        self.tg.start_soon(self.next_attempt, scope.controller, delay, name=f"retry {scope.name}")
+
+    async def next_attempt(self, controller: int, delay: float) -> None:
+        try:
+            if delay > 0:
+                await self.sleep(delay)
+            if not self.failing and self.ready(controller):
+                self.release(controller)
+            self.spawn()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled = True
+            raise
+        finally:
+            self.running -= 1
+            self.check_idle()
+
+    def start_retry(self, i: int) -> bool:
+        """Run a retry controller: it starts its flow's next attempt and publishes, with
+        ``Retry.for_each``, that attempt's value."""
+        node = self.nodes[i]
+        assert node.kind == RETRY and node.controls is not None
+        retry = self.graph.scopes[node.controls].retry
+        self.attempts[i] += 1
+        self.set_atom(i, _S.RUNNING)
+        value = self.attempts[i] if retry.values is None else retry.values[self.attempts[i] - 1]
+        self.set_atom(i, _S.SUCCESS, {"result": value})
+        self.results[i] = self.values[i] = value
+        return True
+
+    # Reverting --------------------------------------------------------------------------
+
+    def start_revert(self) -> None:
+        """Revert every atom that ran, dependents first, independent branches at once."""
+        self.reverting = True
+        if self.status is not FlowStatus.REVERTING:
+            self.set_flow(FlowStatus.REVERTING)
+        if not self.revert_failed:
+            self.revert_group([i for i, s in enumerate(self.states) if s in TO_REVERT], None)
+
+    def revert_group(self, targets: list[int], done: Callable[[], None] | None) -> None:
+        group = _Group(len(targets), done)
+        for i in targets:
+            self.revert_target[i] = True
+            self.group[i] = group
+        for i in targets:
+            self.revert_count[i] = sum(1 for s in self.nodes[i].succs if self.revert_target[s])
+        if not targets:
+            if done is not None:
+                done()
+            return
+        for i in reversed(targets):
+            if self.revert_count[i] == 0:
+                self.revert_node(i)
+
+    def revert_node(self, i: int) -> None:
+        stack = [i]
+        while stack:
+            j = stack.pop()
+            if self.nodes[j].kind == BARRIER:
+                self.states[j] = _S.REVERTED
+                stack.extend(self.reverted(j))
+            else:
+                self.running += 1
+                assert self.tg is not None
+                self.tg.start_soon(self.revert_atom, j, name=f"revert {self.nodes[j].name}")
+
+    def reverted(self, i: int) -> list[int]:
+        """Count ``i`` as reverted; return the predecessors now free to revert."""
+        self.revert_target[i] = False
+        ready = []
+        for p in self.nodes[i].preds:
+            if self.revert_target[p]:
+                self.revert_count[p] -= 1
+                if self.revert_count[p] == 0:
+                    ready.append(p)
+        group = self.group[i]
+        self.group[i] = None
+        if group is not None:
+            group.remaining -= 1
+            if group.remaining == 0 and group.done is not None:
+                group.done()
+        return ready
+
+    async def revert_atom(self, i: int) -> None:
+        node = self.nodes[i]
+        try:
+            self.set_atom(i, _S.REVERTING)
+            if node.task is not None:
+                await node.task._call_revert(
+                    self.arguments(node),
+                    self.results[i],
+                    dict(self.failures),
+                    self.injections(i, self.attempts[i]) if node.task._injects else NO_INJECTIONS,
+                )
+        except anyio.get_cancelled_exc_class():
+            self.cancelled = True
+            raise
+        except Exception as exc:
+            failure = Failure.from_exception(exc)
+            self.set_atom(i, _S.REVERT_FAILURE, {"failure": failure.to_dict()})
+            self.failures.setdefault(node.name, failure)
+            self.revert_failed = self.failing = True
+            self.log.warning("aioflow.revert_failed", atom=node.name, error=str(failure))
+            return
+        finally:
+            self.running -= 1
+            self.check_idle()
+        self.set_atom(i, _S.REVERTED)
+        if not self.revert_failed:
+            for p in self.reverted(i):
+                self.revert_node(p)

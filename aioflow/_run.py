@@ -1,0 +1,647 @@
+"""One run of a compiled flow: the scheduler the engine drives.
+
+Scheduling is driven by in-degree counters: when an atom finishes, each successor's
+counter drops by one, and a successor whose counter reaches zero is ready. Nothing ever
+rescans the graph, so a step costs O(1) per edge. All of it runs on the event loop's
+thread; the only awaits are the atoms themselves and, in ``strict`` durability, the
+wait for the commit of a result before the atoms that build on it start.
+
+Reverting uses the same idea backwards: an atom is reverted once every successor that
+needs reverting has been, so dependents go before their dependencies and independent
+branches revert concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import structlog
+
+from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
+from ._errors import SerializationError
+from ._events import Event, EventKind
+from ._external import External, WaitRequest
+from ._failure import Failure
+from ._outcome import AtomOutcome, Outcome
+from ._progress import AtomProgress, FlowProgress, Progress
+from ._replay import FlowState
+from ._revert import FINISHED as _FINISHED
+from ._revert import NO_INJECTIONS as _NO_INJECTIONS
+from ._revert import TO_REVERT, Reverting
+from ._states import AtomState, FlowStatus, check_atom, check_flow
+from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from .journal import Journal
+
+_S = AtomState
+_LOG = structlog.get_logger("aioflow")
+_YIELD_EVERY = 64
+
+
+class Run(Reverting):
+    """The live state of one flow run in one engine."""
+
+    def __init__(
+        self,
+        *,
+        graph: ExecGraph,
+        flow_id: str,
+        inputs: Mapping[str, Any],
+        journal: Journal,
+        publish: Callable[[Event], None] | None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        strict: bool,
+        progress_interval: float,
+        seq: int = 0,
+    ) -> None:
+        self.graph = graph
+        self.nodes = graph.nodes
+        self.flow_id = flow_id
+        self.inputs = dict(inputs)
+        self.journal = journal
+        self.publish = publish
+        self.clock = clock
+        self.sleep = sleep
+        self.strict = strict
+        self.progress_interval = progress_interval
+        self.seq = seq
+        n = len(self.nodes)
+        self.states = [_S.PENDING] * n
+        self.attempts = [0] * n
+        self.results: list[Any] = [None] * n
+        self.values: list[Any] = [None] * n
+        self.indegree = [len(node.preds) for node in self.nodes]
+        self.progress = [0.0] * n
+        self.details: list[Mapping[str, Any] | None] = [None] * n
+        self.started: list[float | None] = [None] * n
+        self.finished: list[float | None] = [None] * n
+        self.saved_at = [-math.inf] * n
+        self.unsaved = [False] * n
+        self.failures: dict[str, Failure] = {}
+        self.first_error: BaseException | None = None
+        self.first_error_at: int | None = None
+        self.retry_until = [0.0] * n
+        self.retry_pending: list[int] = []
+        self.status = FlowStatus.PENDING
+        self.failing = False
+        self.reverting = False
+        self.revert_failed = False
+        self.stop_at: str | None = None
+        self.stopped_at: str | None = None
+        self.checkpoint: str | None = None
+        self.running = 0
+        self.cancelled = False
+        self.startable: list[int] = []
+        self.revert_to: str | None = None
+        self.tg: TaskGroup | None = None
+        self.limiter: anyio.CapacityLimiter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = threading.get_ident()
+        self.log = _LOG.bind(flow_id=flow_id)
+        self.init_reverting()
+
+    # Events --------------------------------------------------------------------------
+
+    def emit(
+        self,
+        kind: EventKind,
+        atom: str | None,
+        state: AtomState | FlowStatus | None,
+        attempt: int = 0,
+        progress: float | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Append an event to the journal (no await) and tell listeners; return its ticket."""
+        event = Event(
+            self.flow_id,
+            self.seq + 1,
+            self.clock(),
+            kind,
+            atom,
+            state,
+            attempt,
+            progress,
+            details if details is not None else {},
+        )
+        ticket = self.journal.append(event)
+        self.seq += 1
+        if self.publish is not None:
+            self.publish(event)
+        return ticket
+
+    def set_flow(self, status: FlowStatus, details: Mapping[str, Any] | None = None) -> int:
+        check_flow(self.flow_id, self.status, status)
+        self.status = status
+        return self.emit(EventKind.FLOW, None, status, details=details)
+
+    def set_atom(self, i: int, state: AtomState, details: Mapping[str, Any] | None = None) -> int:
+        node = self.nodes[i]
+        check_atom(node.name, self.states[i], state)
+        if state is _S.RUNNING:
+            progress = 0.0
+            self.started[i] = self.clock()
+        elif state is _S.SUCCESS:
+            progress = 1.0
+        elif state is _S.FAILURE:
+            progress = self.progress[i]
+        else:
+            progress = 0.0
+        if self.unsaved[i]:
+            self.save_progress(i)
+        ticket = self.emit(EventKind.ATOM, node.name, state, self.attempts[i], progress, details)
+        self.states[i] = state
+        self.progress[i] = progress
+        if state in (_S.SUCCESS, _S.FAILURE, _S.REVERTED, _S.REVERT_FAILURE):
+            self.finished[i] = self.clock()
+        return ticket
+
+    # Progress ------------------------------------------------------------------------
+
+    def reporter(self, i: int, attempt: int) -> Callable[[float, dict[str, Any]], None]:
+        def report(fraction: float, details: dict[str, Any]) -> None:
+            if threading.get_ident() == self.loop_thread:
+                self.on_progress(i, attempt, fraction, details)
+            elif self.loop is not None:
+                self.loop.call_soon_threadsafe(self.on_progress, i, attempt, fraction, details)
+            else:
+                anyio.from_thread.run_sync(self.on_progress, i, attempt, fraction, details)
+
+        return report
+
+    def on_progress(self, i: int, attempt: int, fraction: float, details: dict[str, Any]) -> None:
+        if self.states[i] is not _S.RUNNING or self.attempts[i] != attempt:
+            return  # a report from an attempt that has ended
+        self.progress[i] = fraction
+        self.details[i] = details
+        now = self.clock()
+        if now - self.saved_at[i] >= self.progress_interval:
+            self.save_progress(i, now)
+        else:
+            self.unsaved[i] = True
+            if self.publish is not None:
+                self.publish(
+                    Event(
+                        self.flow_id,
+                        self.seq,
+                        now,
+                        EventKind.PROGRESS,
+                        self.nodes[i].name,
+                        None,
+                        attempt,
+                        fraction,
+                        details,
+                    )
+                )
+
+    def save_progress(self, i: int, now: float | None = None) -> None:
+        self.unsaved[i] = False
+        self.saved_at[i] = self.clock() if now is None else now
+        self.emit(
+            EventKind.PROGRESS,
+            self.nodes[i].name,
+            None,
+            self.attempts[i],
+            self.progress[i],
+            self.details[i] or {},
+        )
+
+    # Forward ---------------------------------------------------------------------------
+
+    def begin(self, tg: TaskGroup) -> None:
+        """Start what is ready: the roots of a new run, or where a resumed run stood."""
+        self.tg = tg
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        self.loop_thread = threading.get_ident()
+        if self.failing or self.reverting:
+            self.start_revert()
+            return
+        for s, failing in enumerate(self.scope_failing):
+            if failing:
+                self.check_scope(s)
+        roots = [
+            i
+            for i, state in enumerate(self.states)
+            if self.indegree[i] == 0 and state in (_S.PENDING, _S.RETRYING)
+        ]
+        for i in roots:  # taken first: releasing makes more nodes ready, once each
+            if self.ready(i):
+                self.release(i)
+        self.spawn()
+        self.check_idle()
+
+    def ready(self, i: int) -> bool:
+        """Handle a node whose predecessors all finished; True if it finished at once."""
+        if self.failing or self.stopped_at is not None:
+            return False
+        node = self.nodes[i]
+        if node.scopes and any(self.scope_failing[s] for s in node.scopes):
+            return False
+        if any(self.states[p] is _S.IGNORED for p in node.preds):
+            return self.ignore(i)
+        if node.deciders:
+            upstream = self.upstream_results(node)
+            try:
+                go = all(bool(decider(upstream)) for decider in node.deciders)
+            except Exception as exc:
+                self.fail(node, Failure.from_exception(exc), exc)
+                return False
+            if not go:
+                return self.ignore(i)
+        if node.kind == BARRIER:
+            self.states[i] = _S.SUCCESS
+            return True
+        if node.kind == CHECKPOINT:
+            return self.reach_checkpoint(i)
+        if node.kind == RETRY:
+            return self.start_retry(i)
+        self.running += 1
+        for s in node.scopes:
+            self.scope_running[s] += 1
+        self.startable.append(i)
+        return False
+
+    def spawn(self) -> None:
+        """Start a task for each atom made ready (the caller may have taken one to run)."""
+        assert self.tg is not None
+        for i in self.startable:
+            self.tg.start_soon(self.run_atom, i, name=self.nodes[i].name)
+        self.startable.clear()
+
+    def ignore(self, i: int) -> bool:
+        if self.nodes[i].kind == BARRIER:
+            self.states[i] = _S.IGNORED
+        else:
+            self.set_atom(i, _S.IGNORED)
+        return True
+
+    def reach_checkpoint(self, i: int) -> bool:
+        node = self.nodes[i]
+        self.attempts[i] += 1
+        self.set_atom(i, _S.RUNNING)
+        self.emit(EventKind.CHECKPOINT, node.name, None, details={"reached": node.name})
+        self.set_atom(i, _S.SUCCESS)
+        self.checkpoint = node.name
+        if self.stop_at == node.name:
+            self.stopped_at = node.name
+            return False
+        return True
+
+    def release(self, i: int) -> None:
+        """Count ``i`` as finished for its successors, and start those now ready."""
+        stack = [i]
+        indegree = self.indegree
+        while stack:
+            j = stack.pop()
+            for s in self.nodes[j].succs:
+                indegree[s] -= 1
+                if indegree[s] == 0 and self.ready(s):
+                    stack.append(s)
+
+    def upstream_results(self, node: Node) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        stack = list(node.preds)
+        while stack:
+            p = stack.pop()
+            if self.nodes[p].kind == BARRIER:
+                stack.extend(self.nodes[p].preds)
+            else:
+                out[self.nodes[p].name] = self.results[p]
+        return out
+
+    def arguments(self, node: Node) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        for param, provider, symbol in node.args:
+            if provider == INPUT:
+                args[param] = self.inputs[symbol]
+            else:
+                value = self.values[provider]
+                args[param] = value[symbol] if self.nodes[provider].unpack else value
+        return args
+
+    def published(self, node: Node, result: Any) -> Any:
+        if not node.unpack:
+            return result
+        if isinstance(result, Mapping):
+            missing = [s for s in node.provides if s not in result]
+            if missing:
+                raise ValueError(
+                    f"task {node.name!r} provides {list(node.provides)} but its result lacks"
+                    f" {missing}"
+                )
+            return {s: result[s] for s in node.provides}
+        if isinstance(result, str | bytes) or not hasattr(result, "__len__"):
+            raise TypeError(
+                f"task {node.name!r} provides {list(node.provides)}, so it must return a"
+                f" sequence or mapping of them, not {type(result).__name__}"
+            )
+        if len(result) != len(node.provides):
+            raise ValueError(
+                f"task {node.name!r} provides {len(node.provides)} symbols"
+                f" {list(node.provides)} but returned {len(result)} values"
+            )
+        return dict(zip(node.provides, result, strict=True))
+
+    def injections(self, i: int, attempt: int) -> dict[str, Any]:
+        """What the engine hands a task: its progress reporter, external handle, context."""
+        node = self.nodes[i]
+        progress = Progress(self.reporter(i, attempt))
+        external = External(None)
+        context = TaskContext(
+            self.flow_id,
+            node.name,
+            self.attempts[i],
+            self.log.bind(atom=node.name, attempt=self.attempts[i]),
+            progress,
+            external,
+        )
+        return {INJECT_PROGRESS: progress, INJECT_EXTERNAL: external, INJECT_CONTEXT: context}
+
+    async def run_atom(self, i: int) -> None:
+        """Run atom ``i``, then, in the same task, one successor it made ready (the others
+        get tasks of their own): a chain costs one task, not one per step."""
+        steps = 0
+        while True:
+            try:
+                steps += 1
+                if steps % _YIELD_EVERY == 0:
+                    await anyio.lowlevel.checkpoint()  # let others run during a long chain
+                await self.execute(i)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled = True
+                raise
+            finally:
+                self.running -= 1
+                for s in self.nodes[i].scopes:
+                    self.scope_running[s] -= 1
+                    self.check_scope(s)
+                self.check_idle()
+            if not self.startable:
+                return
+            i = self.startable.pop()
+            self.spawn()
+
+    async def execute(self, i: int) -> None:
+        node = self.nodes[i]
+        task = node.task
+        assert task is not None
+        ticket = 0
+        if self.states[i] is _S.RETRYING:  # resumed while waiting for a retry
+            wait = self.retry_until[i] - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
+        while True:
+            self.attempts[i] += 1
+            attempt = self.attempts[i]
+            self.set_atom(i, _S.RUNNING)
+            try:
+                args = self.arguments(node)
+                injections = self.injections(i, attempt) if task._injects else _NO_INJECTIONS
+                if self.limiter is not None:
+                    async with self.limiter:
+                        result = await self.attempt(task, args, injections)
+                else:
+                    result = await self.attempt(task, args, injections)
+                if isinstance(result, WaitRequest):
+                    raise NotImplementedError(
+                        f"task {node.name!r} asked for an external wait; external waits"
+                        " are not supported by this version of aioflow yet"
+                    )
+                value = self.published(node, result)
+                ticket = self.set_atom(i, _S.SUCCESS, {"result": result})
+            except anyio.get_cancelled_exc_class():
+                self.set_atom(i, _S.PENDING)
+                raise
+            except Exception as exc:
+                if isinstance(exc, SerializationError) and exc.atom is None:
+                    exc.atom = node.name
+                failure = Failure.from_exception(exc)
+                self.set_atom(i, _S.FAILURE, {"failure": failure.to_dict()})
+                retry = task.retry
+                if retry is not None and not self.halted(node) and retry.should_retry(attempt, exc):
+                    delay = retry.delay(attempt)
+                    self.set_atom(i, _S.RETRYING, {"until": self.clock() + delay})
+                    if delay > 0:
+                        await self.sleep(delay)
+                    if not self.halted(node):
+                        continue
+                self.fail(node, failure, exc)
+                return
+            self.results[i] = result
+            self.values[i] = value
+            break
+        if node.succs and not self.failing:
+            if self.strict and self.journal.durable < ticket:
+                await self.journal.wait_durable(ticket)
+            self.release(i)
+
+    def halted(self, node: Node) -> bool:
+        """True when nothing more should start for ``node``: the flow or its part fails."""
+        return self.failing or any(self.scope_failing[s] for s in node.scopes)
+
+    @staticmethod
+    async def attempt(task: Task, args: dict[str, Any], injections: dict[str, Any]) -> Any:
+        if task.timeout is None:
+            return await task._call_execute(args, injections)
+        with anyio.fail_after(task.timeout):
+            return await task._call_execute(args, injections)
+
+    # Restoring from the journal ----------------------------------------------------------
+
+    def restore(self, state: FlowState) -> None:
+        """Take up where the journal says the flow stood, and decide again what the
+        engine had decided: which failures a retry takes, which part is being retried."""
+        self.status = state.status
+        self.checkpoint = state.checkpoint
+        records = state.atoms
+        failed: list[int] = []
+        unwinding: list[int] = []
+        for node in self.nodes:
+            i = node.index
+            if node.kind == BARRIER:
+                preds = [self.states[p] for p in node.preds]
+                if all(s in _FINISHED for s in preds):
+                    self.states[i] = _S.IGNORED if _S.IGNORED in preds else _S.SUCCESS
+                continue
+            record = records.get(node.name)
+            if record is None:
+                continue
+            state_ = self.states[i] = record.state
+            self.attempts[i] = record.attempt
+            self.progress[i] = record.progress
+            self.retry_until[i] = record.retry_until
+            if state_ is _S.SUCCESS:
+                self.results[i] = record.result
+                self.values[i] = self.published(node, record.result)
+            elif state_ in (_S.FAILURE, _S.RETRYING, _S.REVERT_FAILURE):
+                assert record.failure is not None
+                self.results[i] = record.failure
+                if state_ is _S.FAILURE:
+                    failed.append(i)
+                elif state_ is _S.REVERT_FAILURE:
+                    self.failures.setdefault(node.name, record.failure)
+                    self.revert_failed = self.failing = True
+            elif state_ in (_S.REVERTING, _S.REVERTED):
+                unwinding.append(i)
+                if record.failure is not None:
+                    self.results[i] = record.failure
+                    self.failures.setdefault(node.name, record.failure)
+            if node.kind == RETRY and state_ is _S.SUCCESS:
+                self.values[i] = record.result
+        self.revert_to = state.revert_to
+        if state.status is FlowStatus.REVERTING and self.revert_to is None:
+            self.failing = True
+        if self.revert_to is not None:
+            unwinding = []  # an unfinished revert_to: those atoms are its work
+        for i in unwinding:
+            node = self.nodes[i]
+            own = [node.controls] if node.controls is not None else []
+            scopes = own or list(node.scopes[-1:])
+            if self.failing or not scopes:
+                self.failing = True
+            else:
+                self.scope_failing[scopes[0]] = True
+        for i in failed:
+            node = self.nodes[i]
+            failure = self.results[i]
+            retry = node.task.retry if node.task is not None else None
+            if (
+                not self.failing
+                and retry is not None
+                and retry.should_retry(self.attempts[i], failure)
+            ):
+                self.retry_pending.append(i)
+            else:
+                self.fail(node, failure, None)
+        for s, scope in enumerate(self.graph.scopes):
+            parent = scope.parent
+            while parent is not None and self.scope_failing[s]:
+                if self.scope_failing[parent]:
+                    self.scope_failing[s] = False  # the enclosing retry redoes this part
+                parent = self.graph.scopes[parent].parent
+        for i, node in enumerate(self.nodes):
+            self.indegree[i] = sum(1 for p in node.preds if self.states[p] not in _FINISHED)
+
+    def resume_events(self) -> None:
+        """Journal what resuming changes: interrupted atoms go back to PENDING, and
+        failures a task retry takes become RETRYING (with the backoff still owed)."""
+        for i in self.interrupted():
+            self.set_atom(i, _S.PENDING)
+        for i in self.retry_pending:
+            task = self.nodes[i].task
+            assert task is not None and task.retry is not None
+            self.retry_until[i] = self.clock() + task.retry.delay(self.attempts[i])
+            self.set_atom(i, _S.RETRYING, {"until": self.retry_until[i]})
+        self.retry_pending.clear()
+
+    def after(self, i: int) -> list[int]:
+        """Every node that (transitively) follows node ``i``, in index order."""
+        seen = {i}
+        stack = [i]
+        while stack:
+            for s in self.nodes[stack.pop()].succs:
+                if s not in seen:
+                    seen.add(s)
+                    stack.append(s)
+        seen.discard(i)
+        return sorted(seen)
+
+    def rewind(self, i: int, tg: TaskGroup) -> None:
+        """Revert every atom that finished after node ``i`` (a checkpoint), dependents
+        first, then leave them PENDING so the flow can run on from the checkpoint."""
+        self.tg = tg
+        later = self.after(i)
+        targets = [j for j in later if self.states[j] in TO_REVERT]
+
+        def done() -> None:
+            for j in later:
+                if self.nodes[j].kind == BARRIER:
+                    self.states[j] = _S.PENDING
+                elif self.states[j] in (_S.REVERTED, _S.IGNORED):
+                    self.set_atom(j, _S.PENDING)
+                self.results[j] = self.values[j] = None
+                self.attempts[j] = 0
+                self.failures.pop(self.nodes[j].name, None)
+            for j in later:
+                preds = self.nodes[j].preds
+                self.indegree[j] = sum(1 for p in preds if self.states[p] not in _FINISHED)
+            self.rewound = True
+
+        self.rewound = False
+        self.revert_group(targets, done)
+
+    def interrupted(self) -> list[int]:
+        """Atoms the journal shows running or waiting: their work must be done again."""
+        return [
+            i
+            for i, s in enumerate(self.states)
+            if s in (_S.RUNNING, _S.WAITING) and self.nodes[i].kind != BARRIER
+        ]
+
+    # Results ---------------------------------------------------------------------------
+
+    def final_status(self) -> FlowStatus:
+        if self.reverting:
+            return FlowStatus.FAILED if self.revert_failed else FlowStatus.REVERTED
+        if self.stopped_at is not None:
+            return FlowStatus.SUSPENDED
+        return FlowStatus.SUCCESS
+
+    def outcome(self) -> Outcome:
+        results: dict[str, Any] = {}
+        for symbol, provider in self.graph.symbols.items():
+            if provider == INPUT:
+                results[symbol] = self.inputs[symbol]
+            elif self.states[provider] is _S.SUCCESS:
+                value = self.values[provider]
+                results[symbol] = value[symbol] if self.nodes[provider].unpack else value
+        atoms = {}
+        for node in self.graph.atoms:
+            i = node.index
+            result = self.results[i]
+            atoms[node.name] = AtomOutcome(
+                self.states[i],
+                None if isinstance(result, Failure) else result,
+                self.progress[i],
+                self.attempts[i],
+                result if isinstance(result, Failure) else None,
+            )
+        return Outcome(
+            self.flow_id, self.status, results, dict(self.failures), atoms, self.checkpoint
+        )
+
+    def flow_progress(self, now: float) -> FlowProgress:
+        atoms: dict[str, AtomProgress] = {}
+        total = done = 0.0
+        started_at = min((t for t in self.started if t is not None), default=None)
+        for node in self.graph.atoms:
+            i = node.index
+            state = self.states[i]
+            fraction = self.progress[i]
+            rate = None
+            start = self.started[i]
+            if state is _S.RUNNING and start is not None and now > start:
+                rate = fraction / (now - start)
+            atoms[node.name] = AtomProgress(
+                state.value, fraction, dict(self.details[i] or {}), rate, node.weight
+            )
+            if state is not _S.IGNORED:
+                total += node.weight
+                done += node.weight * fraction
+        fraction = done / total if total else (1.0 if self.status is FlowStatus.SUCCESS else 0.0)
+        eta = None
+        if started_at is not None and 0 < fraction < 1:
+            eta = (now - started_at) * (1 - fraction) / fraction
+        return FlowProgress(self.flow_id, self.status.value, fraction, atoms, eta)

@@ -1,0 +1,154 @@
+"""A journal kept in memory: for tests, examples and flows that need no durability.
+
+Everything appended is durable at once. Details are still encoded on append, so a value
+the SQLite journal would refuse is refused here too, with the same error.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import AsyncIterator
+from operator import attrgetter
+
+from .._codec import Codec, get_codec
+from .._errors import JournalError, NotFoundError
+from .._events import Event, EventKind
+from .._states import FlowStatus
+from ._base import FlowSummary, Journal, _details_error
+
+__all__ = ["MemoryJournal"]
+
+_FLOW = EventKind.FLOW
+_seq_of = attrgetter("seq")
+
+
+class _Flow:
+    """One flow's events and the running summary :meth:`MemoryJournal.flows` reports."""
+
+    __slots__ = ("created", "events", "last_seq", "name", "ref", "status", "updated")
+
+    def __init__(self, event: Event) -> None:
+        self.events: list[Event] = []
+        self.last_seq = event.seq - 1
+        self.name: str | None = None
+        self.ref: str | None = None
+        self.status = FlowStatus.PENDING
+        self.created = self.updated = event.time
+
+
+class MemoryJournal(Journal):
+    """A :class:`Journal` in a dict: nothing survives the process.
+
+    It keeps its events across ``close()`` and a later ``open()``, and can be read while
+    closed. Within a flow, ``seq`` must grow with every append; appending a ``seq`` that
+    is not past the flow's last one raises :class:`~aioflow.JournalError` (the SQLite
+    journal raises it on commit).
+    """
+
+    def __init__(self, *, codec: Codec | str | None = None) -> None:
+        self.url = "memory://"
+        self.codec = get_codec(codec)
+        self._encode = self.codec.encode
+        self._flows: dict[str, _Flow] = {}
+        self._meta: dict[str, str] = {}
+        self._count = 0
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"MemoryJournal({self._count} events, {len(self._flows)} flows)"
+
+    async def open(self) -> None:
+        """Start accepting appends."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Stop accepting appends; the events stay readable."""
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def append(self, event: Event) -> int:
+        if not self._open:
+            raise JournalError("the memory journal is not open")
+        details = event.details
+        if details:
+            try:
+                self._encode(details)
+            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+                raise _details_error(event, exc) from exc
+        flow = self._flows.get(event.flow_id)
+        if flow is None:
+            flow = self._flows[event.flow_id] = _Flow(event)
+        elif event.seq <= flow.last_seq:
+            raise JournalError(
+                f"conflicting write to flow {event.flow_id} at seq {event.seq}: the journal "
+                f"is already at seq {flow.last_seq} (is another engine writing this flow?)"
+            )
+        flow.events.append(event)
+        flow.last_seq = event.seq
+        if event.kind is _FLOW:
+            # As in SQLite: the first FLOW event naming the flow makes its summary.
+            if flow.name is None and "name" in details:
+                flow.name = str(details["name"])
+                ref = details.get("ref")
+                flow.ref = None if ref is None else str(ref)
+                flow.created = event.time
+            if isinstance(event.state, FlowStatus):
+                flow.status = event.state
+                flow.updated = event.time
+        self._count += 1
+        return self._count
+
+    @property
+    def durable(self) -> int:
+        return self._count
+
+    @property
+    def appended(self) -> int:
+        return self._count
+
+    async def wait_durable(self, ticket: int) -> None:
+        if ticket > self._count:
+            raise ValueError(f"ticket {ticket} was never handed out (last is {self._count})")
+
+    async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
+        found = [
+            FlowSummary(
+                flow_id=flow_id,
+                name=flow.name,
+                status=flow.status,
+                ref=flow.ref,
+                created=flow.created,
+                updated=flow.updated,
+                last_seq=flow.last_seq,
+            )
+            for flow_id, flow in self._flows.items()
+            if flow.name is not None and (status is None or flow.status is status)
+        ]
+        found.sort(key=attrgetter("created"))
+        return found
+
+    async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            return
+        events = flow.events
+        i = bisect.bisect_right(events, after, key=_seq_of)
+        # Index-based so that events appended while the caller iterates are seen too.
+        while i < len(events):
+            yield events[i]
+            i += 1
+
+    async def load(self, flow_id: str) -> list[Event]:
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            raise NotFoundError(f"no flow {flow_id} in the memory journal")
+        return list(flow.events)
+
+    async def get_meta(self, key: str) -> str | None:
+        return self._meta.get(key)
+
+    async def set_meta_default(self, key: str, value: str) -> str:
+        return self._meta.setdefault(key, value)
