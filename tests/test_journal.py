@@ -1,0 +1,723 @@
+"""Tests for the journals: group commit, the memory and SQLite backends, open_journal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from aioflow._errors import JournalError, NotFoundError, SerializationError
+from aioflow._events import Event, EventKind
+from aioflow._states import AtomState, FlowStatus
+from aioflow.journal import (
+    FlowSummary,
+    Journal,
+    MemoryJournal,
+    SqliteJournal,
+    open_journal,
+)
+from aioflow.journal._writer import GroupWriter
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def flow_start(
+    flow_id: str,
+    seq: int = 1,
+    *,
+    name: str = "demo",
+    ref: str | None = None,
+    at: float | None = None,
+) -> Event:
+    details: dict[str, Any] = {"name": name, "fingerprint": "fp", "inputs": {"x": 1}}
+    if ref is not None:
+        details["ref"] = ref
+    return Event(
+        flow_id,
+        seq,
+        time.time() if at is None else at,
+        EventKind.FLOW,
+        state=FlowStatus.RUNNING,
+        details=details,
+    )
+
+
+def atom_event(flow_id: str, seq: int, atom: str = "a", **details: Any) -> Event:
+    return Event(
+        flow_id,
+        seq,
+        time.time(),
+        EventKind.ATOM,
+        atom=atom,
+        state=AtomState.SUCCESS,
+        attempt=1,
+        details=details,
+    )
+
+
+def flow_status(flow_id: str, seq: int, status: FlowStatus) -> Event:
+    return Event(flow_id, seq, time.time(), EventKind.FLOW, state=status)
+
+
+def a_flow(flow_id: str, n: int) -> list[Event]:
+    """A flow start followed by ``n - 1`` atom events."""
+    return [flow_start(flow_id)] + [atom_event(flow_id, s, result=s) for s in range(2, n + 1)]
+
+
+def sqlite_url(path: Path) -> str:
+    return "sqlite:///" + str(path)  # absolute path: four slashes
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A journal URL per backend. Tests open the journal themselves: an async fixture's
+    setup and teardown may run in different tasks, and the journal's task group must be
+    entered and left by one task."""
+    return "memory://" if request.param == "memory" else sqlite_url(tmp_path / "j.db")
+
+
+def file_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+# ------------------------------------------------------------------------ GroupWriter
+
+
+class Recorder:
+    """A commit callback that records batches and can be told to fail or to hold."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_on: int | None = None
+        self.gate: anyio.Event | None = None
+        self.entered = anyio.Event()
+
+    async def __call__(self, batch: list[int]) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        await anyio.sleep(0)
+        if self.fail_on is not None and self.fail_on in batch:
+            raise OSError("disk on fire")
+        self.batches.append(batch)
+
+
+async def test_writer_batches_in_order_and_commits_all_pending_at_once() -> None:
+    rec = Recorder()
+    writer: GroupWriter[int] = GroupWriter(rec, name="test")
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        tickets = [writer.append(i) for i in range(1, 101)]
+        assert tickets == list(range(1, 101))
+        assert writer.durable == 0  # append never waits
+        await writer.wait_durable(100)
+        assert writer.durable == 100
+        assert rec.batches == [list(range(1, 101))]
+        rec.gate = anyio.Event()
+        rec.entered = anyio.Event()
+        writer.append(101)
+        await rec.entered.wait()  # the writer now holds 101 in flight
+        for i in range(102, 111):
+            writer.append(i)  # these queue behind the commit in flight
+        rec.gate.set()
+        await writer.wait_durable(110)
+        assert rec.batches[1:] == [[101], list(range(102, 111))]
+        await writer.close()
+    assert writer.commits == 3
+    await writer.wait_durable(5)  # already durable: returns at once
+
+
+async def test_writer_failure_is_sticky_and_the_log_stays_a_prefix() -> None:
+    rec = Recorder()
+    rec.fail_on = 7
+    writer: GroupWriter[int] = GroupWriter(rec, name="test")
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        for i in range(1, 5):
+            writer.append(i)
+        await writer.wait_durable(4)
+        for i in range(5, 9):
+            writer.append(i)
+        with pytest.raises(JournalError, match="disk on fire") as info:
+            await writer.wait_durable(5)
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(JournalError):
+            writer.append(9)
+        with pytest.raises(JournalError):
+            await writer.wait_durable(8)
+        with pytest.raises(JournalError):
+            await writer.close()
+    assert rec.batches == [[1, 2, 3, 4]]
+    assert writer.durable == 4
+
+
+async def test_writer_many_waiters_share_a_commit() -> None:
+    rec = Recorder()
+    writer: GroupWriter[int] = GroupWriter(rec, name="test")
+    woken = 0
+
+    async def waiter(i: int) -> None:
+        nonlocal woken
+        await writer.wait_durable(writer.append(i))
+        woken += 1
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        async with anyio.create_task_group() as waiters:
+            for i in range(1000):
+                waiters.start_soon(waiter, i)
+        await writer.close()
+    assert woken == 1000
+    assert writer.commits <= 3
+    assert sorted(x for b in rec.batches for x in b) == list(range(1000))
+
+
+async def test_writer_unknown_ticket() -> None:
+    writer: GroupWriter[int] = GroupWriter(Recorder(), name="test")
+    with pytest.raises(ValueError, match="never handed out"):
+        await writer.wait_durable(1)
+
+
+# ------------------------------------------------------------------ both backends
+
+
+async def test_round_trip(url: str) -> None:
+    async with open_journal(url) as journal:
+        events = [
+            flow_start("f1", ref="order-7"),
+            atom_event("f1", 2, "fetch", result={"rows": [1, 2, 3], "pair": (1, "x")}),
+            Event(
+                "f1",
+                3,
+                time.time(),
+                EventKind.PROGRESS,
+                atom="fetch",
+                progress=0.5,
+                details={"progress": 0.5, "step": "half"},
+            ),
+            Event(
+                "f1",
+                4,
+                time.time(),
+                EventKind.ATOM,
+                atom="load",
+                state=AtomState.FAILURE,
+                attempt=2,
+                details={"failure": {"exc_type": "ValueError", "message": "bad"}},
+            ),
+            Event("f1", 5, time.time(), EventKind.CHECKPOINT, atom="cp"),
+            flow_status("f1", 6, FlowStatus.SUCCESS),
+        ]
+        tickets = [journal.append(e) for e in events]
+        assert tickets == [1, 2, 3, 4, 5, 6]
+        assert journal.appended == 6
+        await journal.flush()
+        assert journal.durable == 6
+        assert await journal.load("f1") == events
+        assert [e async for e in journal.events("f1", after=4)] == events[4:]
+        [summary] = await journal.flows()
+        assert summary == FlowSummary(
+            flow_id="f1",
+            name="demo",
+            status=FlowStatus.SUCCESS,
+            ref="order-7",
+            created=events[0].time,
+            updated=events[5].time,
+            last_seq=6,
+        )
+
+
+async def test_tickets_and_durable(url: str) -> None:
+    async with open_journal(url) as journal:
+        assert (journal.appended, journal.durable) == (0, 0)
+        for e in a_flow("f", 10):
+            journal.append(e)
+        assert journal.appended == 10
+        if isinstance(journal, MemoryJournal):
+            assert journal.durable == 10
+        else:
+            assert journal.durable == 0  # nothing awaited yet, so nothing committed
+        await journal.wait_durable(3)
+        assert journal.durable >= 3
+        await journal.flush()
+        assert journal.durable == 10
+        await journal.wait_durable(1)  # already durable
+        with pytest.raises(ValueError):
+            await journal.wait_durable(11)
+
+
+async def test_events_after_pages(url: str) -> None:
+    async with open_journal(url) as journal:
+        events = a_flow("big", 2600)
+        for e in events:
+            journal.append(e)
+        await journal.flush()
+        assert [e.seq async for e in journal.events("big")] == list(range(1, 2601))
+        got = [e async for e in journal.events("big", after=999)]
+        assert got == events[999:]
+        assert [e async for e in journal.events("big", after=2600)] == []
+        assert [e async for e in journal.events("nope")] == []
+
+
+async def test_flows_status_filter_and_last_seq(url: str) -> None:
+    async with open_journal(url) as journal:
+        t0 = time.time()
+        for i, flow_id in enumerate(["f-a", "f-b", "f-c"]):
+            journal.append(flow_start(flow_id, name=f"flow{i}", at=t0 + i))
+        journal.append(atom_event("f-a", 2))
+        journal.append(flow_status("f-a", 3, FlowStatus.SUCCESS))
+        journal.append(atom_event("f-b", 2))
+        await journal.flush()
+        journal.append(atom_event("f-b", 3))  # a later batch still moves last_seq
+        journal.append(Event("orphan", 1, t0, EventKind.ATOM, atom="x", state=AtomState.RUNNING))
+        await journal.flush()
+        flows = await journal.flows()
+        assert [(f.flow_id, f.name, f.status, f.last_seq) for f in flows] == [
+            ("f-a", "flow0", FlowStatus.SUCCESS, 3),
+            ("f-b", "flow1", FlowStatus.RUNNING, 3),
+            ("f-c", "flow2", FlowStatus.RUNNING, 1),
+        ]
+        assert flows[1].ref is None
+        assert flows[1].created == flows[1].updated == t0 + 1
+        running = await journal.flows(FlowStatus.RUNNING)
+        assert [f.flow_id for f in running] == ["f-b", "f-c"]
+        assert await journal.flows(FlowStatus.FAILED) == []
+
+
+async def test_unencodable_details_name_the_atom(url: str) -> None:
+    async with open_journal(url) as journal:
+        journal.append(flow_start("f"))
+        with pytest.raises(SerializationError, match="'fetch'") as info:
+            journal.append(atom_event("f", 2, "fetch", result=object()))
+        assert info.value.atom == "fetch"
+        assert journal.appended == 1
+        journal.append(atom_event("f", 2, "fetch", result=1))  # the seq is still free
+        await journal.flush()
+        assert [e.seq for e in await journal.load("f")] == [1, 2]
+
+
+async def test_load_unknown_flow(url: str) -> None:
+    async with open_journal(url) as journal:
+        with pytest.raises(NotFoundError):
+            await journal.load("missing")
+
+
+async def test_meta(url: str) -> None:
+    async with open_journal(url) as journal:
+        assert await journal.get_meta("secret") is None
+        assert await journal.set_meta_default("secret", "one") == "one"
+        assert await journal.set_meta_default("secret", "two") == "one"
+        assert await journal.get_meta("secret") == "one"
+
+
+async def test_memory_journal_conflict_and_closed() -> None:
+    j = MemoryJournal()
+    with pytest.raises(JournalError, match="not open"):
+        j.append(flow_start("f"))
+    async with j:
+        j.append(flow_start("f"))
+        with pytest.raises(JournalError, match="flow f at seq 1"):
+            j.append(atom_event("f", 1))
+    assert len(await j.load("f")) == 1  # still readable once closed
+
+
+# ------------------------------------------------------------------------- SQLite
+
+
+async def test_few_commits_per_flush(tmp_path: Path) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as j:
+        for round_ in range(5):
+            for e in a_flow(f"f{round_}", 1000):
+                j.append(e)
+            await j.flush()
+        assert j.commits == 5
+        # Bigger than one multi-row statement, so the BEGIN/executemany/COMMIT path.
+        for e in a_flow("odd", 300):
+            j.append(e)
+        await j.flush()
+        assert j.commits == 6
+        assert len(await j.load("odd")) == 300
+
+
+def interleaved_flows(n: int) -> list[Event]:
+    """``n`` events over three flows, with status changes, in one append order."""
+    t0 = time.time()
+    events: list[Event] = []
+    seqs = {"x": 0, "y": 0, "z": 0}
+    for i in range(n):
+        flow_id = "xyz"[i % 3]
+        seqs[flow_id] += 1
+        seq = seqs[flow_id]
+        if seq == 1:
+            events.append(flow_start(flow_id, name=f"n-{flow_id}", ref=flow_id * 2, at=t0 + i))
+        elif seq % 97 == 0:
+            status = FlowStatus.SUSPENDED if seq % 2 else FlowStatus.RUNNING
+            events.append(Event(flow_id, seq, t0 + i, EventKind.FLOW, state=status))
+        else:
+            events.append(atom_event(flow_id, seq, result=i))
+    return events
+
+
+@pytest.mark.parametrize("batch", [1, 7, 256, 257, 5000])
+async def test_both_commit_paths_keep_the_same_summaries(tmp_path: Path, batch: int) -> None:
+    events = interleaved_flows(1500)
+    memory = MemoryJournal()
+    async with memory, SqliteJournal(tmp_path / "j.db") as j:
+        for k in range(0, len(events), batch):
+            for e in events[k : k + batch]:
+                j.append(e)
+                memory.append(e)
+            await j.flush()
+        assert j.commits == -(-len(events) // batch)
+        assert await j.flows() == await memory.flows()
+        for flow_id in "xyz":
+            assert await j.load(flow_id) == await memory.load(flow_id)
+
+
+@pytest.mark.parametrize("batch", [2, 400])
+async def test_conflict_in_either_commit_path(tmp_path: Path, batch: int) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as first:
+        for e in a_flow("f", 10):
+            first.append(e)
+    async with SqliteJournal(path) as second:
+        events = [atom_event("g", s) for s in range(1, batch)] + [atom_event("f", 5)]
+        for e in events:
+            second.append(e)
+        with pytest.raises(JournalError, match="flow f at seq 5"):
+            await second.flush()
+        with pytest.raises(JournalError):
+            await second.close()
+    with pytest.raises(NotFoundError):  # nothing of the failed batch is kept
+        await SqliteJournal(path).load("g")
+
+
+async def test_concurrent_waiters_on_sqlite(tmp_path: Path) -> None:
+    async with SqliteJournal(tmp_path / "j.db") as j:
+        j.append(flow_start("f"))
+
+        async def step(seq: int) -> None:
+            await j.wait_durable(j.append(atom_event("f", seq)))
+            assert j.durable >= seq - 1
+
+        async with anyio.create_task_group() as tg:
+            for seq in range(2, 502):
+                tg.start_soon(step, seq)
+        assert j.commits <= 3
+        assert [e.seq for e in await j.load("f")] == list(range(1, 502))
+
+
+async def test_close_flushes(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as j:
+        for e in a_flow("f", 100):
+            j.append(e)
+    assert not j.is_open
+    assert len(await SqliteJournal(path).load("f")) == 100
+
+
+async def test_close_flushes_when_cancelled(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    j = SqliteJournal(path)
+    after_close = False
+    with anyio.CancelScope() as scope:
+        await j.open()
+        for e in a_flow("f", 50):
+            j.append(e)
+        scope.cancel()
+        await j.close()
+        after_close = True  # pragma: no cover - the cancellation must reach us
+    assert scope.cancelled_caught and not after_close
+    assert not j.is_open
+    assert len(await SqliteJournal(path).load("f")) == 50
+
+
+async def test_reading_an_unopened_journal(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with open_journal(sqlite_url(path)) as j:
+        for e in a_flow("f", 30):
+            j.append(e)
+        await j.set_meta_default("k", "v")
+    closed = open_journal(sqlite_url(path))
+    assert not closed.is_open
+    assert [f.flow_id for f in await closed.flows()] == ["f"]
+    assert len(await closed.load("f")) == 30
+    assert [e.seq async for e in closed.events("f", after=28)] == [29, 30]
+    assert await closed.get_meta("k") == "v"
+    with pytest.raises(NotFoundError):
+        await closed.load("nope")
+    with pytest.raises(JournalError, match="not open"):
+        await closed.set_meta_default("k", "w")
+    with pytest.raises(JournalError, match="not open"):
+        closed.append(atom_event("f", 31))
+    with pytest.raises(JournalError, match="no journal"):
+        await SqliteJournal(tmp_path / "missing.db").flows()
+    assert not (tmp_path / "missing.db").exists()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert await SqliteJournal(empty).flows() == []
+    assert empty.stat().st_size == 0
+
+
+async def test_second_connection_reads_while_first_writes(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as writer, SqliteJournal(path) as reader:
+        writer.append(flow_start("f"))
+        await writer.flush()
+        seen: dict[str, list[int]] = {"reader": [], "writer": [], "unopened": []}
+
+        async def write() -> None:
+            for seq in range(2, 2001):
+                writer.append(atom_event("f", seq, result=seq))
+                if seq % 50 == 0:
+                    await writer.flush()
+                    await anyio.sleep(0.001)  # let the reader in between commits
+
+        async def read() -> None:
+            while min(counts[-1] if counts else 0 for counts in seen.values()) < 2000:
+                for name, source in [
+                    ("reader", reader),
+                    ("writer", writer),
+                    ("unopened", SqliteJournal(path)),
+                ]:
+                    seqs = [e.seq async for e in source.events("f")]
+                    assert seqs == list(range(1, len(seqs) + 1))  # a prefix, no gap
+                    seen[name].append(len(seqs))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write)
+                tg.start_soon(read)
+        for counts in seen.values():
+            assert counts == sorted(counts)
+            assert any(1 < n < 2000 for n in counts)  # it did read while writes went on
+        [summary] = await reader.flows()
+        assert summary.last_seq == 2000
+
+
+async def test_conflicting_seq(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as first:
+        for e in a_flow("f", 3):
+            first.append(e)
+        await first.flush()
+        second = SqliteJournal(path)
+        await second.open()
+        second.append(atom_event("f", 4))
+        second.append(atom_event("f", 3))
+        waiter_errors: list[BaseException] = []
+
+        async def wait(ticket: int) -> None:
+            try:
+                await second.wait_durable(ticket)
+            except JournalError as exc:
+                waiter_errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, 1)
+            tg.start_soon(wait, 2)
+        assert len(waiter_errors) == 2
+        assert "flow f at seq 3" in str(waiter_errors[0])
+        assert isinstance(waiter_errors[0].__cause__, sqlite3.IntegrityError)
+        with pytest.raises(JournalError, match="seq 3"):
+            second.append(atom_event("f", 5))
+        with pytest.raises(JournalError):
+            await second.close()
+        assert not second.is_open
+        first.append(atom_event("f", 4))  # the first writer is unaffected
+        await first.flush()
+    assert [e.seq for e in await SqliteJournal(path).load("f")] == [1, 2, 3, 4]
+
+
+async def test_set_meta_default_is_atomic_across_journals(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as one, SqliteJournal(path) as two:
+        results: list[str] = []
+
+        async def claim(j: Journal, value: str) -> None:
+            results.append(await j.set_meta_default("owner", value))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(20):
+                tg.start_soon(claim, one if i % 2 else two, f"v{i}")
+        assert len(set(results)) == 1
+        assert await one.get_meta("owner") == await two.get_meta("owner") == results[0]
+
+
+def make_sqlite_file(path: Path, *statements: str) -> None:
+    with sqlite3.connect(path) as db:
+        for statement in statements:
+            db.execute(statement)
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "message"),
+    [
+        (
+            [
+                "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)",
+                "INSERT INTO users VALUES (1, 'ada')",
+            ],
+            "not an aioflow journal",
+        ),
+        (
+            [
+                "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                "INSERT INTO aioflow_meta VALUES ('schema_version', '2')",
+            ],
+            r"version 2.*version 1",
+        ),
+    ],
+    ids=["other-tables", "other-version"],
+)
+async def test_foreign_sqlite_files_are_refused_and_untouched(
+    tmp_path: Path, statements: list[str], message: str
+) -> None:
+    path = tmp_path / "other.db"
+    make_sqlite_file(path, *statements)
+    before = file_bytes(path)
+    with pytest.raises(JournalError, match=message):
+        await SqliteJournal(path).open()
+    with pytest.raises(JournalError, match=message):
+        await SqliteJournal(path).flows()
+    assert file_bytes(path) == before
+
+
+async def test_not_sqlite_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database\n" * 200)
+    before = file_bytes(path)
+    with pytest.raises(JournalError, match="not a SQLite database") as info:
+        await SqliteJournal(path).open()
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+    with pytest.raises(JournalError):
+        await SqliteJournal(path).load("f")
+    assert file_bytes(path) == before
+
+
+async def test_schema_and_pragmas(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as j:
+        j.append(flow_start("f"))
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute(
+            "SELECT value FROM aioflow_meta WHERE key='schema_version'"
+        ).fetchone() == ("1",)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"aioflow_meta", "aioflow_events", "aioflow_flows"}
+        # Details are the codec's text: plain JSON that SQLite can query.
+        assert db.execute(
+            "SELECT json_extract(details, '$.name') FROM aioflow_events"
+        ).fetchone() == ("demo",)
+    db.close()
+    async with SqliteJournal(path) as j:  # reopening a journal of our version
+        assert len(await j.load("f")) == 1
+
+
+# ------------------------------------------------------------------- open_journal
+
+
+def test_open_journal_urls(tmp_path: Path) -> None:
+    assert isinstance(open_journal("memory://"), MemoryJournal)
+    j = open_journal("sqlite:///rel/dir/j.db")
+    assert isinstance(j, SqliteJournal) and j.path == "rel/dir/j.db"
+    j = open_journal("sqlite:////abs/j.db", codec="pickle")
+    assert isinstance(j, SqliteJournal) and j.path == "/abs/j.db"
+    assert j.codec.name == "pickle"
+    assert open_journal(j) is j
+    with pytest.raises(JournalError, match="postgres"):
+        open_journal("postgresql://localhost/db")
+    with pytest.raises(ValueError, match="sqlite:///"):
+        open_journal("redis://localhost")
+    with pytest.raises(ValueError):
+        open_journal("j.db")
+
+
+async def test_relative_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with open_journal("sqlite:///sub.db") as j:
+        j.append(flow_start("f"))
+    assert (tmp_path / "sub.db").exists()
+
+
+# --------------------------------------------------------------------- crash safety
+
+CHILD = textwrap.dedent(
+    """
+    import random, sys, time, anyio
+    from pathlib import Path
+    from aioflow._events import Event, EventKind
+    from aioflow._states import AtomState, FlowStatus
+    from aioflow.journal import SqliteJournal
+
+    async def main():
+        async with SqliteJournal(Path(sys.argv[1])) as j:
+            j.append(Event("f", 1, time.time(), EventKind.FLOW, state=FlowStatus.RUNNING,
+                           details={"name": "crash"}))
+            seq, rounds = 1, 0
+            while True:
+                rounds += 1
+                # Both commit paths: one multi-row INSERT, or BEGIN/executemany/COMMIT.
+                for _ in range(random.randint(1, 600)):
+                    seq += 1
+                    j.append(Event("f", seq, time.time(), EventKind.ATOM, atom="a",
+                                   state=AtomState.SUCCESS, details={"result": "x" * 200}))
+                if rounds % 3 == 0:
+                    await j.flush()
+                    print(seq, flush=True)
+                else:
+                    await anyio.sleep(0)
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_a_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    flushed = 0
+    try:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 60
+        while flushed < 5000 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            flushed = int(line)
+        time.sleep(0.2)  # the child goes on appending: kill it in the middle of that
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        _, err = child.communicate()
+    assert flushed >= 5000, err
+    with sqlite3.connect(path) as db:
+        seqs = [
+            r[0]
+            for r in db.execute("SELECT seq FROM aioflow_events WHERE flow_id = 'f' ORDER BY seq")
+        ]
+        (last_seq,) = db.execute("SELECT last_seq FROM aioflow_flows").fetchone()
+    db.close()
+    assert seqs == list(range(1, len(seqs) + 1))  # a prefix: no gap
+    assert len(seqs) >= flushed  # everything reported flushed is there
+    assert last_seq == len(seqs)  # the summary moved in the same transactions

@@ -1,0 +1,77 @@
+"""The README's promises: its commands are the ones CI runs, and its example works."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    commands = _readme_commands()
+    test_command = next(c for c in commands if "pytest" in c)
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_readme_demo_command_names_an_existing_script() -> None:
+    demo = next(c for c in _readme_commands() if "pytest" not in c)
+    script = demo.rsplit(" ", 1)[-1]
+    assert (ROOT / script).is_file()
+
+
+def test_readme_example_runs(tmp_path: Path, monkeypatch: object) -> None:
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S)
+    assert example is not None
+    code = example.group(1)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "FlowStatus.SUCCESS s3://backups/snap-of-v1" in result.stdout
+    assert (tmp_path / "flows.db").exists()
+
+
+def test_backup_example_succeeds_then_reverts(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "backup.py"), str(journal)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-> SUCCESS, url=s3://backups/snap-vol-1.img" in out
+    assert "revert: deleting snapshot snap-vol-2" in out
+    assert "-> REVERTED: ConnectionError: object store refused the upload" in out
+    assert out.index("revert: removed") < out.index("revert: deleting snapshot")
+
+
+def test_example_journal_is_readable_afterwards(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.db"
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "backup.py"), str(journal)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+    async def read() -> list[str]:
+        import aioflow
+
+        async with aioflow.open_journal(f"sqlite:///{journal}") as j:
+            return sorted(s.status.value for s in await j.flows())
+
+    assert anyio.run(read) == ["REVERTED", "SUCCESS"]
