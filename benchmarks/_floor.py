@@ -1,0 +1,68 @@
+"""The floor: the same shapes of work in plain asyncio (and anyio), with no engine at all.
+
+Each function times one sample and returns seconds. Creating the coroutines is inside
+the timing, as it is for the engine, which makes its coroutines while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import anyio
+
+
+async def _noop() -> None:
+    return None
+
+
+async def _source() -> int:
+    return 1
+
+
+async def _middle(seed: int) -> None:
+    return None
+
+
+async def _nap(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def gather(n: int) -> float:
+    """``asyncio.gather`` of ``n`` no-op coroutines (each becomes a task)."""
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_noop() for _ in range(n)])
+    return time.perf_counter() - t0
+
+
+async def task_group(n: int) -> float:
+    """An anyio task group that starts ``n`` no-op tasks (what aioflow runs on)."""
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(_noop)
+    return time.perf_counter() - t0
+
+
+async def chain(n: int) -> float:
+    """``n`` no-op coroutines awaited one after another (no task per step)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await _noop()
+    return time.perf_counter() - t0
+
+
+async def diamond(n: int) -> float:
+    """A source, ``n`` gathered coroutines that take its value, then a sink."""
+    t0 = time.perf_counter()
+    seed = await _source()
+    await asyncio.gather(*[_middle(seed) for _ in range(n)])
+    await _noop()
+    return time.perf_counter() - t0
+
+
+async def sleeps(n: int, seconds: float) -> float:
+    """``asyncio.gather`` of ``n`` coroutines that each sleep ``seconds``."""
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_nap(seconds) for _ in range(n)])
+    return time.perf_counter() - t0

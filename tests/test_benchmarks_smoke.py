@@ -1,0 +1,24 @@
+"""The benchmark suite still runs: one tiny scenario end to end, no timing asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.__main__ import main
+
+
+def test_a_tiny_wide_scenario_runs_and_writes_its_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "wide", "--sizes", "10", "--repeat", "1", "--no-peers"]
+    argv += ["--no-postgres", "--json", str(out), "--tmp", str(tmp_path)]
+
+    assert main(argv) == 0
+
+    data = json.loads(out.read_text())
+    assert data["failures"] == []
+    measured = {(r["subject"], r["variant"], r["n"]) for r in data["results"]}
+    for variant in ("memory", "sqlite strict", "sqlite batched"):
+        assert ("aioflow", variant, 10) in measured
+    assert ("asyncio", "gather", 10) in measured
+    assert {t["target"] for t in data["targets"]} >= {"wide 10k, SQLite strict"}
