@@ -28,11 +28,14 @@ from ._errors import (
     NotFoundError,
     SerializationError,
 )
+from ._eta import History, load_history
+from ._eta import from_state as progress_from_state
 from ._events import Event, EventKind
+from ._external import ExternalWork
 from ._flow import Flow
 from ._outcome import Outcome
-from ._progress import AtomProgress, FlowProgress
-from ._replay import AtomRecord, FlowState, atom_names, replay
+from ._progress import FlowProgress
+from ._replay import FlowState, replay
 from ._run import Run
 from ._states import AtomState, FlowStatus
 from .journal import Journal, open_journal
@@ -41,6 +44,7 @@ Listener = Callable[[Event], Any]
 FlowRef = Flow | str
 _LOG = structlog.get_logger("aioflow")
 _WATCH_POLL = 0.2
+_HISTORY_TTL = 30.0
 
 
 def load_reference(ref: str) -> Flow:
@@ -102,7 +106,10 @@ class FlowHandle:
     def progress(self) -> FlowProgress | None:
         """The run's progress now, or None once it has ended."""
         run = self._engine._live.get(self.flow_id)
-        return None if run is None else run.flow_progress(self._engine._clock())
+        if run is None:
+            return None
+        cached = self._engine._histories.get(run.graph.name)
+        return run.flow_progress(self._engine._clock(), cached[1] if cached else None)
 
 
 class Engine:
@@ -155,11 +162,13 @@ class Engine:
             )
             (self._async_listeners if is_async else self._sync_listeners).append(fn)
         self._live: dict[str, Run] = {}
+        self._histories: dict[str, tuple[float, History | None]] = {}
         self._watchers: dict[str, list[MemoryObjectSendStream[Event]]] = {}
         self._async_streams: dict[str, MemoryObjectSendStream[Event]] = {}
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._external = ExternalWork(self)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -188,6 +197,12 @@ class Engine:
         assert stack is not None and self._tg is not None
         self._tg.cancel_scope.cancel()
         self._tg = None
+        if isinstance(exc, Exception):
+            # An error of the caller's block goes on as it is: handing it to the task
+            # group would wrap it in an ExceptionGroup that `except FlowFailedError`
+            # around the block no longer catches.
+            await stack.__aexit__(None, None, None)
+            return
         await stack.__aexit__(exc_type, exc, tb)
 
     @asynccontextmanager
@@ -208,7 +223,14 @@ class Engine:
                 return load_reference(flow), flow
             if self.registry is not None:
                 entry = self.registry.get(flow)
-                return entry.build(), flow
+                built = entry.build()
+                if not isinstance(built, Flow):
+                    raise NotFoundError(
+                        f"registry entry {entry.name!r} holds a {entry.kind}, not a flow;"
+                        " only a flow can be run by name"
+                    )
+                # The entry's own name, not the query, so a resume finds the same entry.
+                return built, entry.name
             raise NotFoundError(
                 f"no flow named {flow!r}: pass a flow, a reference like 'package.module:factory',"
                 " or give the engine a registry"
@@ -313,7 +335,8 @@ class Engine:
         run, start = self._prepare(flow, inputs, flow_id, stop_at)
         await self._begin(run, start, explicit_id=flow_id is not None)
         handle = FlowHandle(self, run.flow_id)
-        tg.start_soon(self._background, handle, self._drive(run), name=f"flow {run.flow_id}")
+        work = self._external.through(self._drive(run), run.flow_id)
+        tg.start_soon(self._background, handle, work, name=f"flow {run.flow_id}")
         return handle
 
     async def _background(self, handle: FlowHandle, work: Any) -> None:
@@ -352,11 +375,79 @@ class Engine:
             run.stop_at = stop_at
             if state.status.is_final:
                 return self._finish(run)
+            if run.revert_to is not None:  # an interrupted revert_to: finish it
+                i = self._checkpoint_index(run, run.revert_to)
+                run.set_flow(FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to})
+                return await self._drive(run, lambda tg: run.rewind(i, tg))
             run.set_flow(
                 FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True}
             )
             run.resume_events()
             return await self._drive(run)
+
+    async def revert_to(
+        self, flow_id: str, checkpoint: str, flow: FlowRef | None = None
+    ) -> Outcome:
+        """Move suspended flow ``flow_id`` back to ``checkpoint``: revert every atom that
+        finished after it, dependents first (newest first in a Linear), and leave the
+        flow SUSPENDED there, ready to run on from it.
+
+        The intent is journaled first, so a revert interrupted by a crash or a
+        cancellation is finished by :meth:`resume`. A revert that raises leaves its atom
+        REVERT_FAILURE and the flow FAILED, as in any failure.
+        """
+        async with self._session():
+            _, run = await self._suspended(flow_id, flow, "revert_to")
+            i = self._checkpoint_index(run, checkpoint)
+            if run.states[i] is not AtomState.SUCCESS:
+                raise AioflowError(
+                    f"flow {flow_id} has not reached checkpoint {checkpoint!r}, so it cannot"
+                    " be reverted to it; goto() moves a flow forward to a checkpoint"
+                )
+            run.revert_to = checkpoint
+            run.set_flow(FlowStatus.REVERTING, {"revert_to": checkpoint})
+            return await self._drive(run, lambda tg: run.rewind(i, tg))
+
+    async def goto(self, flow_id: str, checkpoint: str, flow: FlowRef | None = None) -> Outcome:
+        """Move suspended flow ``flow_id`` to ``checkpoint``: back (:meth:`revert_to`)
+        when it was reached, else forward (:meth:`resume` with ``stop_at``)."""
+        async with self._session():
+            _, run = await self._suspended(flow_id, flow, "goto")
+            i = self._checkpoint_index(run, checkpoint)
+            if run.states[i] is AtomState.SUCCESS:
+                return await self.revert_to(flow_id, checkpoint, flow)
+            return await self.resume(flow_id, flow, stop_at=checkpoint)
+
+    async def _suspended(
+        self, flow_id: str, flow: FlowRef | None, what: str
+    ) -> tuple[FlowState, Run]:
+        if flow_id in self._live:
+            raise AioflowError(
+                f"flow {flow_id} is running in this engine; suspend it before {what}"
+            )
+        state = replay(flow_id, await self.journal.load(flow_id))
+        if state.status is not FlowStatus.SUSPENDED:
+            raise AioflowError(
+                f"flow {flow_id} is {state.status.value}; {what} moves only a SUSPENDED flow"
+                " (stop it at a checkpoint with stop_at, or cancel it, first)"
+            )
+        run = self._restore(state, flow)
+        if run.failing or run.revert_to is not None:
+            raise AioflowError(
+                f"flow {flow_id} was interrupted while reverting; resume() it to finish that first"
+            )
+        return state, run
+
+    @staticmethod
+    def _checkpoint_index(run: Run, checkpoint: str) -> int:
+        index = run.graph.checkpoints.get(checkpoint)
+        if index is None:
+            raise InvalidFlowError(
+                f"{checkpoint!r} is not a checkpoint of flow {run.graph.name!r}"
+                f" (it has: {', '.join(map(repr, run.graph.checkpoints)) or 'none'})",
+                atoms=[checkpoint],
+            )
+        return int(index)
 
     def _restore(self, state: FlowState, flow: FlowRef | None) -> Run:
         if flow is None:
@@ -376,14 +467,25 @@ class Engine:
         run.restore(state)
         return run
 
-    async def _drive(self, run: Run) -> Outcome:
+    async def _drive(self, run: Run, begin: Callable[[TaskGroup], None] | None = None) -> Outcome:
         if self.max_concurrency is not None:
             if self._limiter is None:
                 self._limiter = anyio.CapacityLimiter(self.max_concurrency)
             run.limiter = self._limiter
         self._live[run.flow_id] = run
+        if run.signer is None:  # after registering: a completion must find the run live
+            try:
+                run.signer = await self._external.signer()
+            except BaseException:
+                self._live.pop(run.flow_id, None)
+                raise
         send = None
         try:
+            if self.durability == "strict":
+                # The flow's start (its inputs) is what its first atoms build on: commit it
+                # before they run, or a crash could leave their work done for a flow the
+                # journal does not know.
+                await self.journal.flush()
             async with anyio.create_task_group() as outer:
                 if self._async_listeners:
                     send, receive = anyio.create_memory_object_stream[Event](math.inf)
@@ -391,7 +493,7 @@ class Engine:
                     outer.start_soon(self._dispatch, receive)
                 try:
                     async with anyio.create_task_group() as tg:
-                        run.begin(tg)
+                        (begin or run.begin)(tg)
                 except BaseExceptionGroup as group:
                     journal_errors = group.subgroup(JournalError)
                     if journal_errors is not None and len(journal_errors.exceptions) == len(
@@ -406,7 +508,10 @@ class Engine:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if not run.status.is_resting:
-                    run.set_flow(FlowStatus.SUSPENDED, {"cancelled": True})
+                    details: dict[str, Any] = {"cancelled": True}
+                    if run.revert_to is not None:  # resume() finishes the move back
+                        details["revert_to"] = run.revert_to
+                    run.set_flow(FlowStatus.SUSPENDED, details)
                 await self.journal.flush()
             raise
         finally:
@@ -416,6 +521,9 @@ class Engine:
                 send.close()
             for stream in self._watchers.pop(run.flow_id, []):
                 stream.close()
+            run.ended.set()
+        if run.status is FlowStatus.WAITING:
+            self._external.rest(run)
         return self._finish(run)
 
     def _finish(self, run: Run) -> Outcome:
@@ -486,42 +594,50 @@ class Engine:
     async def _follow(self, flow_id: str) -> AsyncIterator[Event]:
         last = 0
         await self.journal.load(flow_id)  # NotFoundError for an unknown flow
+        rested = False
         while True:
             async for event in self.journal.events(flow_id, after=last):
                 last = event.seq
                 yield event
-                if (
+                # A rest in the history may have been resumed since: only the last
+                # committed event says whether the flow rests now.
+                rested = (
                     event.kind is EventKind.FLOW
                     and isinstance(event.state, FlowStatus)
-                    and (event.state.is_resting)
-                ):
-                    return
+                    and event.state.is_resting
+                )
+            if rested:
+                return
             await anyio.sleep(_WATCH_POLL)
 
     # Looking at flows --------------------------------------------------------------------
 
     async def progress(self, flow_id: str) -> FlowProgress:
-        """How far flow ``flow_id`` is, live or read back from the journal."""
+        """How far flow ``flow_id`` is, live or read back from the journal (also while
+        another process runs it). The ETA also draws on the journal's earlier successful
+        runs of a flow with the same name (see ``docs/progress.md``)."""
         run = self._live.get(flow_id)
         if run is not None:
-            return run.flow_progress(self._clock())
+            history = await self._history(run.graph.name, flow_id)
+            return run.flow_progress(self._clock(), history)
         async with self._session():
             events = await self.journal.load(flow_id)
-        state = replay(flow_id, events)
-        weights = dict(events[0].details.get("weights", {})) if events else {}
-        atoms: dict[str, AtomProgress] = {}
-        total = done = 0.0
-        for name, kind in atom_names(state.structure):
-            record = state.atoms.get(name) or AtomRecord()
-            weight = float(weights.get(name, 1.0)) if kind == "task" else 0.0
-            atoms[name] = AtomProgress(
-                record.state.value, record.progress, dict(record.details), None, weight
-            )
-            if record.state is not AtomState.IGNORED:
-                total += weight
-                done += weight * record.progress
-        fraction = done / total if total else (1.0 if state.status is FlowStatus.SUCCESS else 0.0)
-        return FlowProgress(flow_id, state.status.value, fraction, atoms, None)
+            state = replay(flow_id, events)
+            history = await self._history(state.name, flow_id)
+        weights = state.weights
+        return progress_from_state(state, weights, self._clock(), history)
+
+    async def _history(self, name: str, flow_id: str) -> History | None:
+        """What earlier successful runs named ``name`` took, re-read at most every
+        :data:`_HISTORY_TTL` seconds of the engine's clock (a stale view only misses the
+        latest runs)."""
+        now = self._clock()
+        cached = self._histories.get(name)
+        if cached is not None and now - cached[0] < _HISTORY_TTL:
+            return cached[1]
+        history = await load_history(self.journal, name, exclude=flow_id)
+        self._histories[name] = (now, history)
+        return history
 
     async def outcome(self, flow_id: str) -> Outcome:
         """The outcome of flow ``flow_id`` as its journal tells it (no flow object needed)."""
@@ -535,3 +651,23 @@ class Engine:
         }
         failures = {n: r.failure for n, r in state.atoms.items() if r.failure is not None}
         return Outcome(flow_id, state.status, {}, failures, atoms, state.checkpoint)
+
+    # External work ------------------------------------------------------------------------
+
+    async def complete(self, token: str, result: Any = None) -> None:
+        """Finish the external wait ``token`` names with ``result``, once.
+
+        Raises :class:`~aioflow.InvalidTokenError`, changing nothing, for a forged token,
+        one signed with another secret, one for an attempt that has ended, one already
+        used or one past its deadline. The flow then goes on: at once when it runs in
+        this engine; in this entered engine's background when it rests and this engine
+        can build it (it ran it, or it was started from a reference or registry name);
+        otherwise at the next :meth:`resume`.
+        """
+        await self._external.close(token, result, None)
+
+    async def fail(self, token: str, error: BaseException | str) -> None:
+        """Fail the external wait ``token`` names with ``error`` (an exception, or a
+        message for a ``RuntimeError``); the task's retry or the flow's revert follows.
+        Refuses tokens as :meth:`complete` does."""
+        await self._external.close(token, None, error)

@@ -28,6 +28,9 @@ class EventKind(enum.Enum):
     """A checkpoint was reached."""
     WAIT = "WAIT"
     """An external wait was opened or closed."""
+    SNAPSHOT = "SNAPSHOT"
+    """Older events folded into one by compaction: ``details["state"]`` is the flow's
+    state as of this ``seq``; it is then the flow's first event."""
 
 
 @dataclass(frozen=True, slots=True)

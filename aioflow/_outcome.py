@@ -26,7 +26,7 @@ class Waiting:
     """An open external wait: the atom, its token (a bearer secret), deadline and info."""
 
     atom: str
-    token: str
+    token: str = field(repr=False)
     deadline: float | None
     info: Mapping[str, Any] = field(default_factory=dict)
 

@@ -29,8 +29,10 @@ class Progress:
     """Reports how far a task is, as a fraction in [0, 1] with free-form details.
 
     ``progress(0.25, stage="copy")`` sets the fraction; ``progress.update(512, total=1024,
-    bytes_done=512)`` derives it from a count. Values outside [0, 1] are clamped; NaN or a
-    non-number raises ``ValueError``.
+    bytes_done=512)`` derives it from a count and ``progress.advance(n)`` adds to that
+    count. Values outside [0, 1] are clamped; NaN or a non-number raises ``ValueError``
+    and changes nothing. Every method may be called from any thread (a sync task runs in
+    a worker thread); a call stores the value and hands it on without ever awaiting.
     """
 
     __slots__ = ("_current", "_details", "_fraction", "_lock", "_report", "_total")
@@ -41,7 +43,8 @@ class Progress:
         self._details: dict[str, Any] = {}
         self._total: float | None = None
         self._current = 0.0
-        self._lock = threading.Lock()
+        # Reentrant: a sync listener run from the report may itself read this object.
+        self._lock = threading.RLock()
 
     @property
     def fraction(self) -> float:
@@ -53,6 +56,11 @@ class Progress:
         """A copy of the details reported so far (later reports update earlier keys)."""
         with self._lock:
             return dict(self._details)
+
+    @property
+    def current(self) -> float:
+        """The count :meth:`update` and :meth:`advance` reached (0.0 before any)."""
+        return self._current
 
     @property
     def total(self) -> float | None:
@@ -69,48 +77,67 @@ class Progress:
 
     def __call__(self, fraction: float, **details: Any) -> None:
         """Report ``fraction`` (clamped to [0, 1]) and any details."""
-        self._set(_check(fraction, "fraction"), details)
+        value = _check(fraction, "fraction")
+        with self._lock:
+            self._set(value, details)
 
     def update(self, current: float, total: float | None = None, **details: Any) -> None:
         """Report ``current`` out of ``total`` (or out of :attr:`total` set earlier)."""
         current = _check(current, "current")
-        if total is not None:
-            self.total = total
-        if self._total is None:
-            raise ValueError("progress.update needs a total: pass total= or set progress.total")
-        self._current = current
-        self._set(current / self._total, details)
+        with self._lock:
+            if total is not None:
+                self.total = total
+            if self._total is None:
+                raise ValueError(
+                    "progress.update needs a total: pass total= or set progress.total"
+                )
+            self._current = current
+            self._set(current / self._total, details)
 
     def advance(self, n: float = 1, **details: Any) -> None:
-        """Add ``n`` to the current count and report it against :attr:`total`."""
-        self.update(self._current + _check(n, "step"), None, **details)
+        """Add ``n`` to the current count and report it against :attr:`total`.
+
+        Concurrent calls from several threads add up: none is lost.
+        """
+        step = _check(n, "step")
+        with self._lock:
+            if self._total is None:
+                raise ValueError("progress.advance needs a total: set progress.total first")
+            self._current += step
+            self._set(self._current / self._total, details)
 
     def _set(self, fraction: float, details: Mapping[str, Any]) -> None:
+        # Called with the lock held, and reports under it, so reports from several
+        # threads reach the engine in the order their values were set.
         fraction = 0.0 if fraction < 0.0 else 1.0 if fraction > 1.0 else fraction
-        with self._lock:
-            self._fraction = fraction
-            if details:
-                self._details.update(details)
-            snapshot = dict(self._details)
+        self._fraction = fraction
+        if details:
+            self._details.update(details)
         if self._report is not None:
-            self._report(fraction, snapshot)
+            self._report(fraction, dict(self._details))
 
 
 @dataclass(frozen=True, slots=True)
 class AtomProgress:
-    """How far one atom is: its state's name, fraction, details and rate (fraction/s)."""
+    """How far one atom is: its state's name, fraction and details; while it runs, its
+    observed ``rate`` (fraction per second since its attempt started); its ``weight`` in
+    the flow's fraction (0.0 for checkpoints); and ``eta``, the seconds it is expected
+    still to need (None when unknown or when the flow is not running)."""
 
     state: str
     fraction: float
     details: Mapping[str, Any] = field(default_factory=dict)
     rate: float | None = None
     weight: float = 1.0
+    eta: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class FlowProgress:
     """How far a whole flow is: the weighted ``fraction`` of its non-ignored atoms, each
-    atom's progress, and an ``eta`` in seconds when one can be estimated."""
+    atom's progress, and an ``eta`` in seconds when one can be estimated (0.0 once the
+    flow succeeded; None when it is not running). How the ETA is made is described in
+    :mod:`aioflow._eta` and ``docs/progress.md``."""
 
     flow_id: str
     status: str

@@ -45,6 +45,7 @@ class FlowState:
     fingerprint: str = ""
     structure: list[Any] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
     atoms: dict[str, AtomRecord] = field(default_factory=dict)
     checkpoint: str | None = None
     revert_to: str | None = None
@@ -55,6 +56,14 @@ class FlowState:
 
 def apply(state: FlowState, event: Event) -> None:
     """Fold one event into ``state`` (in place)."""
+    if event.kind is EventKind.SNAPSHOT:
+        if state.last_seq != 0:
+            raise JournalError(
+                f"flow {state.flow_id}: a snapshot at event {event.seq} follows event"
+                f" {state.last_seq}; a snapshot can only be a flow's first event"
+            )
+        _restore_snapshot(state, event)
+        return
     if event.seq != state.last_seq + 1:
         raise JournalError(
             f"flow {state.flow_id}: event {event.seq} follows {state.last_seq};"
@@ -90,6 +99,7 @@ def _apply_flow(state: FlowState, event: Event) -> None:
         structure = d.get("structure", [])
         state.structure = json.loads(structure) if isinstance(structure, str) else list(structure)
         state.inputs = dict(d.get("inputs", {}))
+        state.weights = {str(k): float(v) for k, v in dict(d.get("weights", {})).items()}
         state.created = event.time
     check_flow(state.flow_id, state.status, new)
     state.status = new
@@ -119,6 +129,8 @@ def _apply_atom(state: FlowState, event: Event) -> None:
         record.finished = event.time
     elif new is AtomState.RETRYING:
         record.retry_until = float(event.details.get("until", 0.0))
+    elif new is AtomState.WAITING:
+        record.details = event.details  # the wait's deadline, info and token nonce
     elif new is AtomState.PENDING:
         record.result = None
         record.progress = 0.0
@@ -132,6 +144,97 @@ def replay(flow_id: str, events: Iterable[Event]) -> FlowState:
     for event in events:
         apply(state, event)
     return state
+
+
+# Snapshots ---------------------------------------------------------------------------
+#
+# A snapshot holds everything replay keeps, so that replaying [snapshot, *later events]
+# gives exactly the state that replaying the whole log gives.
+
+_RECORD_FIELDS = (
+    "attempt",
+    "result",
+    "progress",
+    "details",
+    "started",
+    "finished",
+    "retry_until",
+)
+
+
+def snapshot(state: FlowState, time: float) -> Event:
+    """The SNAPSHOT event that stands for every event folded into ``state``."""
+    atoms = {}
+    for name, record in state.atoms.items():
+        saved: dict[str, Any] = {f: getattr(record, f) for f in _RECORD_FIELDS}
+        saved["details"] = dict(record.details)
+        saved["state"] = record.state.value
+        saved["failure"] = None if record.failure is None else record.failure.to_dict()
+        atoms[name] = saved
+    body = {
+        "name": state.name,
+        "status": state.status.value,
+        "ref": state.ref,
+        "fingerprint": state.fingerprint,
+        "structure": state.structure,
+        "inputs": state.inputs,
+        "weights": state.weights,
+        "checkpoint": state.checkpoint,
+        "revert_to": state.revert_to,
+        "created": state.created,
+        "updated": state.updated,
+        "atoms": atoms,
+    }
+    return Event(state.flow_id, state.last_seq, time, EventKind.SNAPSHOT, details={"state": body})
+
+
+def _restore_snapshot(state: FlowState, event: Event) -> None:
+    try:
+        body = event.details["state"]
+        state.name = str(body["name"])
+        state.status = FlowStatus(body["status"])
+        state.ref = body["ref"]
+        state.fingerprint = str(body["fingerprint"])
+        state.structure = list(body["structure"])
+        state.inputs = dict(body["inputs"])
+        state.weights = {str(k): float(v) for k, v in dict(body["weights"]).items()}
+        state.checkpoint = body["checkpoint"]
+        state.revert_to = body["revert_to"]
+        state.created = body["created"]
+        state.updated = body["updated"]
+        for name, saved in dict(body["atoms"]).items():
+            record = AtomRecord(state=AtomState(saved["state"]))
+            for f in _RECORD_FIELDS:
+                setattr(record, f, saved[f])
+            failure = saved["failure"]
+            record.failure = None if failure is None else Failure.from_dict(failure)
+            state.atoms[name] = record
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(
+            f"flow {state.flow_id}: snapshot at event {event.seq} is damaged ({exc})"
+        ) from exc
+    state.last_seq = event.seq
+
+
+def compaction_cut(events: list[Event], keep: int | None, before: float | None) -> int:
+    """How many of ``events`` (a flow's log, in order) compaction folds into a snapshot.
+
+    History is kept from the ``keep``-th last checkpoint event (reached, or reverted
+    to) on, and from the last checkpoint event at time ``before`` or earlier on, so that
+    nothing newer than ``before`` is folded (whichever keeps more). Nothing is folded
+    when that leaves at most one event to fold (it may already be a snapshot).
+    """
+    reached = [i for i, e in enumerate(events) if e.kind is EventKind.CHECKPOINT]
+    if not reached:
+        return 0
+    cuts = []
+    if keep is not None:
+        cuts.append(reached[-keep] if keep <= len(reached) else 0)
+    if before is not None:
+        older = [i for i in reached if events[i].time <= before]
+        cuts.append(older[-1] if older else 0)
+    cut = min(cuts) if cuts else reached[-1]
+    return cut if cut > 1 else 0
 
 
 def atom_names(structure: list[Any]) -> list[tuple[str, str]]:

@@ -27,6 +27,8 @@ from ._states import AtomState, FlowStatus
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from .journal import Journal
+
 _S = AtomState
 TO_REVERT = (_S.SUCCESS, _S.FAILURE, _S.RETRYING, _S.REVERTING)
 FINISHED = (_S.SUCCESS, _S.IGNORED)
@@ -63,6 +65,8 @@ class Reverting:
     tg: TaskGroup | None
     sleep: Callable[[float], Awaitable[None]]
     log: structlog.typing.FilteringBoundLogger
+    journal: Journal
+    strict: bool
 
     def init_reverting(self) -> None:
         n = len(self.nodes)
@@ -95,6 +99,9 @@ class Reverting:
         raise NotImplementedError
 
     def injections(self, i: int, attempt: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def abandon_waits(self, indices: list[int] | None = None) -> None:
         raise NotImplementedError
 
     # Failing ----------------------------------------------------------------------------
@@ -137,6 +144,7 @@ class Reverting:
                 return  # the whole flow reverts; this part with it
             scope = self.graph.scopes[s]
             members = [scope.controller, *scope.nodes]
+            self.abandon_waits(members)
             targets = [i for i in members if self.states[i] in TO_REVERT]
             self.revert_group(targets, lambda: self.restart_scope(s))
 
@@ -207,6 +215,7 @@ class Reverting:
         if self.status is not FlowStatus.REVERTING:
             self.set_flow(FlowStatus.REVERTING)
         if not self.revert_failed:
+            self.abandon_waits()
             self.revert_group([i for i, s in enumerate(self.states) if s in TO_REVERT], None)
 
     def revert_group(self, targets: list[int], done: Callable[[], None] | None) -> None:
@@ -277,7 +286,15 @@ class Reverting:
         finally:
             self.running -= 1
             self.check_idle()
-        self.set_atom(i, _S.REVERTED)
+        ticket = self.set_atom(i, _S.REVERTED)
+        if self.strict and node.preds and self.journal.durable < ticket:
+            # A dependency is undone only once its dependent's undo is committed, so that
+            # after a crash the dependent's revert never runs again above an undone base.
+            try:
+                await self.journal.wait_durable(ticket)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled = True
+                raise
         if not self.revert_failed:
             for p in self.reverted(i):
                 self.revert_node(p)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +26,12 @@ import structlog
 
 from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
 from ._errors import SerializationError
+from ._eta import AtomTiming, History, summarize
 from ._events import Event, EventKind
-from ._external import External, WaitRequest
+from ._external import External, WaitingAtoms, WaitRequest
 from ._failure import Failure
 from ._outcome import AtomOutcome, Outcome
-from ._progress import AtomProgress, FlowProgress, Progress
+from ._progress import FlowProgress, Progress
 from ._replay import FlowState
 from ._revert import FINISHED as _FINISHED
 from ._revert import NO_INJECTIONS as _NO_INJECTIONS
@@ -47,7 +49,7 @@ _LOG = structlog.get_logger("aioflow")
 _YIELD_EVERY = 64
 
 
-class Run(Reverting):
+class Run(WaitingAtoms, Reverting):
     """The live state of one flow run in one engine."""
 
     def __init__(
@@ -103,12 +105,17 @@ class Run(Reverting):
         self.cancelled = False
         self.startable: list[int] = []
         self.revert_to: str | None = None
+        self.rewound = False
+        self.compacting = False
+        self.compaction: tuple[int, int | None, float | None] | None = None
+        self.compactions = 0
         self.tg: TaskGroup | None = None
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self.log = _LOG.bind(flow_id=flow_id)
         self.init_reverting()
+        self.init_waits()
 
     # Events --------------------------------------------------------------------------
 
@@ -157,7 +164,7 @@ class Run(Reverting):
         else:
             progress = 0.0
         if self.unsaved[i]:
-            self.save_progress(i)
+            self.save_progress(i, tell=False)
         ticket = self.emit(EventKind.ATOM, node.name, state, self.attempts[i], progress, details)
         self.states[i] = state
         self.progress[i] = progress
@@ -168,11 +175,23 @@ class Run(Reverting):
     # Progress ------------------------------------------------------------------------
 
     def reporter(self, i: int, attempt: int) -> Callable[[float, dict[str, Any]], None]:
+        # Reports from a worker thread are queued, and the loop is woken only when the
+        # queue was empty: one wake-up drains a burst, so a thread reporting in a tight
+        # loop costs the loop (and itself) little, and listeners still hear every report.
+        pending: deque[tuple[float, dict[str, Any]]] = deque()
+
+        def drain() -> None:
+            while pending:
+                fraction, details = pending.popleft()
+                self.on_progress(i, attempt, fraction, details)
+
         def report(fraction: float, details: dict[str, Any]) -> None:
             if threading.get_ident() == self.loop_thread:
                 self.on_progress(i, attempt, fraction, details)
             elif self.loop is not None:
-                self.loop.call_soon_threadsafe(self.on_progress, i, attempt, fraction, details)
+                pending.append((fraction, details))
+                if len(pending) == 1:
+                    self.loop.call_soon_threadsafe(drain)
             else:
                 anyio.from_thread.run_sync(self.on_progress, i, attempt, fraction, details)
 
@@ -203,17 +222,30 @@ class Run(Reverting):
                     )
                 )
 
-    def save_progress(self, i: int, now: float | None = None) -> None:
+    def save_progress(self, i: int, now: float | None = None, *, tell: bool = True) -> None:
+        """Journal atom ``i``'s latest report; ``tell=False`` when listeners heard it already
+        (the last report before a state change, kept only then)."""
         self.unsaved[i] = False
         self.saved_at[i] = self.clock() if now is None else now
-        self.emit(
-            EventKind.PROGRESS,
-            self.nodes[i].name,
-            None,
-            self.attempts[i],
-            self.progress[i],
-            self.details[i] or {},
-        )
+        details = self.details[i] or {}
+        if details:
+            try:
+                self.journal.codec.encode(details)
+            except (TypeError, ValueError) as exc:
+                # Progress is informative: a detail the codec cannot store is dropped
+                # (and said so), never allowed to break the atom's state changes.
+                self.log.warning(
+                    "aioflow.progress_details_dropped", atom=self.nodes[i].name, error=str(exc)
+                )
+                details = self.details[i] = {}
+        args = (self.attempts[i], self.progress[i], details)
+        if tell:
+            self.emit(EventKind.PROGRESS, self.nodes[i].name, None, *args)
+            return
+        at, name = self.clock(), self.nodes[i].name
+        event = Event(self.flow_id, self.seq + 1, at, EventKind.PROGRESS, name, None, *args)
+        self.journal.append(event)
+        self.seq += 1
 
     # Forward ---------------------------------------------------------------------------
 
@@ -225,6 +257,7 @@ class Run(Reverting):
         except RuntimeError:
             self.loop = None
         self.loop_thread = threading.get_ident()
+        self.start_wakes()
         if self.failing or self.reverting:
             self.start_revert()
             return
@@ -292,12 +325,38 @@ class Run(Reverting):
         self.attempts[i] += 1
         self.set_atom(i, _S.RUNNING)
         self.emit(EventKind.CHECKPOINT, node.name, None, details={"reached": node.name})
-        self.set_atom(i, _S.SUCCESS)
+        ticket = self.set_atom(i, _S.SUCCESS)
         self.checkpoint = node.name
+        retention = node.checkpoint
+        if retention is not None and (retention.keep or retention.keep_for):
+            self.schedule_compaction(ticket, retention.keep, retention.keep_for)
         if self.stop_at == node.name:
             self.stopped_at = node.name
             return False
         return True
+
+    def schedule_compaction(self, ticket: int, keep: int | None, keep_for: Any) -> None:
+        """Compact the journal once the checkpoint's events are durable. One compaction
+        runs at a time; a checkpoint reached meanwhile is compacted right after it."""
+        before = None if keep_for is None else self.clock() - keep_for.total_seconds()
+        self.compaction = (ticket, keep, before)
+        if not self.compacting and self.tg is not None:
+            self.compacting = True
+            self.tg.start_soon(self.compact, name="compact journal")
+
+    async def compact(self) -> None:
+        try:
+            while self.compaction is not None:
+                ticket, keep, before = self.compaction
+                self.compaction = None
+                await self.journal.wait_durable(ticket)
+                await self.journal.compact(self.flow_id, keep=keep, before=before)
+                self.compactions += 1
+        except Exception as exc:  # the history stays as it was; the flow goes on
+            self.log.warning("aioflow.compaction_failed", error=str(exc))
+        finally:
+            self.compacting = False
+            self.compaction = None
 
     def release(self, i: int) -> None:
         """Count ``i`` as finished for its successors, and start those now ready."""
@@ -358,7 +417,7 @@ class Run(Reverting):
         """What the engine hands a task: its progress reporter, external handle, context."""
         node = self.nodes[i]
         progress = Progress(self.reporter(i, attempt))
-        external = External(None)
+        external = External(self.token_for(i, attempt))
         context = TaskContext(
             self.flow_id,
             node.name,
@@ -415,10 +474,8 @@ class Run(Reverting):
                 else:
                     result = await self.attempt(task, args, injections)
                 if isinstance(result, WaitRequest):
-                    raise NotImplementedError(
-                        f"task {node.name!r} asked for an external wait; external waits"
-                        " are not supported by this version of aioflow yet"
-                    )
+                    self.open_wait(i, result)
+                    return
                 value = self.published(node, result)
                 ticket = self.set_atom(i, _S.SUCCESS, {"result": result})
             except anyio.get_cancelled_exc_class():
@@ -493,6 +550,8 @@ class Run(Reverting):
                 elif state_ is _S.REVERT_FAILURE:
                     self.failures.setdefault(node.name, record.failure)
                     self.revert_failed = self.failing = True
+            elif state_ is _S.WAITING:
+                self.restore_wait(i, record)
             elif state_ in (_S.REVERTING, _S.REVERTED):
                 unwinding.append(i)
                 if record.failure is not None:
@@ -545,6 +604,7 @@ class Run(Reverting):
             self.retry_until[i] = self.clock() + task.retry.delay(self.attempts[i])
             self.set_atom(i, _S.RETRYING, {"until": self.retry_until[i]})
         self.retry_pending.clear()
+        self.expire_waits()
 
     def after(self, i: int) -> list[int]:
         """Every node that (transitively) follows node ``i``, in index order."""
@@ -577,17 +637,22 @@ class Run(Reverting):
             for j in later:
                 preds = self.nodes[j].preds
                 self.indegree[j] = sum(1 for p in preds if self.states[p] not in _FINISHED)
+            name = self.nodes[i].name
+            self.emit(EventKind.CHECKPOINT, name, None, details={"reverted_to": name})
+            self.checkpoint = self.stopped_at = name
+            self.revert_to = None
             self.rewound = True
 
         self.rewound = False
         self.revert_group(targets, done)
 
     def interrupted(self) -> list[int]:
-        """Atoms the journal shows running or waiting: their work must be done again."""
+        """Atoms the journal shows running: their work must be done again (a wait
+        stays open; see :meth:`restore_wait`)."""
         return [
             i
             for i, s in enumerate(self.states)
-            if s in (_S.RUNNING, _S.WAITING) and self.nodes[i].kind != BARRIER
+            if s is _S.RUNNING and self.nodes[i].kind != BARRIER
         ]
 
     # Results ---------------------------------------------------------------------------
@@ -597,6 +662,8 @@ class Run(Reverting):
             return FlowStatus.FAILED if self.revert_failed else FlowStatus.REVERTED
         if self.stopped_at is not None:
             return FlowStatus.SUSPENDED
+        if _S.WAITING in self.states:
+            return FlowStatus.WAITING
         return FlowStatus.SUCCESS
 
     def outcome(self) -> Outcome:
@@ -619,29 +686,27 @@ class Run(Reverting):
                 result if isinstance(result, Failure) else None,
             )
         return Outcome(
-            self.flow_id, self.status, results, dict(self.failures), atoms, self.checkpoint
+            self.flow_id,
+            self.status,
+            results,
+            dict(self.failures),
+            atoms,
+            self.checkpoint,
+            self.waiting(),
         )
 
-    def flow_progress(self, now: float) -> FlowProgress:
-        atoms: dict[str, AtomProgress] = {}
-        total = done = 0.0
-        started_at = min((t for t in self.started if t is not None), default=None)
-        for node in self.graph.atoms:
-            i = node.index
-            state = self.states[i]
-            fraction = self.progress[i]
-            rate = None
-            start = self.started[i]
-            if state is _S.RUNNING and start is not None and now > start:
-                rate = fraction / (now - start)
-            atoms[node.name] = AtomProgress(
-                state.value, fraction, dict(self.details[i] or {}), rate, node.weight
+    def flow_progress(self, now: float, history: History | None = None) -> FlowProgress:
+        """How far this run is at ``now``; ``history`` (earlier runs) sharpens the ETA."""
+        atoms = [
+            AtomTiming(
+                node.name,
+                self.states[node.index],
+                self.progress[node.index],
+                node.weight if node.task is not None else 0.0,
+                self.details[node.index] or {},
+                self.started[node.index],
+                None if self.states[node.index] is _S.RUNNING else self.finished[node.index],
             )
-            if state is not _S.IGNORED:
-                total += node.weight
-                done += node.weight * fraction
-        fraction = done / total if total else (1.0 if self.status is FlowStatus.SUCCESS else 0.0)
-        eta = None
-        if started_at is not None and 0 < fraction < 1:
-            eta = (now - started_at) * (1 - fraction) / fraction
-        return FlowProgress(self.flow_id, self.status.value, fraction, atoms, eta)
+            for node in self.graph.atoms
+        ]
+        return summarize(self.flow_id, self.status, atoms, now, history)

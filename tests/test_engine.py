@@ -435,3 +435,16 @@ async def test_pickle_codec_stores_what_json_cannot(sqlite_url: str) -> None:
     assert outcome["thing"] == Opaque(3)
     again = await aioflow.Engine(sqlite_url, codec="pickle").resume(outcome.flow_id, flow)
     assert again["thing"] == Opaque(3)
+
+
+async def test_an_error_inside_an_entered_engine_is_not_wrapped_in_a_group() -> None:
+    @aioflow.task
+    async def boom() -> None:
+        raise ValueError("broken")
+
+    with pytest.raises(aioflow.FlowFailedError):
+        async with aioflow.Engine() as engine:
+            await engine.run(aioflow.Linear("wrapped", boom))
+    with pytest.raises(KeyError):
+        async with aioflow.Engine():
+            raise KeyError("the caller's own error")

@@ -15,7 +15,10 @@ from .sqlite import SqliteJournal
 
 __all__ = ["FlowSummary", "Journal", "MemoryJournal", "SqliteJournal", "open_journal"]
 
-_SCHEMES = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
+_SCHEMES = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "postgresql://user@host/database"
+)
 
 
 def open_journal(url: str | Journal, *, codec: Codec | str | None = None) -> Journal:
@@ -23,7 +26,7 @@ def open_journal(url: str | Journal, *, codec: Codec | str | None = None) -> Jou
 
     A :class:`Journal` passed in is returned as it is (``codec`` applies to URLs only).
     Raises :class:`ValueError` for a scheme aioflow does not know and
-    :class:`~aioflow.JournalError` for PostgreSQL, which is not available yet.
+    :class:`~aioflow.JournalError` for PostgreSQL when asyncpg is not installed.
     """
     if isinstance(url, Journal):
         return url
@@ -36,8 +39,12 @@ def open_journal(url: str | Journal, *, codec: Codec | str | None = None) -> Jou
     if scheme == "sqlite":
         return SqliteJournal(url, codec=codec)
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise JournalError(
-            f"cannot open {url!r}: the PostgreSQL journal needs the 'postgres' extra "
-            "(pip install 'aioflow[postgres]') and is not available yet"
-        )
+        try:
+            from .postgres import PostgresJournal
+        except ImportError as exc:
+            raise JournalError(
+                f"cannot open {url!r}: the PostgreSQL journal needs the 'postgres' extra "
+                "(pip install 'aioflow[postgres]')"
+            ) from exc
+        return PostgresJournal(url, codec=codec)
     raise ValueError(f"unknown journal URL scheme {scheme!r} in {url!r}; accepted: {_SCHEMES}")

@@ -11,14 +11,15 @@ it).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from .._codec import Codec
-from .._errors import SerializationError
+from .._errors import JournalError, LeaseLostError, SerializationError
 from .._events import Event
+from .._replay import compaction_cut, replay, snapshot
 from .._states import FlowStatus
 
 
@@ -35,11 +36,61 @@ class FlowSummary:
     last_seq: int
 
 
+class Fence:
+    """A job's claim that a journal checks before it keeps a flow's events (fencing).
+
+    A conductor gives one to the journal for the flow of each job it runs
+    (:meth:`Journal.set_fence`). Every commit holding that flow's events first checks, in
+    the same transaction, that the job's claim generation is still ``generation``: in the
+    ``aioflow_jobs`` table of the journal's own database (so the jobboard and the journal
+    must share it), or by calling ``current`` when it is given (an in-process board). If
+    the claim moved on, the flow's events are dropped, the fence is lost for good, every
+    later append for the flow raises :class:`~aioflow.LeaseLostError`, and ``on_lost`` is
+    called (the conductor stops the flow).
+    """
+
+    __slots__ = ("current", "generation", "job_id", "lost", "on_lost")
+
+    def __init__(
+        self,
+        job_id: str,
+        generation: int,
+        *,
+        current: Callable[[], int | None] | None = None,
+        on_lost: Callable[[], object] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.generation = generation
+        self.current = current
+        self.on_lost = on_lost
+        self.lost = False
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else "held"
+        return f"Fence(job {self.job_id}, generation {self.generation}, {state})"
+
+    def lose(self) -> None:
+        """Mark the claim lost (once) and tell ``on_lost``."""
+        if not self.lost:
+            self.lost = True
+            if self.on_lost is not None:
+                self.on_lost()
+
+    def error(self, flow_id: str) -> LeaseLostError:
+        """The error an append for ``flow_id`` raises once the fence is lost."""
+        return LeaseLostError(
+            f"job {self.job_id} is no longer claimed with generation {self.generation} (its "
+            f"lease expired and another conductor claimed it); flow {flow_id} may not be "
+            "written by this conductor"
+        )
+
+
 class Journal(abc.ABC):
     """An append-only event log of flows, opened with ``async with``."""
 
     url: str
     codec: Codec
+    _fences: dict[str, Fence]
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -112,6 +163,33 @@ class Journal(abc.ABC):
         Raises :class:`~aioflow.NotFoundError` when the journal has no such flow.
         """
 
+    async def compact(
+        self, flow_id: str, *, keep: int | None = 1, before: float | None = None
+    ) -> int:
+        """Fold the flow's history before its last ``keep`` checkpoints (and, with
+        ``before``, only what precedes the last checkpoint reached at that time or
+        earlier) into one SNAPSHOT event.
+
+        Replaying the compacted log gives exactly the state the whole log gives, so a
+        resume after compaction does what it would have done before it. Returns how many
+        events were removed (0 when there was nothing to fold). Raises
+        :class:`~aioflow.NotFoundError` for an unknown flow.
+        """
+        raise JournalError(f"journal {self.url} cannot compact flows")
+
+    def set_fence(self, flow_id: str, fence: Fence | None) -> None:
+        """Check ``fence`` before committing any event of ``flow_id`` (None removes it).
+
+        Raises :class:`~aioflow.JournalError` for a journal that cannot fence writes.
+        """
+        fences = getattr(self, "_fences", None)
+        if fences is None:
+            raise JournalError(f"journal {self.url} cannot fence the writes of jobs")
+        if fence is None:
+            fences.pop(flow_id, None)
+        else:
+            fences[flow_id] = fence
+
     @abc.abstractmethod
     async def get_meta(self, key: str) -> str | None:
         """A value from the journal's own key/value table, or None."""
@@ -123,6 +201,40 @@ class Journal(abc.ABC):
         Atomic across processes sharing the journal: of concurrent callers, one wins and
         all see its value.
         """
+
+    async def append_after(self, flow_id: str, last_seq: int, events: Sequence[Event]) -> bool:
+        """Commit ``events`` (of ``flow_id``, numbered from ``last_seq + 1``) if and only
+        if the flow's last committed seq is still ``last_seq``; True when they were.
+
+        A compare-and-append, atomic across processes sharing the journal: of concurrent
+        callers expecting the same ``last_seq``, exactly one succeeds. It bypasses the group
+        writer and commits before returning, so it is for flows no engine is running
+        (completing an external wait of a resting flow). A value the codec cannot store
+        raises :class:`~aioflow.SerializationError` and nothing is kept.
+        """
+        raise JournalError(f"journal {self.url} cannot append conditionally")
+
+
+def check_keep(keep: int | None, before: float | None) -> None:
+    """Refuse compaction settings that make no sense, naming the bad one."""
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be a whole number of checkpoints >= 1, not {keep!r}")
+    if before is not None and not isinstance(before, int | float):
+        raise ValueError(f"before must be a timestamp in seconds, not {before!r}")
+
+
+def plan_compaction(
+    events: list[Event], keep: int | None, before: float | None
+) -> tuple[int, Event] | None:
+    """What compacting ``events`` (one flow's whole log) does: fold its first ``n``
+    events into the returned SNAPSHOT event; None when there is nothing to fold."""
+    n = compaction_cut(events, keep, before)
+    if n == 0:
+        return None
+    if events[0].seq != 1 and events[0].kind.value != "SNAPSHOT":
+        raise JournalError(f"flow {events[0].flow_id}: its log does not start at event 1")
+    state = replay(events[0].flow_id, events[:n])
+    return n, snapshot(state, events[n - 1].time)
 
 
 def _details_error(event: Event, exc: Exception) -> SerializationError:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import JournalError
@@ -32,8 +33,18 @@ class GroupWriter(Generic[Row]):
     committing nothing). ``name`` says which journal this is, for error messages.
     """
 
-    def __init__(self, commit: Callable[[list[Row]], Awaitable[None]], *, name: str) -> None:
+    def __init__(
+        self,
+        commit: Callable[[list[Row]], Awaitable[None]],
+        *,
+        name: str,
+        commit_now: Callable[[list[Row]], bool] | None = None,
+        idle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._commit = commit
+        self._commit_now = commit_now
+        self._idle = idle
+        self._busy = False
         self._name = name
         self._pending: list[Row] = []
         self.appended = 0
@@ -76,6 +87,7 @@ class GroupWriter(Generic[Row]):
 
     async def wait_durable(self, ticket: int) -> None:
         """Return once ``ticket`` is committed; raise the writer's error if it failed."""
+        yielded = False
         while True:
             if self._error is not None:
                 raise self._error
@@ -83,6 +95,15 @@ class GroupWriter(Generic[Row]):
                 return
             if ticket > self.appended:
                 raise ValueError(f"ticket {ticket} was never handed out (last is {self.appended})")
+            if self._commit_now is not None and not self._busy and self._pending:
+                if not yielded:
+                    # Let whatever else is ready append first (and the writer, already
+                    # woken, commit it all): atoms finishing together share a commit.
+                    yielded = True
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                if self._commit_sync():
+                    continue
             if not self._running:
                 # The writer task is gone (its task group was cancelled, or it never
                 # started): commit in the waiter, one batch at a time, in append order.
@@ -113,6 +134,10 @@ class GroupWriter(Generic[Row]):
                 if not self._pending:
                     if self._closing:
                         return
+                    if self._idle is not None:
+                        await self._idle()
+                        if self._pending:
+                            continue
                     await self._wake.wait()
                     # Rearm before taking the batch: an append after this point must
                     # wake the next round.
@@ -149,6 +174,42 @@ class GroupWriter(Generic[Row]):
         if self._error is not None:
             raise self._error
 
+    def _commit_sync(self) -> bool:
+        """Let the backend commit everything pending at once, in the waiter, without a
+        trip through the writer task; False when it declined (the writer will do it)."""
+        assert self._commit_now is not None
+        batch = self._pending
+        try:
+            if not self._commit_now(batch):
+                return False
+        except Exception as exc:
+            self._pending = []
+            self._fail(exc)
+            return True
+        self._pending = []
+        self.durable = self.appended
+        self.commits += 1
+        for event in (self._current, self._next):
+            if event is not None:
+                event.set()
+        self._current = self._next = None
+        return True
+
+    def _fail(self, exc: Exception) -> None:
+        if isinstance(exc, JournalError):
+            error = exc
+        else:
+            error = JournalError(f"journal {self._name}: commit failed: {exc}")
+            error.__cause__ = exc
+        self._error = error
+        # Rows queued after the failed batch are dropped with it: committing them
+        # would leave a gap in the log.
+        self._pending = []
+        for event in (self._current, self._next):
+            if event is not None:
+                event.set()
+        self._current = self._next = None
+
     async def _commit_pending(self) -> None:
         batch = self._pending
         self._pending = []
@@ -156,23 +217,14 @@ class GroupWriter(Generic[Row]):
         self._inflight = high
         self._current = self._next
         self._next = None
+        self._busy = True
         try:
             await self._commit(batch)
         except Exception as exc:
-            if isinstance(exc, JournalError):
-                error = exc
-            else:
-                error = JournalError(f"journal {self._name}: commit failed: {exc}")
-                error.__cause__ = exc
-            self._error = error
-            # Rows queued after the failed batch are dropped with it: committing them
-            # would leave a gap in the log.
-            self._pending = []
-            for event in (self._current, self._next):
-                if event is not None:
-                    event.set()
-            self._current = self._next = None
+            self._fail(exc)
             return
+        finally:
+            self._busy = False
         self.durable = high
         self.commits += 1
         if self._current is not None:

@@ -7,14 +7,14 @@ the SQLite journal would refuse is refused here too, with the same error.
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from operator import attrgetter
 
 from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
 from .._events import Event, EventKind
 from .._states import FlowStatus
-from ._base import FlowSummary, Journal, _details_error
+from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
 
 __all__ = ["MemoryJournal"]
 
@@ -53,6 +53,7 @@ class MemoryJournal(Journal):
         self._meta: dict[str, str] = {}
         self._count = 0
         self._open = False
+        self._fences: dict[str, Fence] = {}
 
     def __repr__(self) -> str:
         return f"MemoryJournal({self._count} events, {len(self._flows)} flows)"
@@ -72,6 +73,8 @@ class MemoryJournal(Journal):
     def append(self, event: Event) -> int:
         if not self._open:
             raise JournalError("the memory journal is not open")
+        if self._fences:
+            _check_fence(self._fences.get(event.flow_id), event.flow_id)
         details = event.details
         if details:
             try:
@@ -147,8 +150,58 @@ class MemoryJournal(Journal):
             raise NotFoundError(f"no flow {flow_id} in the memory journal")
         return list(flow.events)
 
+    async def compact(
+        self, flow_id: str, *, keep: int | None = 1, before: float | None = None
+    ) -> int:
+        check_keep(keep, before)
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            raise NotFoundError(f"no flow {flow_id} in the memory journal")
+        plan = plan_compaction(flow.events, keep, before)
+        if plan is None:
+            return 0
+        n, folded = plan
+        flow.events[:n] = [folded]
+        return n - 1
+
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
 
+    def set_fence(self, flow_id: str, fence: Fence | None) -> None:
+        """As :meth:`Journal.set_fence`; only fences of in-process boards (``current``) can
+        be checked here, so another fence raises :class:`~aioflow.JournalError`."""
+        if fence is not None and fence.current is None:
+            raise JournalError(
+                "the memory journal can only fence jobs of a memory:// jobboard; use a "
+                "journal in the jobboard's database"
+            )
+        super().set_fence(flow_id, fence)
+
     async def set_meta_default(self, key: str, value: str) -> str:
         return self._meta.setdefault(key, value)
+
+    async def append_after(self, flow_id: str, last_seq: int, events: Sequence[Event]) -> bool:
+        if not self._open:
+            raise JournalError("the memory journal is not open")
+        flow = self._flows.get(flow_id)
+        if (0 if flow is None else flow.last_seq) != last_seq:
+            return False
+        for event in events:  # all encodable, or none is kept
+            if event.details:
+                try:
+                    self._encode(event.details)
+                except (TypeError, ValueError) as exc:
+                    raise _details_error(event, exc) from exc
+        for event in events:
+            self.append(event)
+        return True
+
+
+def _check_fence(fence: Fence | None, flow_id: str) -> None:
+    """Refuse an append for a job whose claim moved on (the memory journal commits at once)."""
+    if fence is None:
+        return
+    if not fence.lost and fence.current is not None and fence.current() != fence.generation:
+        fence.lose()
+    if fence.lost:
+        raise fence.error(flow_id)

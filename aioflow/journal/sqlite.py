@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -29,7 +29,7 @@ from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state
 from .._states import FlowStatus
-from ._base import FlowSummary, Journal, _details_error
+from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
 from ._writer import GroupWriter
 
 __all__ = ["SqliteJournal"]
@@ -81,6 +81,14 @@ _ONE_STATEMENT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 64
 
 _WIDTH = 12
 
+_INLINE_ROWS = 16
+"""Commits of up to this many rows are made on the event loop's thread (about 20-40 us)."""
+
+_CHECKPOINT_EVERY = 256
+"""After this many inline commits, a worker thread runs a passive WAL checkpoint on the
+inline connection (its automatic checkpoints are off: they fsync, which must not block
+the loop)."""
+
 # The statements of the large-batch path; the same effect as the trigger's.
 _INSERT_EVENT = "INSERT INTO aioflow_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _CREATE_FLOW = (
@@ -111,6 +119,9 @@ _INSERT_ROWS = {
 _PAGE = 1000
 """Events read per query by :meth:`SqliteJournal.events`."""
 
+_JOBBOARD_NAMES = ("aioflow_job", "sqlite_autoindex_aioflow_job")
+"""Prefixes of the names of a jobboard's tables and indexes (``aioflow.jobs.sqlite``)."""
+
 _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
     " WHERE flow_id = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -135,6 +146,23 @@ _Row: TypeAlias = tuple[
     str | None,
 ]
 _Fetch: TypeAlias = Callable[[str, Iterable[Any]], Awaitable[Iterable[Any]]]
+
+
+def _small_statement(batch: list[_Row]) -> tuple[str, list[Any]]:
+    """The multi-row INSERT into the ingest view that commits ``batch``, and its values."""
+    highest: dict[str, tuple[int, int]] = {}
+    for i, row in enumerate(batch):
+        seen = highest.get(row[0])
+        if seen is None or row[1] > seen[1]:
+            highest[row[0]] = (i, row[1])
+    marked = {i for i, _ in highest.values()}
+    values: list[Any] = []
+    for i, row in enumerate(batch):
+        values += row
+        values.append(1 if row[3] == "FLOW" or i in marked else 0)
+    size = _statement_size(len(batch))
+    values += [None] * (_WIDTH * (size - len(batch)))  # padding rows the trigger skips
+    return _INSERT_ROWS[size], values
 
 
 def path_from_url(url: str) -> str:
@@ -179,6 +207,10 @@ class SqliteJournal(Journal):
         # Held by readers and by the multi-statement commit, so that a read on the shared
         # connection never runs inside that open transaction.
         self._lock = anyio.Lock()
+        self._fences: dict[str, Fence] = {}
+        self._inline: sqlite3.Connection | None = None
+        self._inline_commits = 0
+        self._checkpointing = False
 
     def __repr__(self) -> str:
         return f"SqliteJournal({self.url!r})"
@@ -200,7 +232,14 @@ class SqliteJournal(Journal):
                 raise self._error("cannot open", exc) from exc
             raise
         self._db = db
-        writer = self._writer = GroupWriter(self._commit, name=self.url)
+        try:
+            self._inline = await anyio.to_thread.run_sync(self._connect_inline)
+        except sqlite3.Error as exc:
+            await self._close_db()
+            raise self._error("cannot open", exc) from exc
+        writer = self._writer = GroupWriter(
+            self._commit, name=self.url, commit_now=self._commit_now, idle=self._maintain
+        )
         tg = anyio.create_task_group()
         await tg.__aenter__()
         try:
@@ -232,7 +271,31 @@ class SqliteJournal(Journal):
         # off by the shields above) be seen.
         await anyio.lowlevel.checkpoint_if_cancelled()
 
+    def _checkpoint_inline(self) -> None:
+        """Copy the WAL into the database file (in a worker thread: it fsyncs)."""
+        if self._inline is not None:
+            self._inline.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _connect_inline(self) -> sqlite3.Connection:
+        inline = sqlite3.connect(
+            self._uri + "?mode=rw",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,  # opened in a worker thread, used on the loop's
+            timeout=0,
+            cached_statements=len(_INSERT_ROWS) + 8,
+        )
+        try:
+            inline.executescript(_INGEST + "PRAGMA wal_autocheckpoint=0;")
+        except BaseException:
+            inline.close()
+            raise
+        return inline
+
     async def _close_db(self) -> None:
+        inline, self._inline = self._inline, None
+        if inline is not None:
+            inline.close()
         db, self._db = self._db, None
         if db is not None:
             with anyio.CancelScope(shield=True):
@@ -270,7 +333,9 @@ class SqliteJournal(Journal):
             rows = await db.execute_fetchall("SELECT type, name FROM sqlite_master")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path} is not a SQLite database ({exc})") from exc
-        names = {name for _, name in rows}
+        # A jobboard may share the file (conductors need that for fencing): its tables
+        # neither make the file foreign nor make it a journal.
+        names = {name for _, name in rows if not name.startswith(_JOBBOARD_NAMES)}
         if not names:
             return False
         if "aioflow_meta" not in names:
@@ -324,6 +389,10 @@ class SqliteJournal(Journal):
         writer = self._writer
         if writer is None or self._tg is None:
             raise JournalError(f"journal {self.url} is not open")
+        if self._fences:
+            fence = self._fences.get(event.flow_id)
+            if fence is not None and fence.lost:
+                raise fence.error(event.flow_id)
         details = event.details
         text: str | None = None
         name: str | None = None
@@ -379,7 +448,14 @@ class SqliteJournal(Journal):
         db = self._db
         assert db is not None
         try:
-            if len(batch) <= _ONE_STATEMENT:
+            if self._fences and any(row[0] in self._fences for row in batch):
+                await self._commit_large(db, batch, fenced=True)
+            elif len(batch) <= _INLINE_ROWS and self._inline is not None:
+                if self._commit_inline(batch):
+                    await self._maintain()
+                else:
+                    await self._commit_small(db, batch)
+            elif len(batch) <= _ONE_STATEMENT:
                 await self._commit_small(db, batch)
             else:
                 await self._commit_large(db, batch)
@@ -391,26 +467,130 @@ class SqliteJournal(Journal):
     @staticmethod
     async def _commit_small(db: aiosqlite.Connection, batch: list[_Row]) -> None:
         """One multi-row INSERT into the ingest view: one statement, one transaction, one hop."""
-        highest: dict[str, tuple[int, int]] = {}
-        for i, row in enumerate(batch):
-            seen = highest.get(row[0])
-            if seen is None or row[1] > seen[1]:
-                highest[row[0]] = (i, row[1])
-        marked = {i for i, _ in highest.values()}
-        values: list[Any] = []
-        for i, row in enumerate(batch):
-            values += row
-            values.append(1 if row[3] == "FLOW" or i in marked else 0)
-        size = _statement_size(len(batch))
-        values += [None] * (_WIDTH * (size - len(batch)))  # padding rows the trigger skips
-        await db.execute(_INSERT_ROWS[size], values)
+        await db.execute(*_small_statement(batch))
 
-    async def _commit_large(self, db: aiosqlite.Connection, batch: list[_Row]) -> None:
+    def _commit_now(self, batch: list[_Row]) -> bool:
+        """The writer's fast path, run by a waiter for durability: commit a small,
+        unfenced batch at once on the loop's thread; False to leave it to the writer."""
+        if (
+            self._inline is None
+            or self._checkpointing
+            or len(batch) > _INLINE_ROWS
+            or (self._fences and any(row[0] in self._fences for row in batch))
+        ):
+            return False
+        try:
+            return self._commit_inline(batch)
+        except sqlite3.IntegrityError:
+            return False  # the writer's path commits nothing and names the conflict
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot commit {len(batch)} events", exc) from exc
+
+    async def _maintain(self) -> None:
+        """Checkpoint the WAL in a worker thread when enough inline commits piled up."""
+        if self._inline_commits < _CHECKPOINT_EVERY:
+            return
+        self._inline_commits = 0
+        self._checkpointing = True
+        try:
+            await anyio.to_thread.run_sync(self._checkpoint_inline)
+        except sqlite3.Error:
+            pass  # best effort: the next one catches up
+        finally:
+            self._checkpointing = False
+
+    def _commit_inline(self, batch: list[_Row]) -> bool:
+        """Commit a few rows on the event loop's thread; False if the file was locked.
+
+        A hop to aiosqlite's thread and back costs several times what writing a few
+        rows to the WAL costs (~20 us, no fsync with synchronous=NORMAL), so small
+        commits, the ones a strict chain waits for at every step, are made here. This
+        connection never waits for a lock (busy_timeout 0: a busy file sends the commit
+        to the worker thread) and never checkpoints the WAL (the worker thread does,
+        see :data:`_CHECKPOINT_EVERY`), so it cannot hold up the loop for long.
+        """
+        inline = self._inline
+        assert inline is not None
+        try:
+            inline.execute(*_small_statement(batch))
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        self._inline_commits += 1
+        return True
+
+    async def _commit_large(
+        self, db: aiosqlite.Connection, batch: list[_Row], *, fenced: bool = False
+    ) -> None:
         """A transaction of plain inserts plus one summary update per flow.
 
         Two or three hops more than :meth:`_commit_small`, but no trigger per row, which
-        is cheaper from a few hundred rows on.
+        is cheaper from a few hundred rows on. With ``fenced``, the transaction first
+        checks the fences of the batch's flows and drops the rows of those it finds lost.
         """
+        lost: dict[str, Fence] = {}
+        # Readers on this connection must not see the open transaction.
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                if fenced:
+                    lost = await self._lost_fences(db, {row[0] for row in batch})
+                    if lost:
+                        batch = [row for row in batch if row[0] not in lost]
+                if batch:
+                    created, updates = self._summaries(batch)
+                    await db.executemany(_INSERT_EVENT, (row[:9] for row in batch))
+                    if created:
+                        await db.executemany(_CREATE_FLOW, created)
+                    await db.executemany(_UPDATE_FLOW, updates)
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        for fence in lost.values():
+            fence.lose()
+
+    async def _lost_fences(
+        self, db: aiosqlite.Connection, flow_ids: set[str]
+    ) -> dict[str, Fence]:
+        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
+
+        Runs inside the commit's IMMEDIATE transaction, so no claim can change between
+        this check and the commit.
+        """
+        lost: dict[str, Fence] = {}
+        by_table: dict[str, Fence] = {}
+        for flow_id in flow_ids:
+            fence = self._fences.get(flow_id)
+            if fence is None:
+                continue
+            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
+                lost[flow_id] = fence
+            elif fence.current is None:
+                by_table[flow_id] = fence
+        if by_table:
+            marks = ", ".join("?" * len(by_table))
+            try:
+                rows = await db.execute_fetchall(
+                    f"SELECT id, generation FROM aioflow_jobs WHERE id IN ({marks})",
+                    [fence.job_id for fence in by_table.values()],
+                )
+            except sqlite3.OperationalError as exc:
+                raise JournalError(
+                    f"journal {self.url} cannot check job claims ({exc}): fenced writes need "
+                    "the jobboard in the journal's SQLite file"
+                ) from exc
+            current: dict[str, int] = {job_id: gen for job_id, gen in rows}
+            for flow_id, fence in by_table.items():
+                if current.get(fence.job_id) != fence.generation:
+                    lost[flow_id] = fence
+        return lost
+
+    @staticmethod
+    def _summaries(batch: list[_Row]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The flow rows a batch creates and the summary update of each flow it touches."""
         created: list[tuple[Any, ...]] = []
         # flow_id -> [max seq, saw a FLOW event, last status, its time]
         flows: dict[str, list[Any]] = {}
@@ -429,19 +609,7 @@ class SqliteJournal(Journal):
             (seq, flag, status, when, flow_id)
             for flow_id, (seq, flag, status, when) in flows.items()
         ]
-        # Readers on this connection must not see the open transaction.
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                await db.executemany(_INSERT_EVENT, (row[:9] for row in batch))
-                if created:
-                    await db.executemany(_CREATE_FLOW, created)
-                await db.executemany(_UPDATE_FLOW, updates)
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
+        return created, updates
 
     async def _conflict(
         self, db: aiosqlite.Connection, batch: list[_Row], exc: sqlite3.Error
@@ -564,9 +732,124 @@ class SqliteJournal(Journal):
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
         return loaded
 
+    async def compact(
+        self, flow_id: str, *, keep: int | None = 1, before: float | None = None
+    ) -> int:
+        check_keep(keep, before)
+        # Its own connection and an IMMEDIATE transaction: the read, the delete and the
+        # insert are one atomic step for every process, and the writer's commits on the
+        # shared connection never land inside this transaction.
+        db = await self._connect(create=False)
+        try:
+            if not await self._check_schema(db):
+                raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = await db.execute_fetchall(
+                    "SELECT seq, time, kind, atom, state, attempt, progress, details"
+                    " FROM aioflow_events WHERE flow_id = ? ORDER BY seq",
+                    (flow_id,),
+                )
+                events = [self._event(flow_id, row) for row in rows]
+                if not events:
+                    raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+                plan = plan_compaction(events, keep, before)
+                if plan is None:
+                    await db.execute("ROLLBACK")
+                    return 0
+                n, folded = plan
+                await db.execute(
+                    "DELETE FROM aioflow_events WHERE flow_id = ? AND seq <= ?",
+                    (flow_id, folded.seq),
+                )
+                await db.execute(
+                    _INSERT_EVENT,
+                    (
+                        flow_id,
+                        folded.seq,
+                        folded.time,
+                        folded.kind.value,
+                        None,
+                        None,
+                        0,
+                        None,
+                        self.codec.encode(folded.details),
+                    ),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot compact flow {flow_id}", exc) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+        return n - 1
+
+    def _event(self, flow_id: str, row: Any) -> Event:
+        seq, time, kind_name, atom, state, attempt, progress, details = row
+        kind = _KINDS[kind_name]
+        return Event(
+            flow_id,
+            seq,
+            time,
+            kind,
+            atom,
+            decode_state(kind, state),
+            attempt,
+            progress,
+            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
+        )
+
     async def get_meta(self, key: str) -> str | None:
         rows = await self._query("SELECT value FROM aioflow_meta WHERE key = ?", (key,))
         return cast("str", rows[0][0]) if rows else None
+
+    async def append_after(self, flow_id: str, last_seq: int, events: Sequence[Event]) -> bool:
+        if self._db is None:
+            raise JournalError(f"journal {self.url} is not open")
+        fence = self._fences.get(flow_id)
+        if fence is not None and fence.lost:
+            raise fence.error(flow_id)
+        rows: list[tuple[Any, ...]] = []
+        for event in events:  # encoded first: a value the codec refuses keeps nothing
+            try:
+                text = self.codec.encode(event.details) if event.details else None
+            except (TypeError, ValueError) as exc:
+                raise _details_error(event, exc) from exc
+            state = None if event.state is None else event.state.value
+            kind = event.kind.value
+            row = (flow_id, event.seq, event.time, kind, event.atom, state, event.attempt)
+            rows.append((*row, event.progress, text))
+        # Its own connection: the shared one carries the group writer's statements, which
+        # must not land inside (or be rolled back with) this transaction.
+        db = await self._connect(create=False)
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            found = list(
+                await db.execute_fetchall(
+                    "SELECT max(seq) FROM aioflow_events WHERE flow_id = ?", (flow_id,)
+                )
+            )
+            if (found[0][0] or 0) != last_seq:
+                await db.execute("ROLLBACK")
+                return False
+            await db.executemany(_INSERT_EVENT, rows)
+            for row in rows:
+                flag = row[3] == "FLOW"
+                await db.execute(_UPDATE_FLOW, (row[1], flag, row[5], row[2], flow_id))
+            await db.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            raise self._error(f"cannot append to flow {flow_id}", exc) from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                await db.close()
 
     async def set_meta_default(self, key: str, value: str) -> str:
         db = self._db
