@@ -1,0 +1,728 @@
+"""The ``aioflow`` command: the demo, and listing, showing, watching, resuming, drawing and
+compacting the flows of a journal. Needs the ``cli`` extra (rich).
+
+Conventions, for this module and for modules that add subcommands:
+
+* Subcommands are argparse subparsers. Each sets ``func`` (``parser.set_defaults(func=...)``)
+  to its handler: a callable that takes the parsed :class:`argparse.Namespace` and returns
+  an ``int`` exit status. A handler may be a plain function or a coroutine function (it is
+  then run with :func:`anyio.run`).
+* ``--journal URL`` is accepted by every subcommand (and before it); handlers read the
+  journal to use from :func:`journal_url` (``--journal``, else ``AIOFLOW_JOURNAL``, else
+  ``sqlite:///aioflow.db`` in the current directory).
+* Other modules plug in with a ``register(subparsers)`` function; ``aioflow.jobs._commands``
+  is registered this way when it exists.
+* A user's mistake (an unknown flow id, a journal that does not exist, a reference that
+  cannot be imported, a bad option value) is reported by raising :class:`UsageError`,
+  :class:`~aioflow.NotFoundError` or :class:`ValueError`: the command prints one line
+  and exits with status 2. Other aioflow errors print one line and exit with status 1.
+  No traceback is shown for either.
+
+Exit statuses: 0 done (the flow succeeded, or is resting without failure), 1 a flow that
+was reverted or failed, or an error of the journal, 2 a user's mistake, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._compile import BARRIER, CHECKPOINT, RETRY, ExecGraph, Node, compile_flow
+from ._engine import Engine, load_reference
+from ._errors import (
+    AioflowError,
+    FlowFailedError,
+    InvalidFlowError,
+    MissingInputsError,
+    NotFoundError,
+)
+from ._events import EventKind
+from ._outcome import Outcome
+from ._progress import AtomProgress, FlowProgress
+from ._replay import atom_names, replay
+from ._states import FlowStatus
+from .journal import open_journal
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
+
+DEFAULT_JOURNAL = "sqlite:///aioflow.db"
+JOURNAL_ENV = "AIOFLOW_JOURNAL"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_REFRESH = 0.1
+_WATCH_REFRESH = 0.2
+
+Handler = Callable[[argparse.Namespace], "int | Awaitable[int]"]
+
+
+class UsageError(Exception):
+    """Raised by a handler for a user's mistake; the command prints it and exits 2."""
+
+
+# ------------------------------------------------------------------------ formatting
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(seconds, 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _value(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return ""
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _atom_info(atom: AtomProgress) -> str:
+    """What to say next to an atom's bar: bytes, throughput or rate, and its ETA."""
+    d = atom.details
+    parts: list[str] = []
+    done, total = d.get("bytes_done"), d.get("bytes_total")
+    if isinstance(done, int | float) and isinstance(total, int | float):
+        parts.append(f"{_size(done)} / {_size(total)}")
+    elif isinstance(done, int | float):
+        parts.append(_size(done))
+    speed = d.get("bytes_per_second")
+    if isinstance(speed, int | float) and atom.state == "RUNNING":
+        parts.append(f"{_size(speed)}/s")
+    elif atom.rate is not None and atom.state == "RUNNING":
+        parts.append(f"{atom.rate * 100:.1f}%/s")
+    if atom.eta is not None and atom.state == "RUNNING":
+        parts.append(f"ETA {_duration(atom.eta)}")
+    return "  ".join(parts)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    return console
+
+
+class Bars:
+    """Rich progress bars: one for the whole flow (with its ETA), one per atom."""
+
+    def __init__(self, console: Console, title: str) -> None:
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+        self.title = title
+        self.progress: RichProgress = Progress(
+            TextColumn("{task.description}", table_column=None),
+            BarColumn(bar_width=30),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[state]:<10}"),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            refresh_per_second=10,
+        )
+        self.rows: dict[str, TaskID] = {}
+
+    def __enter__(self) -> Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, flow: FlowProgress) -> None:
+        """Bring the bars up to ``flow``'s progress."""
+        eta = f"ETA {_duration(flow.eta)}" if flow.eta is not None and flow.eta > 0 else ""
+        self._row("", f"[bold]{self.title}[/]", flow.fraction, flow.status, eta)
+        for name, atom in flow.atoms.items():
+            self._row(name, f"  {name}", atom.fraction, atom.state, _atom_info(atom))
+
+    def _row(self, key: str, label: str, fraction: float, state: str, info: str) -> None:
+        task = self.rows.get(key)
+        if task is None:
+            task = self.rows[key] = self.progress.add_task(label, total=100, state="", info="")
+        self.progress.update(task, completed=fraction * 100, state=state, info=info)
+
+
+# ----------------------------------------------------------------------- the journal
+
+
+def journal_url(args: argparse.Namespace) -> str:
+    """The journal the command uses: ``--journal``, ``AIOFLOW_JOURNAL``, or the default."""
+    url = getattr(args, "journal", None) or os.environ.get(JOURNAL_ENV) or DEFAULT_JOURNAL
+    return str(url)
+
+
+def _existing_journal(args: argparse.Namespace) -> str:
+    """The journal URL, checked: known scheme, and for SQLite a file that exists."""
+    url = journal_url(args)
+    try:
+        open_journal(url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if url.lower().startswith("sqlite:"):
+        from .journal.sqlite import path_from_url
+
+        try:
+            path = path_from_url(url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not Path(path).is_file():
+            raise UsageError(
+                f"no journal at {path} ({url}); give one with --journal or {JOURNAL_ENV},"
+                " or create one by running a flow (aioflow demo)"
+            )
+    return url
+
+
+def _resume_hint(args: argparse.Namespace, flow_id: str) -> str:
+    url = journal_url(args)
+    journal = "" if url == DEFAULT_JOURNAL else f" --journal {url}"
+    return f"aioflow resume {flow_id}{journal}"
+
+
+# -------------------------------------------------------------- running with bars
+
+
+async def _run_with_bars(
+    engine: Engine,
+    flow_id: str,
+    title: str,
+    work: Callable[[], Awaitable[Outcome]],
+    console: Console,
+) -> tuple[Outcome | None, FlowFailedError | None, bool]:
+    """Run ``work`` (a run or resume of ``flow_id``) under live bars.
+
+    SIGINT or SIGTERM cancels the run, which leaves the flow SUSPENDED in the journal.
+    Returns (outcome, failure, interrupted).
+    """
+    outcome: Outcome | None = None
+    failure: FlowFailedError | None = None
+    error: BaseException | None = None
+    interrupted = False
+    run_scope = anyio.CancelScope()
+
+    async def run(tg_scope: anyio.CancelScope) -> None:
+        nonlocal outcome, failure, error
+        try:
+            with run_scope:
+                outcome = await work()
+        except FlowFailedError as exc:
+            failure = exc
+        except Exception as exc:
+            error = exc
+        finally:
+            tg_scope.cancel()
+
+    async def on_signals() -> None:
+        nonlocal interrupted
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                interrupted = True
+                run_scope.cancel()
+                return
+
+    with Bars(console, title) as bars:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, tg.cancel_scope)
+            with contextlib.suppress(NotImplementedError):  # no signals on this platform
+                if _in_main_thread():
+                    tg.start_soon(on_signals)
+            while True:
+                with contextlib.suppress(NotFoundError):
+                    bars.show(await engine.progress(flow_id))
+                await anyio.sleep(_REFRESH)
+        with contextlib.suppress(NotFoundError):
+            bars.show(await engine.progress(flow_id))
+    if error is not None:
+        raise error
+    return outcome, failure, interrupted
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _report_end(
+    console: Console,
+    args: argparse.Namespace,
+    flow_id: str,
+    outcome: Outcome | None,
+    failure: FlowFailedError | None,
+    interrupted: bool,
+    started: float,
+) -> int:
+    took = _duration(time.monotonic() - started)
+    if interrupted:
+        console.print(
+            f"Interrupted: flow {flow_id} is SUSPENDED in the journal; what finished is kept."
+        )
+        console.print(f"Resume it with:  {_resume_hint(args, flow_id)}")
+        return EXIT_INTERRUPTED
+    if failure is not None:
+        status = failure.outcome.status.value
+        console.print(f"flow {flow_id} {status} after {took}: {failure}", markup=False)
+        return EXIT_FAILED
+    assert outcome is not None
+    console.print(f"flow {flow_id} {outcome.status.value} in {took}", markup=False)
+    shown = {k: v for k, v in outcome.results.items() if k not in getattr(args, "_inputs", {})}
+    for symbol, value in shown.items():
+        console.print(f"  {symbol} = {value!r}", markup=False)
+    return EXIT_OK
+
+
+def _set_speed(args: argparse.Namespace) -> None:
+    from . import _demo
+
+    speed = 20.0 if args.fast else args.speed
+    if speed is not None:
+        if not speed > 0:
+            raise UsageError(f"--speed must be positive, not {speed}")
+        os.environ[_demo.SPEED_ENV] = repr(speed)
+
+
+# ------------------------------------------------------------------------ commands
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the bundled backup demonstration with live bars."""
+    from . import _demo
+
+    _set_speed(args)
+    _demo.speed()  # a bad AIOFLOW_DEMO_SPEED is a ValueError now, not in a task
+    url = journal_url(args)
+    console = _console()
+    inputs = {"volume": args.volume, "size": _demo.VOLUME_BYTES}
+    args._inputs = inputs
+    flow_id = uuid.uuid4().hex
+    console.print(
+        f"Backing up volume {args.volume} ({_size(_demo.VOLUME_BYTES)}): create a snapshot,"
+        " copy it, upload it, record it.",
+        markup=False,
+    )
+    console.print(f"Journal {url}, flow {flow_id}. Ctrl-C suspends it; it can be resumed.")
+    started = time.monotonic()
+    async with Engine(url) as engine:
+        outcome, failure, interrupted = await _run_with_bars(
+            engine,
+            flow_id,
+            "backup-demo",
+            lambda: engine.run(_demo.REFERENCE, inputs, flow_id=flow_id),
+            console,
+        )
+    return _report_end(console, args, flow_id, outcome, failure, interrupted, started)
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a flow from the journal, with live bars."""
+    _set_speed(args)
+    url = _existing_journal(args)
+    console = _console()
+    started = time.monotonic()
+    async with Engine(url) as engine:
+        state = replay(args.flow_id, await engine.journal.load(args.flow_id))
+        args._inputs = state.inputs
+        if state.status.is_final:
+            console.print(f"flow {args.flow_id} has already ended: {state.status.value}")
+            return EXIT_OK if state.status is FlowStatus.SUCCESS else EXIT_FAILED
+        outcome, failure, interrupted = await _run_with_bars(
+            engine,
+            args.flow_id,
+            state.name,
+            lambda: engine.resume(args.flow_id, args.flow),
+            console,
+        )
+    return _report_end(console, args, args.flow_id, outcome, failure, interrupted, started)
+
+
+async def cmd_flows(args: argparse.Namespace) -> int:
+    """List the journal's flows, newest last."""
+    from rich.table import Table
+
+    url = _existing_journal(args)
+    status = None
+    if args.status is not None:
+        try:
+            status = FlowStatus(args.status.upper())
+        except ValueError:
+            names = ", ".join(s.value for s in FlowStatus)
+            raise UsageError(f"unknown status {args.status!r}; one of {names}") from None
+    table = Table("id", "name", "status", "progress", "started")
+    table.columns[0].no_wrap = True
+    async with Engine(url) as engine:
+        summaries = await engine.journal.flows(status)
+        for summary in summaries[-args.limit :] if args.limit else summaries:
+            progress = await engine.progress(summary.flow_id)
+            table.add_row(
+                summary.flow_id,
+                summary.name,
+                summary.status.value,
+                f"{progress.fraction * 100:.0f}%",
+                _when(summary.created),
+            )
+    console = _console()
+    if not table.rows:
+        console.print(f"no flows in {url}")
+    else:
+        console.print(table)
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    """Show one flow: its atoms, their states, attempts, progress and durations, and the
+    checkpoints it reached."""
+    from rich.table import Table
+
+    url = _existing_journal(args)
+    async with Engine(url) as engine:
+        events = await engine.journal.load(args.flow_id)
+        progress = await engine.progress(args.flow_id)
+    state = replay(args.flow_id, events)
+    now = time.time()
+    console = _console()
+    console.print(f"flow {state.flow_id}  {state.name}  {state.status.value}", markup=False)
+    console.print(
+        f"  started {_when(state.created)}  updated {_when(state.updated)}"
+        f"  progress {progress.fraction * 100:.0f}%"
+        + (f"  ETA {_duration(progress.eta)}" if progress.eta else ""),
+        markup=False,
+    )
+    if state.ref:
+        console.print(f"  reference {state.ref}", markup=False)
+    table = Table("atom", "kind", "state", "attempts", "progress", "duration", "details")
+    for name, kind in atom_names(state.structure):
+        record = state.atoms.get(name)
+        atom = progress.atoms.get(name)
+        if record is None or atom is None:
+            table.add_row(name, kind, "PENDING", "0", "0%", "", "")
+            continue
+        took = None
+        if record.started is not None and atom.state not in ("PENDING", "IGNORED"):
+            running = atom.state in ("RUNNING", "WAITING")
+            end = now if running or record.finished is None else record.finished
+            took = end - record.started
+        details = ", ".join(f"{k}={v}" for k, v in atom.details.items())
+        table.add_row(
+            name,
+            kind,
+            atom.state,
+            str(record.attempt),
+            f"{atom.fraction * 100:.0f}%",
+            _duration(took),
+            details,
+        )
+    console.print(table)
+    reached = [e for e in events if e.kind is EventKind.CHECKPOINT and e.details.get("reached")]
+    if reached:
+        console.print("checkpoints reached:")
+        for event in reached:
+            console.print(f"  {event.details['reached']}  at {_when(event.time)}", markup=False)
+    failures = [(n, r.failure) for n, r in state.atoms.items() if r.failure is not None]
+    for name, failure in failures:
+        console.print(f"{name} failed: {failure.exc_type}: {failure.message}", markup=False)
+    return EXIT_OK
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    """Follow a flow (run by any process on this journal) with live bars until it rests."""
+    url = _existing_journal(args)
+    engine = Engine(url)
+    console = _console()
+    async with engine.journal:
+        state = replay(args.flow_id, await engine.journal.load(args.flow_id))
+        with Bars(console, state.name) as bars:
+            while True:
+                progress = await engine.progress(args.flow_id)
+                bars.show(progress)
+                status = FlowStatus(progress.status)
+                if status.is_resting:
+                    break
+                await anyio.sleep(args.interval)
+    console.print(f"flow {args.flow_id} {status.value}", markup=False)
+    return EXIT_FAILED if status in (FlowStatus.REVERTED, FlowStatus.FAILED) else EXIT_OK
+
+
+def _visible_preds(graph: ExecGraph, node: Node) -> list[int]:
+    """The atoms before ``node``, looking through the internal barrier nodes."""
+    out: set[int] = set()
+    seen: set[int] = set()
+    stack = list(node.preds)
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        if graph.nodes[p].kind == BARRIER:
+            stack.extend(graph.nodes[p].preds)
+        else:
+            out.add(p)
+    return sorted(out)
+
+
+def render_graph(graph: ExecGraph, fmt: str) -> str:
+    """The flow's atoms and their order as Mermaid (``flowchart``) or Graphviz ``dot``.
+
+    Checkpoints are hexagons, flow retries stadiums, tasks boxes; an edge into an atom
+    guarded by a decider is dashed.
+    """
+    atoms = list(graph.atoms)
+    edges = [(p, n) for n in atoms for p in _visible_preds(graph, n)]
+
+    def quote(text: str) -> str:
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+
+    if fmt == "mermaid":
+        shapes = {CHECKPOINT: ('{{"', '"}}'), RETRY: ('(["', '"])')}
+        lines = ["flowchart TD"]
+        for n in atoms:
+            left, right = shapes.get(n.kind, ('["', '"]'))
+            label = n.name.replace('"', "#quot;")
+            lines.append(f"    n{n.index}{left}{label}{right}")
+        for p, n in edges:
+            arrow = "-.->" if n.deciders else "-->"
+            lines.append(f"    n{p} {arrow} n{n.index}")
+        return "\n".join(lines) + "\n"
+    shape = {CHECKPOINT: "hexagon", RETRY: "oval"}
+    lines = [f'digraph "{quote(graph.name)}" {{', "    rankdir=TB;"]
+    for n in atoms:
+        lines.append(f'    n{n.index} [label="{quote(n.name)}", shape={shape.get(n.kind, "box")}];')
+    for p, n in edges:
+        style = " [style=dashed]" if n.deciders else ""
+        lines.append(f"    n{p} -> n{n.index}{style};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print a flow's graph (from a ``package.module:factory`` reference)."""
+    flow = load_reference(args.ref)
+    try:
+        graph = compile_flow(flow)
+    except MissingInputsError as exc:
+        graph = compile_flow(flow, exc.symbols)  # what nothing provides comes as inputs
+    except InvalidFlowError as exc:
+        raise UsageError(f"flow {args.ref!r} is not valid: {exc}") from None
+    sys.stdout.write(render_graph(graph, args.format))
+    return EXIT_OK
+
+
+async def cmd_compact(args: argparse.Namespace) -> int:
+    """Fold a flow's older journal history into a snapshot."""
+    url = _existing_journal(args)
+    if args.keep < 1:
+        raise UsageError(f"--keep must be at least 1, not {args.keep}")
+    async with open_journal(url) as journal:
+        await journal.load(args.flow_id)  # NotFoundError for an unknown flow
+        compact = getattr(journal, "compact", None)
+        if compact is None:
+            raise AioflowError(f"journal {url} cannot compact flows in this version of aioflow")
+        removed = await compact(args.flow_id, keep=args.keep)
+    print(f"flow {args.flow_id}: {removed} events folded away (kept the last {args.keep})")
+    return EXIT_OK
+
+
+def _load_attr(ref: str) -> Any:
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{ref!r} is not a reference; one looks like 'package.module:attr'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} (from {ref!r}): {exc}") from None
+    try:
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UsageError(f"module {module_name!r} has no {attr!r}") from None
+    return obj
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    """List the entries of a registry, optionally those with given capabilities."""
+    from rich.table import Table
+
+    from ._registry import Registry
+
+    registry = _load_attr(args.registry)
+    if not isinstance(registry, Registry) and callable(registry):
+        registry = registry()
+    if not isinstance(registry, Registry):
+        raise UsageError(f"{args.registry!r} is a {type(registry).__name__}, not a Registry")
+    table = Table("name", "capabilities", "attributes")
+    for entry in registry.find(*args.capabilities):
+        attributes = ", ".join(f"{k}={v!r}" for k, v in sorted(entry.attributes.items()))
+        table.add_row(entry.name, ", ".join(sorted(entry.capabilities)), attributes)
+    console = _console()
+    if not table.rows:
+        console.print("no matching entries")
+    else:
+        console.print(table)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``aioflow`` argument parser, with every subcommand (plugged-in ones too)."""
+    parser = argparse.ArgumentParser(
+        prog="aioflow", description="Run, watch and inspect aioflow flows."
+    )
+    journal_help = (
+        f"the journal URL (default: ${JOURNAL_ENV}, else {DEFAULT_JOURNAL} in the current"
+        " directory)"
+    )
+    parser.add_argument("--journal", metavar="URL", help=journal_help)
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a --journal given before the subcommand is not reset by the subparser.
+    common.add_argument("--journal", metavar="URL", default=argparse.SUPPRESS, help=journal_help)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, func: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def speed_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--speed", type=float, metavar="FACTOR", help="pace factor of the bundled demo"
+        )
+        p.add_argument("--fast", action="store_true", help="the demo in about a second")
+
+    p = add("demo", cmd_demo, "run the bundled backup demonstration with live progress")
+    p.add_argument("--volume", default="vol-1", help="the volume to pretend to back up")
+    speed_options(p)
+
+    p = add("resume", cmd_resume, "resume a suspended or interrupted flow, with live progress")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument(
+        "--flow", metavar="REF", help="the flow's reference, when it was not started from one"
+    )
+    speed_options(p)
+
+    p = add("flows", cmd_flows, "list the journal's flows")
+    p.add_argument("--status", help="only flows with this status")
+    p.add_argument("--limit", type=int, default=50, help="the latest N flows (0: all)")
+
+    p = add("show", cmd_show, "show a flow's atoms, states, attempts, progress, durations")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+
+    p = add("watch", cmd_watch, "live progress of a flow another process runs")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("--interval", type=float, default=_WATCH_REFRESH, help=argparse.SUPPRESS)
+
+    p = add("graph", cmd_graph, "print a flow's graph")
+    p.add_argument("ref", metavar="REF", help="a flow reference, package.module:factory")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+
+    p = add("compact", cmd_compact, "fold a flow's older journal history into a snapshot")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("--keep", type=int, default=1, help="checkpoints of history to keep")
+
+    p = add("providers", cmd_providers, "list the entries of a registry")
+    p.add_argument("--registry", required=True, metavar="MODULE:ATTR")
+    p.add_argument("capabilities", nargs="*", help="only entries with these capabilities")
+
+    try:  # another module's subcommands (conductor, jobs), when installed
+        commands = importlib.import_module("aioflow.jobs._commands")
+    except ImportError:
+        pass
+    else:
+        commands.register(sub)
+    return parser
+
+
+def _call(func: Handler, args: argparse.Namespace) -> int:
+    if inspect.iscoroutinefunction(func):
+        return int(anyio.run(func, args))
+    result = func(args)
+    if inspect.isawaitable(result):
+        awaitable = result
+
+        async def wait() -> int:
+            return int(await awaitable)
+
+        return int(anyio.run(wait))
+    return int(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``aioflow`` command with ``argv`` (default: the process's arguments) and
+    return its exit status."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        print(
+            "aioflow: the aioflow command needs rich; install the 'cli' extra:"
+            " pip install 'aioflow[cli]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _call(args.func, args)
+    except BaseException as caught:
+        exc = _unwrap(caught)
+        if isinstance(exc, KeyboardInterrupt):
+            print("aioflow: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if isinstance(exc, UsageError | NotFoundError | ValueError):
+            print(f"aioflow: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        if isinstance(exc, AioflowError | OSError):
+            print(f"aioflow: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside task-group wrappers (an error raised in the body of
+    ``async with Engine(...)`` reaches here inside an exception group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
