@@ -37,12 +37,18 @@ from ._outcome import Outcome as Outcome
 from ._progress import AtomProgress as AtomProgress
 from ._progress import FlowProgress as FlowProgress
 from ._progress import Progress as Progress
+from ._registry import Registry as Registry
+from ._registry import RegistryEntry as RegistryEntry
 from ._retry import Retry as Retry
 from ._states import AtomState as AtomState
 from ._states import FlowStatus as FlowStatus
 from ._task import Task as Task
 from ._task import TaskContext as TaskContext
 from ._task import task as task
+from .jobs import Conductor as Conductor
+from .jobs import Job as Job
+from .jobs import JobBoard as JobBoard
+from .jobs import JobState as JobState
 from .journal import Journal as Journal
 from .journal import open_journal as open_journal
 
@@ -55,6 +61,7 @@ __all__ = [
     "AtomProgress",
     "AtomState",
     "Checkpoint",
+    "Conductor",
     "Engine",
     "Event",
     "EventKind",
@@ -71,6 +78,9 @@ __all__ = [
     "Graph",
     "InvalidFlowError",
     "InvalidTokenError",
+    "Job",
+    "JobBoard",
+    "JobState",
     "Journal",
     "JournalError",
     "LeaseLostError",
@@ -79,6 +89,8 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "Progress",
+    "Registry",
+    "RegistryEntry",
     "Retry",
     "SerializationError",
     "StructlogListener",

@@ -1,0 +1,316 @@
+"""Jobs and the JobBoard protocol every backend implements.
+
+A job is a flow reference plus inputs, posted by a producer and run by whichever
+conductor claims it. A claim is a lease: the job is CLAIMED until ``available_at``, and
+each claim gives the job a new ``generation``. A lease that runs out makes the job
+claimable again (no reaper); the old holder's generation is then stale, so its renewals,
+completions and, through a :class:`~aioflow.journal.Fence`, its journal appends are refused.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, cast
+
+import anyio
+
+from .._codec import Codec, get_codec
+from .._failure import Failure
+from .._states import FlowStatus
+from ..journal import Journal
+from ..journal._base import Fence
+
+__all__ = ["Job", "JobBoard", "JobState"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class JobState(enum.Enum):
+    """Where a job stands on its board."""
+
+    UNCLAIMED = "UNCLAIMED"
+    """Posted (or given back), waiting for a conductor."""
+    CLAIMED = "CLAIMED"
+    """Run by ``owner`` under a lease until ``available_at``; claimable again after it."""
+    WAITING = "WAITING"
+    """Its flow rests on external waits; no conductor holds it."""
+    COMPLETE = "COMPLETE"
+    """Its flow ended SUCCESS."""
+    FAILED = "FAILED"
+    """Its flow ended REVERTED or FAILED, or it was dead-lettered; see ``failures``."""
+
+    @property
+    def is_final(self) -> bool:
+        """True for COMPLETE and FAILED: nothing will run the job again."""
+        return self in (JobState.COMPLETE, JobState.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job as its board last recorded it. Its flow's id in the journal is ``id``."""
+
+    id: str
+    flow: str
+    inputs: dict[str, Any]
+    state: JobState
+    name: str | None = None
+    priority: int = 0
+    idempotency_key: str | None = None
+    owner: str | None = None
+    generation: int = 0
+    attempts: int = 0
+    available_at: float = 0.0
+    created: float = 0.0
+    updated: float = 0.0
+    status: FlowStatus | None = None
+    """The flow's final status once the job is COMPLETE or FAILED."""
+    failures: dict[str, Failure] = field(default_factory=dict)
+    """Atom (or ``"<conductor>"``) -> failure, for a FAILED job."""
+
+    @property
+    def flow_id(self) -> str:
+        """The id of the job's flow in the journal (the job's own id)."""
+        return self.id
+
+
+# The column order every SQL backend selects, and :func:`job_from_row` reads.
+COLUMNS = (
+    "id, name, flow, inputs, priority, idempotency_key, state, owner, generation, attempts,"
+    " available_at, created, updated, status, failures"
+)
+
+
+def job_from_row(row: Any, codec: Codec) -> Job:
+    """A :class:`Job` from a row of :data:`COLUMNS`."""
+    (
+        job_id,
+        name,
+        flow,
+        inputs,
+        priority,
+        key,
+        state,
+        owner,
+        generation,
+        attempts,
+        available_at,
+        created,
+        updated,
+        status,
+        failures,
+    ) = row
+    decoded = {} if failures is None else cast("dict[str, Any]", codec.decode(failures))
+    return Job(
+        id=job_id,
+        flow=flow,
+        inputs=cast("dict[str, Any]", codec.decode(inputs)),
+        state=JobState(state),
+        name=name,
+        priority=priority,
+        idempotency_key=key,
+        owner=owner,
+        generation=generation,
+        attempts=attempts,
+        available_at=available_at,
+        created=created,
+        updated=updated,
+        status=None if status is None else FlowStatus(status),
+        failures={k: Failure.from_dict(v) for k, v in decoded.items()},
+    )
+
+
+def encode_failures(failures: Mapping[str, Failure], codec: Codec) -> str | None:
+    return codec.encode({k: f.to_dict() for k, f in failures.items()}) if failures else None
+
+
+class JobBoard(abc.ABC):
+    """Where producers post jobs and conductors claim them.
+
+    Open one with :meth:`JobBoard.open`. It connects on first use; ``async with board``
+    or :meth:`close` releases what it holds. Times are the ``clock`` of the process
+    (seconds since the epoch by default), so the machines of one board need clocks in
+    step to well within a lease.
+    """
+
+    url: str
+    codec: Codec
+    clock: Clock
+    poll: float
+    """Seconds between looks at the board when nothing wakes a waiter sooner."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock = time.time,
+        sleep: Sleep = anyio.sleep,
+        poll: float = 0.5,
+        codec: Codec | str | None = None,
+    ) -> None:
+        self.url = url
+        self.clock = clock
+        self._sleep = sleep
+        self.poll = poll
+        self.codec = get_codec(codec)
+
+    @staticmethod
+    def open(
+        url: str,
+        *,
+        clock: Clock = time.time,
+        sleep: Sleep = anyio.sleep,
+        poll: float = 0.5,
+    ) -> JobBoard:
+        """The board a URL names: ``memory://``, ``sqlite:///path.db``, ``postgresql://...``.
+
+        Raises :class:`ValueError` for another scheme.
+        """
+        scheme = url.partition("://")[0].lower()
+        kwargs: dict[str, Any] = {"clock": clock, "sleep": sleep, "poll": poll}
+        if scheme == "memory":
+            from .memory import MemoryJobBoard
+
+            return MemoryJobBoard(url, **kwargs)
+        if scheme == "sqlite":
+            from .sqlite import SqliteJobBoard
+
+            return SqliteJobBoard(url, **kwargs)
+        if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+            from .postgres import PostgresJobBoard
+
+            return PostgresJobBoard(url, **kwargs)
+        raise ValueError(
+            f"unknown jobboard URL {url!r}; accepted: memory://, sqlite:///path.db, "
+            "postgresql://user@host/database"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:  # noqa: B027 - a board with nothing to release
+        """Release connections; the board reconnects if used again."""
+
+    # ------------------------------------------------------------------- producers
+
+    @abc.abstractmethod
+    async def post(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Post a job that runs ``flow`` (a reference or registry name) with ``inputs``.
+
+        Higher ``priority`` is claimed first, then older jobs. A second post with the
+        same ``idempotency_key`` posts nothing and returns the first job as it stands.
+        Inputs the codec cannot store raise :class:`~aioflow.SerializationError`.
+        """
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> Job:
+        """The job as it stands; :class:`~aioflow.NotFoundError` for an unknown id."""
+
+    @abc.abstractmethod
+    async def jobs(self, state: JobState | None = None) -> list[Job]:
+        """The board's jobs, oldest first, optionally only those in ``state``."""
+
+    @abc.abstractmethod
+    async def trash(self, job_id: str) -> None:
+        """Remove a job from the board. A conductor running it loses its claim (and with
+        it the right to write its flow). :class:`~aioflow.NotFoundError` if unknown."""
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Job:  # noqa: ASYNC109
+        """Wait until the job is COMPLETE or FAILED and return it.
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds, and
+        :class:`~aioflow.NotFoundError` for an unknown (or trashed) job.
+        """
+        with anyio.fail_after(timeout):
+            while True:
+                job = await self.get(job_id)
+                if job.state.is_final:
+                    return job
+                await self._sleep(self.poll)
+
+    # ------------------------------------------------------------------ conductors
+
+    @abc.abstractmethod
+    async def claim(self, owner: str, lease: float) -> Job | None:
+        """Claim the best claimable job for ``owner`` (highest priority, then oldest):
+        an UNCLAIMED job, or a CLAIMED one whose lease ran out. It becomes CLAIMED until
+        now + ``lease`` with a new generation and one more attempt. None if there is none.
+        """
+
+    @abc.abstractmethod
+    async def renew(self, job: Job, lease: float) -> bool:
+        """Extend the claim to now + ``lease``; False if ``job.generation`` is stale."""
+
+    @abc.abstractmethod
+    async def release(self, job: Job) -> bool:
+        """Give a claimed job back at once, UNCLAIMED, without counting the attempt.
+        False if the claim is stale."""
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        job: Job,
+        state: JobState,
+        status: FlowStatus | None,
+        failures: Mapping[str, Failure] | None = None,
+    ) -> bool:
+        """Record the end of a claimed job: ``state`` COMPLETE or FAILED, the flow's final
+        ``status`` and its ``failures``. False if the claim is stale."""
+
+    @abc.abstractmethod
+    async def park(self, job: Job) -> bool:
+        """Set a claimed job WAITING (its flow rests on external waits) and drop the
+        claim. False if the claim is stale."""
+
+    @abc.abstractmethod
+    async def unpark(self, job_id: str) -> bool:
+        """Make a WAITING job claimable again (its wait was completed); False if it was
+        not WAITING."""
+
+    def fence(self, job: Job, on_lost: Callable[[], object] | None = None) -> Fence:
+        """The fence a journal checks for ``job``'s current claim."""
+        return Fence(job.id, job.generation, on_lost=on_lost)
+
+    @abc.abstractmethod
+    def shares_database(self, journal: Journal) -> bool:
+        """True when ``journal`` can check this board's claims in its commits (it is in
+        the same SQLite file or PostgreSQL database and schema)."""
+
+    async def wait_for_work(self, seconds: float) -> None:
+        """Return when a job may have become claimable, or after ``seconds``."""
+        await self._sleep(seconds)
+
+    def _now(self) -> float:
+        return float(self.clock())
+
+
+def check_post(flow: object, inputs: object, priority: object) -> dict[str, Any]:
+    """Refuse a malformed post, naming what is wrong; return the inputs as a dict."""
+    if not isinstance(flow, str) or not flow:
+        raise TypeError(f"a job's flow is a reference or registry name, not {flow!r}")
+    if inputs is not None and not isinstance(inputs, Mapping):
+        raise TypeError(f"a job's inputs are a mapping of symbol -> value, not {inputs!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"a job's priority is an int, not {priority!r}")
+    return dict(inputs or {})

@@ -1,0 +1,150 @@
+"""The ``aioflow conductor`` and ``aioflow jobs post|list`` subcommands.
+
+``aioflow.cli`` calls :func:`register` with its argparse subparsers object; each command
+sets ``func`` to a coroutine function that takes the parsed namespace and returns an exit
+status (``aioflow.cli`` runs it with :func:`anyio.run`). The board is ``--board URL``,
+else ``AIOFLOW_BOARD``, else the journal's URL (the board and the journal share one
+database so that the journal can fence the writes of a conductor that lost its lease).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+
+import anyio
+
+from .._engine import Engine
+from ._board import JobBoard, JobState
+from ._conductor import Conductor
+
+__all__ = ["BOARD_ENV", "register"]
+
+BOARD_ENV = "AIOFLOW_BOARD"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``conductor`` and ``jobs`` (``post``, ``list``) to the ``aioflow`` command."""
+
+    def add_urls(p: argparse.ArgumentParser) -> None:
+        # SUPPRESS keeps a --journal given before the subcommand.
+        p.add_argument(
+            "--journal", metavar="URL", default=argparse.SUPPRESS, help="the journal URL"
+        )
+        p.add_argument(
+            "--board",
+            metavar="URL",
+            help=f"the jobboard URL (default: ${BOARD_ENV}, else the journal's URL)",
+        )
+
+    p = subparsers.add_parser(
+        "conductor",
+        help="claim jobs from a jobboard and run them until interrupted",
+        description="Claim jobs from a jobboard and run their flows until SIGINT/SIGTERM, "
+        "which gives the held jobs back at once.",
+    )
+    add_urls(p)
+    p.add_argument("--name", help="this conductor's name on the board (default: host:pid)")
+    p.add_argument("--lease", type=float, default=30.0, help="lease in seconds (default 30)")
+    p.add_argument("--capacity", type=int, default=4, help="jobs run at once (default 4)")
+    p.add_argument(
+        "--max-attempts", type=int, default=5, help="claims before a job is dead-lettered"
+    )
+    p.set_defaults(func=cmd_conductor)
+
+    p = subparsers.add_parser("jobs", help="post and list jobs", description="Post and list jobs.")
+    jobs = p.add_subparsers(dest="jobs_command", metavar="ACTION")
+    jobs.required = True
+
+    q = jobs.add_parser("post", help="post a job", description="Post a job; print its id.")
+    add_urls(q)
+    q.add_argument("ref", metavar="REF", help="the flow: package.module:factory or a name")
+    q.add_argument("--inputs", default="{}", metavar="JSON", help="the inputs, a JSON object")
+    q.add_argument("--name", help="a name for people")
+    q.add_argument("--priority", type=int, default=0, help="higher is claimed first")
+    q.add_argument("--key", help="an idempotency key: a second post returns the first job")
+    q.set_defaults(func=cmd_post)
+
+    q = jobs.add_parser("list", help="list jobs", description="List the board's jobs.")
+    add_urls(q)
+    q.add_argument(
+        "--state", choices=[s.value for s in JobState], type=str.upper, help="only this state"
+    )
+    q.set_defaults(func=cmd_list)
+
+
+def _urls(args: argparse.Namespace) -> tuple[str, str]:
+    from ..cli import journal_url  # the cli module imports this one
+
+    journal = journal_url(args)
+    return args.board or os.environ.get(BOARD_ENV) or journal, journal
+
+
+async def cmd_conductor(args: argparse.Namespace) -> int:
+    """Run a conductor until SIGINT or SIGTERM; held jobs are given back on the way out."""
+    board_url, journal = _urls(args)
+    board = JobBoard.open(board_url)
+    conductor = Conductor(
+        board,
+        Engine(journal),
+        name=args.name,
+        lease=args.lease,
+        capacity=args.capacity,
+        max_attempts=args.max_attempts,
+    )
+    print(
+        f"conductor {conductor.name}: board {board_url}, journal {journal}, lease "
+        f"{conductor.lease:g}s, capacity {conductor.capacity}",
+        flush=True,
+    )
+    async with board, conductor, anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await conductor.run()
+    print(f"conductor {conductor.name}: stopped", flush=True)
+    return 0
+
+
+async def cmd_post(args: argparse.Namespace) -> int:
+    """Post one job and print its id."""
+    try:
+        inputs = json.loads(args.inputs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--inputs is not JSON: {exc}") from exc
+    if not isinstance(inputs, dict):
+        raise ValueError(f"--inputs must be a JSON object, not {args.inputs}")
+    async with JobBoard.open(_urls(args)[0]) as board:
+        job = await board.post(
+            args.ref, inputs, name=args.name, priority=args.priority, idempotency_key=args.key
+        )
+    print(job.id)
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    """Print the board's jobs, oldest first, one per line."""
+    state = None if args.state is None else JobState(args.state)
+    async with JobBoard.open(_urls(args)[0]) as board:
+        jobs = await board.jobs(state)
+    out = sys.stdout
+    print(f"{'JOB':32}  {'STATE':9}  {'ATT':>3}  {'OWNER':20}  {'POSTED':19}  FLOW", file=out)
+    for job in jobs:
+        posted = datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M:%S")
+        status = f" ({job.status.value})" if job.status is not None else ""
+        print(
+            f"{job.id:32}  {job.state.value:9}  {job.attempts:>3}  {(job.owner or '-'):20}  "
+            f"{posted:19}  {job.flow}{status}",
+            file=out,
+        )
+    return 0

@@ -1,0 +1,180 @@
+"""A jobboard in a dict: for tests and single-process use; nothing survives the process."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from .._errors import NotFoundError
+from .._failure import Failure
+from .._states import FlowStatus
+from ..journal import Journal
+from ..journal._base import Fence
+from ._board import Job, JobBoard, JobState, check_post
+
+__all__ = ["MemoryJobBoard"]
+
+_CLAIMABLE = (JobState.UNCLAIMED, JobState.CLAIMED)
+
+
+class MemoryJobBoard(JobBoard):
+    """A :class:`JobBoard` in memory; fences work with any journal of the same process."""
+
+    def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._jobs: dict[str, Job] = {}
+        self._order: dict[str, int] = {}
+        self._posted = 0
+        self._wake = anyio.Event()
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = anyio.Event()
+
+    async def post(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        values = check_post(flow, inputs, priority)
+        self.codec.encode(values)  # refuse what a database board would refuse
+        if idempotency_key is not None:
+            for job in self._jobs.values():
+                if job.idempotency_key == idempotency_key:
+                    return job
+        now = self._now()
+        job = Job(
+            id=uuid.uuid4().hex,
+            flow=flow,
+            inputs=values,
+            state=JobState.UNCLAIMED,
+            name=name,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            available_at=now,
+            created=now,
+            updated=now,
+        )
+        self._jobs[job.id] = job
+        self._posted += 1
+        self._order[job.id] = self._posted
+        self._notify()
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"no job {job_id} on {self.url}")
+        return job
+
+    async def jobs(self, state: JobState | None = None) -> list[Job]:
+        return [j for j in self._jobs.values() if state is None or j.state is state]
+
+    async def trash(self, job_id: str) -> None:
+        if self._jobs.pop(job_id, None) is None:
+            raise NotFoundError(f"no job {job_id} on {self.url}")
+
+    async def claim(self, owner: str, lease: float) -> Job | None:
+        now = self._now()
+        ready = [j for j in self._jobs.values() if j.state in _CLAIMABLE and j.available_at <= now]
+        if not ready:
+            return None
+        best = min(ready, key=lambda j: (-j.priority, j.created, self._order[j.id]))
+        return self._put(
+            best,
+            state=JobState.CLAIMED,
+            owner=owner,
+            generation=best.generation + 1,
+            attempts=best.attempts + 1,
+            available_at=now + lease,
+        )
+
+    def _held(self, job: Job) -> Job | None:
+        """The stored job if ``job``'s claim is still current, else None."""
+        stored = self._jobs.get(job.id)
+        if (
+            stored is None
+            or stored.generation != job.generation
+            or stored.state is not JobState.CLAIMED
+        ):
+            return None
+        return stored
+
+    def _put(self, job: Job, **changes: Any) -> Job:
+        job = dataclasses.replace(job, updated=self._now(), **changes)
+        self._jobs[job.id] = job
+        return job
+
+    async def renew(self, job: Job, lease: float) -> bool:
+        stored = self._held(job)
+        if stored is None:
+            return False
+        self._put(stored, available_at=self._now() + lease)
+        return True
+
+    async def release(self, job: Job) -> bool:
+        stored = self._held(job)
+        if stored is None:
+            return False
+        self._put(
+            stored,
+            state=JobState.UNCLAIMED,
+            owner=None,
+            generation=stored.generation + 1,
+            attempts=max(stored.attempts - 1, 0),
+            available_at=self._now(),
+        )
+        self._notify()
+        return True
+
+    async def finish(
+        self,
+        job: Job,
+        state: JobState,
+        status: FlowStatus | None,
+        failures: Mapping[str, Failure] | None = None,
+    ) -> bool:
+        if not state.is_final:
+            raise ValueError(f"a job finishes COMPLETE or FAILED, not {state.value}")
+        stored = self._held(job)
+        if stored is None:
+            return False
+        self._put(stored, state=state, status=status, failures=dict(failures or {}))
+        return True
+
+    async def park(self, job: Job) -> bool:
+        stored = self._held(job)
+        if stored is None:
+            return False
+        self._put(stored, state=JobState.WAITING, owner=None, generation=stored.generation + 1)
+        return True
+
+    async def unpark(self, job_id: str) -> bool:
+        stored = self._jobs.get(job_id)
+        if stored is None or stored.state is not JobState.WAITING:
+            return False
+        self._put(stored, state=JobState.UNCLAIMED, available_at=self._now())
+        self._notify()
+        return True
+
+    def fence(self, job: Job, on_lost: Callable[[], object] | None = None) -> Fence:
+        def current() -> int | None:
+            stored = self._jobs.get(job.id)
+            return None if stored is None else stored.generation
+
+        return Fence(job.id, job.generation, current=current, on_lost=on_lost)
+
+    def shares_database(self, journal: Journal) -> bool:
+        return True  # its fences are checked in the process, whatever the journal
+
+    async def wait_for_work(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()

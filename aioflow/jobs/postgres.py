@@ -1,0 +1,282 @@
+"""A jobboard in PostgreSQL: conductors on many machines.
+
+A claim is one statement: ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``,
+so concurrent conductors never wait on each other's candidate rows. Posts and give-backs
+send ``NOTIFY aioflow_jobs``; a conductor waiting for work ``LISTEN``s on it and still
+looks every ``poll`` seconds (a lease that runs out sends no notification).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import asyncpg
+
+from .._errors import JournalError, NotFoundError
+from .._failure import Failure
+from .._states import FlowStatus
+from ..journal import Journal
+from ..journal.postgres import PostgresJournal, _redact, dsn_from_url
+from ._board import COLUMNS, Job, JobBoard, JobState, check_post, encode_failures, job_from_row
+
+__all__ = ["SCHEMA_VERSION", "PostgresJobBoard"]
+
+SCHEMA_VERSION = 1
+"""The jobboard schema version (``schema_version`` in ``aioflow_jobboard``)."""
+
+CHANNEL = "aioflow_jobs"
+"""The NOTIFY channel of posts and give-backs."""
+
+_SCHEMA = (
+    "CREATE TABLE aioflow_jobboard(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE aioflow_jobs(id TEXT PRIMARY KEY, name TEXT, flow TEXT NOT NULL,"
+    " inputs TEXT NOT NULL, priority INTEGER NOT NULL, idempotency_key TEXT UNIQUE,"
+    " state TEXT NOT NULL, owner TEXT, generation BIGINT NOT NULL, attempts INTEGER NOT NULL,"
+    " available_at DOUBLE PRECISION NOT NULL, created DOUBLE PRECISION NOT NULL,"
+    " updated DOUBLE PRECISION NOT NULL, status TEXT, failures TEXT, ord BIGSERIAL)",
+    "CREATE INDEX aioflow_jobs_claim ON aioflow_jobs(priority DESC, created, ord)"
+    " WHERE state IN ('UNCLAIMED', 'CLAIMED')",
+)
+
+_CLAIM = f"""
+UPDATE aioflow_jobs SET state = 'CLAIMED', owner = $1, generation = generation + 1,
+    attempts = attempts + 1, available_at = $2 + $3, updated = $2
+FROM (SELECT id AS claimed FROM aioflow_jobs
+      WHERE state IN ('UNCLAIMED', 'CLAIMED') AND available_at <= $2
+      ORDER BY priority DESC, created, ord LIMIT 1 FOR UPDATE SKIP LOCKED) AS best
+WHERE id = best.claimed
+RETURNING {COLUMNS}
+"""
+_HELD = " WHERE id = $1 AND generation = $2 AND state = 'CLAIMED'"
+_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class PostgresJobBoard(JobBoard):
+    """A :class:`JobBoard` in PostgreSQL (``postgresql://...``; ``?search_path=`` picks
+    the schema). Put the journal in the same database and schema for fenced writes."""
+
+    def __init__(self, url: str, *, pool_size: int = 4, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._dsn = dsn_from_url(url)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = anyio.Lock()
+        self._listener: Any = None
+        self._wake = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"PostgresJobBoard({_redact(self.url)!r})"
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        async with self._opening:
+            if self._pool is None:
+                try:
+                    pool = await asyncpg.create_pool(
+                        self._dsn, min_size=1, max_size=self._pool_size
+                    )
+                    assert pool is not None
+                    try:
+                        async with pool.acquire() as conn:
+                            await self._ensure_schema(conn)
+                    except BaseException:
+                        with anyio.CancelScope(shield=True):
+                            await pool.close()
+                        raise
+                except _ERRORS as exc:
+                    raise JournalError(f"jobboard {_redact(self.url)}: cannot open: {exc}") from exc
+                self._pool = pool
+            return self._pool
+
+    async def _ensure_schema(self, conn: Any) -> None:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_jobboard'))"
+            )
+            present = await conn.fetchval(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema ="
+                " current_schema() AND table_name = 'aioflow_jobboard'"
+            )
+            if present:
+                version = await conn.fetchval(
+                    "SELECT value FROM aioflow_jobboard WHERE key = 'schema_version'"
+                )
+                if version != str(SCHEMA_VERSION):
+                    raise JournalError(
+                        f"{_redact(self.url)} holds an aioflow jobboard with schema version "
+                        f"{version}; this version of aioflow reads version {SCHEMA_VERSION}"
+                        " and does not migrate jobboards"
+                    )
+                return
+            for statement in _SCHEMA:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO aioflow_jobboard VALUES ('schema_version', $1)", str(SCHEMA_VERSION)
+            )
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        pool, self._pool = self._pool, None
+        with anyio.CancelScope(shield=True):
+            if listener is not None:
+                await listener.close()
+            if pool is not None:
+                await pool.close()
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        pool = await self._get_pool()
+        try:
+            return list(await pool.fetch(sql, *args))
+        except _ERRORS as exc:
+            raise JournalError(f"jobboard {_redact(self.url)}: {exc}") from exc
+
+    async def _update(self, sql: str, *args: Any) -> bool:
+        pool = await self._get_pool()
+        try:
+            result = await pool.execute(sql, *args)
+        except _ERRORS as exc:
+            raise JournalError(f"jobboard {_redact(self.url)}: {exc}") from exc
+        return str(result).endswith(" 1")
+
+    async def post(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        text = self.codec.encode(check_post(flow, inputs, priority))
+        now = self._now()
+        job_id = uuid.uuid4().hex
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                inserted = await conn.fetchval(
+                    "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority, idempotency_key,"
+                    " state, generation, attempts, available_at, created, updated)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $7, $7, $7)"
+                    " ON CONFLICT(idempotency_key) DO NOTHING RETURNING id",
+                    job_id,
+                    name,
+                    flow,
+                    text,
+                    priority,
+                    idempotency_key,
+                    now,
+                )
+                if inserted is not None:
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
+                    where, key = "id = $1", job_id
+                else:
+                    where, key = "idempotency_key = $1", str(idempotency_key)
+                row = await conn.fetchrow(f"SELECT {COLUMNS} FROM aioflow_jobs WHERE {where}", key)
+        except _ERRORS as exc:
+            raise JournalError(f"jobboard {_redact(self.url)}: cannot post: {exc}") from exc
+        return job_from_row(row, self.codec)
+
+    async def get(self, job_id: str) -> Job:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM aioflow_jobs WHERE id = $1", job_id)
+        if not rows:
+            raise NotFoundError(f"no job {job_id} on {_redact(self.url)}")
+        return job_from_row(rows[0], self.codec)
+
+    async def jobs(self, state: JobState | None = None) -> list[Job]:
+        if state is None:
+            rows = await self._fetch(f"SELECT {COLUMNS} FROM aioflow_jobs ORDER BY created, ord")
+        else:
+            rows = await self._fetch(
+                f"SELECT {COLUMNS} FROM aioflow_jobs WHERE state = $1 ORDER BY created, ord",
+                state.value,
+            )
+        return [job_from_row(row, self.codec) for row in rows]
+
+    async def trash(self, job_id: str) -> None:
+        if not await self._update("DELETE FROM aioflow_jobs WHERE id = $1", job_id):
+            raise NotFoundError(f"no job {job_id} on {_redact(self.url)}")
+
+    async def claim(self, owner: str, lease: float) -> Job | None:
+        rows = await self._fetch(_CLAIM, owner, self._now(), float(lease))
+        return job_from_row(rows[0], self.codec) if rows else None
+
+    async def renew(self, job: Job, lease: float) -> bool:
+        return await self._update(
+            "UPDATE aioflow_jobs SET available_at = $3, updated = $4" + _HELD,
+            job.id,
+            job.generation,
+            self._now() + lease,
+            self._now(),
+        )
+
+    async def release(self, job: Job) -> bool:
+        released = await self._update(
+            "WITH n AS (SELECT pg_notify($4, $1))"
+            " UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
+            " generation = generation + 1, attempts = GREATEST(attempts - 1, 0),"
+            " available_at = $3, updated = $3 FROM n" + _HELD,
+            job.id,
+            job.generation,
+            self._now(),
+            CHANNEL,
+        )
+        return released
+
+    async def finish(
+        self,
+        job: Job,
+        state: JobState,
+        status: FlowStatus | None,
+        failures: Mapping[str, Failure] | None = None,
+    ) -> bool:
+        if not state.is_final:
+            raise ValueError(f"a job finishes COMPLETE or FAILED, not {state.value}")
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = $3, status = $4, failures = $5, updated = $6" + _HELD,
+            job.id,
+            job.generation,
+            state.value,
+            None if status is None else status.value,
+            encode_failures(failures or {}, self.codec),
+            self._now(),
+        )
+
+    async def park(self, job: Job) -> bool:
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'WAITING', owner = NULL,"
+            " generation = generation + 1, updated = $3" + _HELD,
+            job.id,
+            job.generation,
+            self._now(),
+        )
+
+    async def unpark(self, job_id: str) -> bool:
+        woken = await self._update(
+            "UPDATE aioflow_jobs SET state = 'UNCLAIMED', available_at = $2, updated = $2"
+            " WHERE id = $1 AND state = 'WAITING'",
+            job_id,
+            self._now(),
+        )
+        if woken:
+            await self._fetch("SELECT pg_notify($1, $2)", CHANNEL, job_id)
+        return woken
+
+    def shares_database(self, journal: Journal) -> bool:
+        return isinstance(journal, PostgresJournal) and dsn_from_url(journal.url) == self._dsn
+
+    def _notified(self, *args: object) -> None:
+        self._wake.set()
+
+    async def wait_for_work(self, seconds: float) -> None:
+        if self._listener is None:
+            try:
+                listener = await asyncpg.connect(self._dsn)
+                await listener.add_listener(CHANNEL, self._notified)
+            except _ERRORS:
+                listener = None  # polling still works; try listening again next time
+            self._listener = listener
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake = anyio.Event()

@@ -1,0 +1,252 @@
+"""A jobboard in a SQLite file: several processes on one machine.
+
+Every call opens its own connection (jobs are few and coarse next to a journal's
+events), so a board needs no closing and is safe to share between tasks. Claims run in a
+``BEGIN IMMEDIATE`` transaction: the file's write lock makes them one at a time across
+processes. Conductors poll; there is no wake-up across processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from .._errors import JournalError, NotFoundError
+from .._failure import Failure
+from .._states import FlowStatus
+from ..journal import Journal, SqliteJournal
+from ..journal.sqlite import path_from_url
+from ._board import COLUMNS, Job, JobBoard, JobState, check_post, encode_failures, job_from_row
+
+__all__ = ["SCHEMA_VERSION", "SqliteJobBoard"]
+
+SCHEMA_VERSION = 1
+"""The jobboard schema version (``schema_version`` in ``aioflow_jobboard``)."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS aioflow_jobboard(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS aioflow_jobs(id TEXT PRIMARY KEY, name TEXT, flow TEXT NOT NULL,"
+    " inputs TEXT NOT NULL, priority INTEGER NOT NULL, idempotency_key TEXT UNIQUE,"
+    " state TEXT NOT NULL, owner TEXT, generation INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+    " available_at REAL NOT NULL, created REAL NOT NULL, updated REAL NOT NULL, status TEXT,"
+    " failures TEXT)",
+    "CREATE INDEX IF NOT EXISTS aioflow_jobs_claim"
+    " ON aioflow_jobs(state, available_at, priority DESC, created)",
+)
+
+_CLAIM = f"""
+UPDATE aioflow_jobs SET state = 'CLAIMED', owner = ?1, generation = generation + 1,
+    attempts = attempts + 1, available_at = ?2 + ?3, updated = ?2
+WHERE id = (SELECT id FROM aioflow_jobs
+            WHERE state IN ('UNCLAIMED', 'CLAIMED') AND available_at <= ?2
+            ORDER BY priority DESC, created, rowid LIMIT 1)
+RETURNING {COLUMNS}
+"""
+_HELD = " WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
+
+
+class SqliteJobBoard(JobBoard):
+    """A :class:`JobBoard` in a SQLite file (``sqlite:///path.db``), WAL mode.
+
+    Put the journal in the same file for fenced writes (:meth:`shares_database`).
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.path = path_from_url(url)
+        self._uri = Path(self.path).absolute().as_uri()
+        self._busy_timeout = busy_timeout
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return f"SqliteJobBoard({self.url!r})"
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[aiosqlite.Connection]:
+        try:
+            db = await aiosqlite.connect(
+                self._uri + "?mode=rwc", uri=True, isolation_level=None, timeout=self._busy_timeout
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"jobboard {self.url}: cannot open: {exc}") from exc
+        try:
+            if not self._ready:
+                await self._ensure_schema(db)
+                self._ready = True
+            yield db
+        except sqlite3.Error as exc:
+            raise JournalError(f"jobboard {self.url}: {exc}") from exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await db.close()
+
+    async def _ensure_schema(self, db: aiosqlite.Connection) -> None:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            found = await db.execute_fetchall(
+                "SELECT name FROM sqlite_master WHERE name = 'aioflow_jobboard'"
+            )
+            if found:
+                rows = list(
+                    await db.execute_fetchall(
+                        "SELECT value FROM aioflow_jobboard WHERE key = 'schema_version'"
+                    )
+                )
+                version = rows[0][0] if rows else None
+                if version != str(SCHEMA_VERSION):
+                    raise JournalError(
+                        f"{self.path} holds an aioflow jobboard with schema version {version};"
+                        f" this version of aioflow reads version {SCHEMA_VERSION} and does not"
+                        " migrate jobboards"
+                    )
+            else:
+                for statement in _SCHEMA:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO aioflow_jobboard VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+            raise
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> Job | None:
+        async with self._connect() as db:
+            rows = list(await db.execute_fetchall(sql, params))
+        return job_from_row(rows[0], self.codec) if rows else None
+
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> bool:
+        async with self._connect() as db:
+            cursor = await db.execute(sql, params)
+            return cursor.rowcount == 1
+
+    async def post(
+        self,
+        flow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        text = self.codec.encode(check_post(flow, inputs, priority))
+        now = self._now()
+        job_id = uuid.uuid4().hex
+        async with self._connect() as db:
+            await db.execute(
+                "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority, idempotency_key,"
+                " state, generation, attempts, available_at, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'UNCLAIMED', 0, 0, ?, ?, ?)"
+                " ON CONFLICT(idempotency_key) DO NOTHING",
+                (job_id, name, flow, text, priority, idempotency_key, now, now, now),
+            )
+            if idempotency_key is None:
+                where, key = "id = ?", job_id
+            else:
+                where, key = "idempotency_key = ?", idempotency_key
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {COLUMNS} FROM aioflow_jobs WHERE {where}", (key,)
+                )
+            )
+        return job_from_row(rows[0], self.codec)
+
+    async def get(self, job_id: str) -> Job:
+        job = await self._one(f"SELECT {COLUMNS} FROM aioflow_jobs WHERE id = ?", (job_id,))
+        if job is None:
+            raise NotFoundError(f"no job {job_id} on {self.url}")
+        return job
+
+    async def jobs(self, state: JobState | None = None) -> list[Job]:
+        sql = f"SELECT {COLUMNS} FROM aioflow_jobs"
+        params: tuple[Any, ...] = ()
+        if state is not None:
+            sql, params = sql + " WHERE state = ?", (state.value,)
+        async with self._connect() as db:
+            rows = await db.execute_fetchall(sql + " ORDER BY created, rowid", params)
+        return [job_from_row(row, self.codec) for row in rows]
+
+    async def trash(self, job_id: str) -> None:
+        if not await self._update("DELETE FROM aioflow_jobs WHERE id = ?", (job_id,)):
+            raise NotFoundError(f"no job {job_id} on {self.url}")
+
+    async def claim(self, owner: str, lease: float) -> Job | None:
+        async with self._connect() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = list(await db.execute_fetchall(_CLAIM, (owner, self._now(), lease)))
+                await db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                raise
+        return job_from_row(rows[0], self.codec) if rows else None
+
+    async def renew(self, job: Job, lease: float) -> bool:
+        now = self._now()
+        return await self._update(
+            "UPDATE aioflow_jobs SET available_at = ?, updated = ?" + _HELD,
+            (now + lease, now, job.id, job.generation),
+        )
+
+    async def release(self, job: Job) -> bool:
+        now = self._now()
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
+            " generation = generation + 1, attempts = max(attempts - 1, 0), available_at = ?,"
+            " updated = ?" + _HELD,
+            (now, now, job.id, job.generation),
+        )
+
+    async def finish(
+        self,
+        job: Job,
+        state: JobState,
+        status: FlowStatus | None,
+        failures: Mapping[str, Failure] | None = None,
+    ) -> bool:
+        if not state.is_final:
+            raise ValueError(f"a job finishes COMPLETE or FAILED, not {state.value}")
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = ?, status = ?, failures = ?, updated = ?" + _HELD,
+            (
+                state.value,
+                None if status is None else status.value,
+                encode_failures(failures or {}, self.codec),
+                self._now(),
+                job.id,
+                job.generation,
+            ),
+        )
+
+    async def park(self, job: Job) -> bool:
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'WAITING', owner = NULL,"
+            " generation = generation + 1, updated = ?" + _HELD,
+            (self._now(), job.id, job.generation),
+        )
+
+    async def unpark(self, job_id: str) -> bool:
+        now = self._now()
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'UNCLAIMED', available_at = ?, updated = ?"
+            " WHERE id = ? AND state = 'WAITING'",
+            (now, now, job_id),
+        )
+
+    def shares_database(self, journal: Journal) -> bool:
+        if not isinstance(journal, SqliteJournal):
+            return False
+        return Path(journal.path).resolve() == Path(self.path).resolve()

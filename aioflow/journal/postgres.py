@@ -1,0 +1,559 @@
+"""The PostgreSQL journal: many machines, group commit over asyncpg.
+
+The same layout as the SQLite journal (``aioflow_meta``, ``aioflow_events``,
+``aioflow_flows``), in the first schema of the connection's ``search_path`` (give
+``?search_path=name`` in the URL to pick one). A commit of any size is one statement: the
+events go in through ``unnest`` of one array per column, and a data-modifying CTE upserts
+the flow summaries, so a batch costs one round trip. A batch holding events of fenced
+flows (jobs run by a conductor) is a transaction of three: the claim check
+(``SELECT ... FOR SHARE`` on the jobboard's ``aioflow_jobs``), that statement, ``COMMIT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import asyncpg
+
+from .._codec import Codec, get_codec
+from .._errors import JournalError, NotFoundError
+from .._events import Event, EventKind, decode_state
+from .._states import FlowStatus
+from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
+from ._writer import GroupWriter
+
+__all__ = ["SCHEMA_VERSION", "PostgresJournal", "dsn_from_url"]
+
+SCHEMA_VERSION = 1
+"""The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``)."""
+
+_TABLES = ("aioflow_meta", "aioflow_events", "aioflow_flows")
+_SCHEMA = (
+    "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
+    " time DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, atom TEXT, state TEXT,"
+    " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
+    " PRIMARY KEY(flow_id, seq))",
+    "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
+    " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
+    " ord BIGSERIAL)",
+    "CREATE INDEX aioflow_flows_status ON aioflow_flows(status)",
+)
+
+# One statement commits a batch: the events, then one upsert per flow it touches. A flow's
+# summary row is made by the event that names it (as in SQLite); a flow with no row and no
+# naming event in the batch keeps having none.
+_COMMIT = """
+WITH events AS (
+    INSERT INTO aioflow_events
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[],
+                         $6::text[], $7::int[], $8::float8[], $9::text[])
+)
+INSERT INTO aioflow_flows AS f (flow_id, name, status, ref, created, updated, last_seq)
+SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.last_seq
+FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::float8[], $15::float8[],
+            $16::bigint[]) AS u(flow_id, name, status, ref, created, updated, last_seq)
+WHERE u.name IS NOT NULL OR EXISTS (SELECT 1 FROM aioflow_flows g WHERE g.flow_id = u.flow_id)
+ON CONFLICT (flow_id) DO UPDATE SET
+    last_seq = GREATEST(f.last_seq, EXCLUDED.last_seq),
+    status = COALESCE(EXCLUDED.status, f.status),
+    updated = COALESCE(EXCLUDED.updated, f.updated)
+"""
+
+FENCED_COMMIT_TIMEOUT = 5.0
+"""Seconds a fenced commit may sit idle inside its transaction (a paused process) before
+PostgreSQL ends the session, releasing the job rows it locked."""
+_FENCED_TIMEOUT = (
+    f"SET LOCAL idle_in_transaction_session_timeout = {int(FENCED_COMMIT_TIMEOUT * 1000)}"
+)
+
+_SELECT_EVENTS = (
+    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    " WHERE flow_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+_SELECT_FLOWS = "SELECT flow_id, name, status, ref, created, updated, last_seq FROM aioflow_flows"
+_PAGE = 1000
+_KINDS = {kind.value: kind for kind in EventKind}
+_FLOW = EventKind.FLOW
+
+# flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
+_Row = tuple[
+    str,
+    int,
+    float,
+    str,
+    str | None,
+    str | None,
+    int,
+    float | None,
+    str | None,
+    str | None,
+    str | None,
+]
+
+
+def dsn_from_url(url: str) -> str:
+    """The asyncpg DSN of a ``postgresql://``, ``postgres://`` or ``postgresql+...://`` URL."""
+    scheme, sep, rest = url.partition("://")
+    base = scheme.lower().split("+", 1)[0]
+    if not sep or base not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r} (expected postgresql://user@host/db)")
+    return "postgresql://" + rest
+
+
+class PostgresJournal(Journal):
+    """A :class:`Journal` in a PostgreSQL database shared by any number of machines.
+
+    ``url`` is ``postgresql://user:password@host:port/database``; query parameters other
+    than asyncpg's own are server settings, so ``?search_path=myschema`` puts the tables
+    in schema ``myschema`` (which must exist). ``pool_size`` bounds the connections.
+    """
+
+    def __init__(self, url: str, *, codec: Codec | str | None = None, pool_size: int = 4) -> None:
+        self.url = url
+        self._dsn = dsn_from_url(url)
+        self.codec = get_codec(codec)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._writer: GroupWriter[_Row] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._fences: dict[str, Fence] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresJournal({_redact(self.url)!r})"
+
+    # ------------------------------------------------------------------ open and close
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            raise JournalError(f"journal {_redact(self.url)} is already open")
+        try:
+            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error("cannot connect", exc) from exc
+        assert pool is not None
+        try:
+            async with pool.acquire() as conn:
+                await self._ensure_schema(conn)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+            if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+                raise self._error("cannot open", exc) from exc
+            raise
+        self._pool = pool
+        writer = self._writer = GroupWriter(self._commit, name=_redact(self.url))
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(writer.run)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                await self._close_pool()
+            raise
+        self._tg = tg
+
+    async def close(self) -> None:
+        writer, tg = self._writer, self._tg
+        if writer is None or tg is None:
+            return
+        self._tg = None
+        try:
+            try:
+                await writer.close()
+            finally:
+                await tg.__aexit__(None, None, None)
+        finally:
+            await self._close_pool()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._tg is not None
+
+    async def _present(self, conn: Any) -> set[str]:
+        rows = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema() AND table_name = ANY($1::text[])",
+            list(_TABLES),
+        )
+        return {row[0] for row in rows}
+
+    async def _check_schema(self, conn: Any) -> bool:
+        """True if the schema holds a journal of our version, False if it holds none.
+
+        Only reads, so tables that are not ours are never touched.
+        """
+        if await conn.fetchval("SELECT current_schema()") is None:
+            raise JournalError(
+                f"{_redact(self.url)}: no schema of the search_path exists; create it first"
+            )
+        names = await self._present(conn)
+        if not names:
+            return False
+        if "aioflow_meta" not in names:
+            raise JournalError(
+                f"{_redact(self.url)} has {sorted(names)} but no aioflow_meta table: it is "
+                "not an aioflow journal; refusing to touch it"
+            )
+        version = await conn.fetchval("SELECT value FROM aioflow_meta WHERE key = 'schema_version'")
+        if version is None:
+            raise JournalError(
+                f"{_redact(self.url)} has an aioflow_meta table without a schema_version"
+            )
+        if version != str(SCHEMA_VERSION):
+            raise JournalError(
+                f"{_redact(self.url)} is an aioflow journal with schema version {version}; "
+                f"this version of aioflow reads schema version {SCHEMA_VERSION} and does "
+                "not migrate journals"
+            )
+        missing = set(_TABLES) - names
+        if missing:
+            raise JournalError(
+                f"{_redact(self.url)} is a damaged aioflow journal: no {sorted(missing)}"
+            )
+        return True
+
+    async def _ensure_schema(self, conn: Any) -> None:
+        async with conn.transaction():
+            # Two processes opening an empty database at once: one creates, one checks.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_journal'))"
+            )
+            if not await self._check_schema(conn):
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO aioflow_meta(key, value) VALUES ('schema_version', $1)",
+                    str(SCHEMA_VERSION),
+                )
+
+    def _error(self, doing: str, exc: BaseException) -> JournalError:
+        return JournalError(f"journal {_redact(self.url)}: {doing}: {exc}")
+
+    # ------------------------------------------------------------------------- writing
+
+    def append(self, event: Event) -> int:
+        writer = self._writer
+        if writer is None or self._tg is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        if self._fences:
+            fence = self._fences.get(event.flow_id)
+            if fence is not None and fence.lost:
+                raise fence.error(event.flow_id)
+        details = event.details
+        text: str | None = None
+        name: str | None = None
+        ref: str | None = None
+        if details:
+            try:
+                text = self.codec.encode(details)
+            except (TypeError, ValueError) as exc:
+                raise _details_error(event, exc) from exc
+            if event.kind is _FLOW and "name" in details:
+                name = str(details["name"])
+                ref_value = details.get("ref")
+                ref = None if ref_value is None else str(ref_value)
+        state = event.state
+        return writer.append(
+            (
+                event.flow_id,
+                event.seq,
+                event.time,
+                event.kind.value,
+                event.atom,
+                None if state is None else state.value,
+                event.attempt,
+                event.progress,
+                text,
+                name,
+                ref,
+            )
+        )
+
+    @property
+    def durable(self) -> int:
+        return 0 if self._writer is None else self._writer.durable
+
+    @property
+    def appended(self) -> int:
+        return 0 if self._writer is None else self._writer.appended
+
+    @property
+    def commits(self) -> int:
+        """How many group commits the writer made since :meth:`open` (for tests)."""
+        return 0 if self._writer is None else self._writer.commits
+
+    async def wait_durable(self, ticket: int) -> None:
+        if self._writer is None:
+            if ticket <= 0:
+                return
+            raise JournalError(f"journal {_redact(self.url)} was never opened")
+        await self._writer.wait_durable(ticket)
+
+    @staticmethod
+    def _arguments(batch: list[_Row]) -> list[list[Any]]:
+        """The 16 array parameters of :data:`_COMMIT` for ``batch``."""
+        columns: list[list[Any]] = [list(column) for column in zip(*batch, strict=True)][:9]
+        # flow_id -> [name, status, ref, created, updated, last_seq]
+        flows: dict[str, list[Any]] = {}
+        for row in batch:
+            flow_id, seq, when, kind, state, name = row[0], row[1], row[2], row[3], row[5], row[9]
+            summary = flows.get(flow_id)
+            if summary is None:
+                summary = flows[flow_id] = [None, None, None, None, None, seq]
+            elif seq > summary[5]:
+                summary[5] = seq
+            if name is not None and summary[0] is None:
+                summary[0], summary[2], summary[3] = name, row[10], when
+            if kind == "FLOW":
+                summary[1], summary[4] = state, when
+        summaries = [[flow_id, *summary] for flow_id, summary in flows.items()]
+        columns += [list(column) for column in zip(*summaries, strict=True)]
+        return columns
+
+    async def _commit(self, batch: list[_Row]) -> None:
+        """Commit ``batch`` in one transaction (the writer's callback)."""
+        pool = self._pool
+        assert pool is not None
+        lost: dict[str, Fence] = {}
+        try:
+            async with pool.acquire() as conn:
+                if self._fences and any(row[0] in self._fences for row in batch):
+                    async with conn.transaction():
+                        # The check locks job rows; a writer paused inside this transaction
+                        # must not keep a conductor from taking its job over for long.
+                        await conn.execute(_FENCED_TIMEOUT)
+                        lost = await self._lost_fences(conn, {row[0] for row in batch})
+                        if lost:
+                            batch = [row for row in batch if row[0] not in lost]
+                        if batch:
+                            await conn.execute(_COMMIT, *self._arguments(batch))
+                else:
+                    await conn.execute(_COMMIT, *self._arguments(batch))
+        except asyncpg.UniqueViolationError as exc:
+            raise await self._conflict(batch, exc) from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(f"cannot commit {len(batch)} events", exc) from exc
+        for fence in lost.values():
+            fence.lose()
+
+    async def _lost_fences(self, conn: Any, flow_ids: set[str]) -> dict[str, Fence]:
+        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
+
+        ``FOR SHARE`` holds the job rows until the commit, so no claim, renewal or
+        release can change them between this check and the commit.
+        """
+        lost: dict[str, Fence] = {}
+        by_table: dict[str, Fence] = {}
+        for flow_id in flow_ids:
+            fence = self._fences.get(flow_id)
+            if fence is None:
+                continue
+            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
+                lost[flow_id] = fence
+            elif fence.current is None:
+                by_table[flow_id] = fence
+        if by_table:
+            try:
+                rows = await conn.fetch(
+                    "SELECT id, generation FROM aioflow_jobs WHERE id = ANY($1::text[]) FOR SHARE",
+                    [fence.job_id for fence in by_table.values()],
+                )
+            except asyncpg.UndefinedTableError as exc:
+                raise JournalError(
+                    f"journal {_redact(self.url)} cannot check job claims ({exc}): fenced "
+                    "writes need the jobboard in the journal's database and schema"
+                ) from exc
+            current: dict[str, int] = {row[0]: row[1] for row in rows}
+            for flow_id, fence in by_table.items():
+                if current.get(fence.job_id) != fence.generation:
+                    lost[flow_id] = fence
+        return lost
+
+    async def _conflict(self, batch: list[_Row], exc: BaseException) -> JournalError:
+        """Name the (flow, seq) that made a commit fail on the primary key."""
+        seen: set[tuple[str, int]] = set()
+        for row in batch:
+            if (row[0], row[1]) in seen:
+                return self._conflict_error(row[0], row[1])
+            seen.add((row[0], row[1]))
+        pool = self._pool
+        if pool is not None:
+            try:
+                found = await pool.fetch(
+                    "SELECT e.flow_id, e.seq FROM aioflow_events e JOIN unnest($1::text[],"
+                    " $2::bigint[]) AS u(flow_id, seq) USING (flow_id, seq)"
+                    " ORDER BY e.flow_id, e.seq LIMIT 1",
+                    [row[0] for row in batch],
+                    [row[1] for row in batch],
+                )
+                if found:
+                    return self._conflict_error(found[0][0], found[0][1])
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pass
+        return self._error("commit refused", exc)
+
+    def _conflict_error(self, flow_id: str, seq: int) -> JournalError:
+        return JournalError(
+            f"conflicting write to flow {flow_id} at seq {seq} in journal "
+            f"{_redact(self.url)}: that event is already there (is another engine writing "
+            "this flow?)"
+        )
+
+    # ------------------------------------------------------------------------- reading
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Rows of a query: on the pool when open, else on a temporary connection (an
+        empty schema reads as no rows and is not created)."""
+        try:
+            if self._pool is not None:
+                return list(await self._pool.fetch(sql, *args))
+            conn = await asyncpg.connect(self._dsn)
+            try:
+                if not await self._check_schema(conn):
+                    return []
+                return list(await conn.fetch(sql, *args))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error("cannot read", exc) from exc
+
+    async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
+        if status is None:
+            rows = await self._fetch(_SELECT_FLOWS + " ORDER BY created, ord")
+        else:
+            rows = await self._fetch(
+                _SELECT_FLOWS + " WHERE status = $1 ORDER BY created, ord", status.value
+            )
+        return [
+            FlowSummary(
+                flow_id=flow_id,
+                name=name,
+                status=FlowStatus.PENDING if status_name is None else FlowStatus(status_name),
+                ref=ref,
+                created=created,
+                updated=updated,
+                last_seq=last_seq,
+            )
+            for flow_id, name, status_name, ref, created, updated, last_seq in rows
+        ]
+
+    def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
+        seq, time, kind_name, atom, state, attempt, progress, details = row
+        kind = _KINDS[kind_name]
+        return Event(
+            flow_id,
+            seq,
+            time,
+            kind,
+            atom,
+            decode_state(kind, state),
+            attempt,
+            progress,
+            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
+        )
+
+    async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        while True:
+            page = await self._fetch(_SELECT_EVENTS, flow_id, after, _PAGE)
+            for row in page:
+                yield self._event(flow_id, row)
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
+
+    async def load(self, flow_id: str) -> list[Event]:
+        loaded = [event async for event in self.events(flow_id)]
+        if not loaded:
+            raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
+        return loaded
+
+    async def compact(
+        self, flow_id: str, *, keep: int | None = 1, before: float | None = None
+    ) -> int:
+        check_keep(keep, before)
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # The summary row's lock keeps two compactions of one flow apart (and holds
+                # the writer's next commit for this flow until this one is done).
+                await conn.execute(
+                    "SELECT 1 FROM aioflow_flows WHERE flow_id = $1 FOR UPDATE", flow_id
+                )
+                rows = await conn.fetch(
+                    "SELECT seq, time, kind, atom, state, attempt, progress, details"
+                    " FROM aioflow_events WHERE flow_id = $1 ORDER BY seq",
+                    flow_id,
+                )
+                if not rows:
+                    raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
+                events = [self._event(flow_id, row) for row in rows]
+                plan = plan_compaction(events, keep, before)
+                if plan is None:
+                    return 0
+                n, folded = plan
+                await conn.execute(
+                    "DELETE FROM aioflow_events WHERE flow_id = $1 AND seq <= $2",
+                    flow_id,
+                    folded.seq,
+                )
+                await conn.execute(
+                    "INSERT INTO aioflow_events VALUES ($1, $2, $3, $4, NULL, NULL, 0, NULL, $5)",
+                    flow_id,
+                    folded.seq,
+                    folded.time,
+                    folded.kind.value,
+                    self.codec.encode(folded.details),
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(f"cannot compact flow {flow_id}", exc) from exc
+        return n - 1
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self._fetch("SELECT value FROM aioflow_meta WHERE key = $1", key)
+        return cast("str", rows[0][0]) if rows else None
+
+    async def set_meta_default(self, key: str, value: str) -> str:
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        try:
+            async with pool.acquire() as conn:
+                # Two statements: the SELECT's snapshot must be taken after the INSERT has
+                # waited out a concurrent writer of the same key.
+                await conn.execute(
+                    "INSERT INTO aioflow_meta(key, value) VALUES ($1, $2)"
+                    " ON CONFLICT(key) DO NOTHING",
+                    key,
+                    value,
+                )
+                stored = await conn.fetchval("SELECT value FROM aioflow_meta WHERE key = $1", key)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise self._error(f"cannot set {key!r}", exc) from exc
+        return cast("str", stored)
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"

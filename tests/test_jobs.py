@@ -1,0 +1,313 @@
+"""Jobboards on every backend: posting, claiming under leases, fencing, waiting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aioflow
+from aioflow import Failure, FlowStatus, LeaseLostError, NotFoundError
+from aioflow.jobs import Job, JobBoard, JobState, MemoryJobBoard, SqliteJobBoard
+from aioflow.journal import open_journal
+
+from .pg import pg_schema, pg_url
+from .test_journal import atom_event, flow_start
+
+__all__ = ["pg_schema", "pg_url"]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def board_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A jobboard URL per backend (the journal may share it: same file, same schema)."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def open_board(url: str, clock: Clock) -> JobBoard:
+    return JobBoard.open(url, clock=clock, poll=0.01)
+
+
+async def test_post_get_list_and_trash(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        job = await board.post("pkg.mod:flow", {"volume_id": "v1"}, name="backup")
+        assert job.state is JobState.UNCLAIMED
+        assert (job.flow, job.inputs, job.name, job.attempts) == (
+            "pkg.mod:flow",
+            {"volume_id": "v1"},
+            "backup",
+            0,
+        )
+        assert job.flow_id == job.id
+        assert await board.get(job.id) == job
+        clock.now += 1
+        other = await board.post("pkg.mod:other")
+        assert [j.id for j in await board.jobs()] == [job.id, other.id]
+        assert await board.jobs(JobState.COMPLETE) == []
+        await board.trash(job.id)
+        with pytest.raises(NotFoundError, match=job.id):
+            await board.get(job.id)
+        with pytest.raises(NotFoundError):
+            await board.trash(job.id)
+        assert [j.id for j in await board.jobs(JobState.UNCLAIMED)] == [other.id]
+
+
+async def test_a_second_post_with_the_same_key_returns_the_first_job(
+    board_url: str, clock: Clock
+) -> None:
+    async with open_board(board_url, clock) as board:
+        first = await board.post("pkg.mod:flow", {"n": 1}, idempotency_key="order-7")
+        again = await board.post("pkg.mod:flow", {"n": 2}, idempotency_key="order-7")
+        assert again == first
+        assert again.inputs == {"n": 1}
+        assert len(await board.jobs()) == 1
+
+
+async def test_bad_posts_are_refused(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        with pytest.raises(TypeError, match="inputs"):
+            await board.post("pkg.mod:flow", ["x"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="priority"):
+            await board.post("pkg.mod:flow", priority="high")  # type: ignore[arg-type]
+        with pytest.raises(aioflow.SerializationError):
+            await board.post("pkg.mod:flow", {"x": object()})
+        assert await board.jobs() == []
+
+
+async def test_claims_take_priority_then_age(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        old = await board.post("m:f", name="old")
+        clock.now += 1
+        urgent = await board.post("m:f", name="urgent", priority=5)
+        clock.now += 1
+        newer = await board.post("m:f", name="newer")
+        order = [await board.claim("c1", 30.0) for _ in range(3)]
+        assert [j.id for j in order if j] == [urgent.id, old.id, newer.id]
+        assert await board.claim("c1", 30.0) is None
+        first = order[0]
+        assert first is not None
+        assert (first.state, first.owner, first.generation, first.attempts) == (
+            JobState.CLAIMED,
+            "c1",
+            1,
+            1,
+        )
+        assert first.available_at == clock.now + 30.0
+
+
+async def test_an_expired_lease_is_claimable_again_and_the_old_claim_is_stale(
+    board_url: str, clock: Clock
+) -> None:
+    async with open_board(board_url, clock) as board:
+        await board.post("m:f")
+        held = await board.claim("c1", 10.0)
+        assert held is not None
+        clock.now += 9
+        assert await board.renew(held, 10.0)
+        clock.now += 9
+        assert await board.claim("c2", 10.0) is None  # renewed: still c1's
+        clock.now += 2
+        taken = await board.claim("c2", 10.0)
+        assert taken is not None and taken.id == held.id
+        assert (taken.owner, taken.generation, taken.attempts) == ("c2", 2, 2)
+        assert not await board.renew(held, 10.0)
+        assert not await board.release(held)
+        assert not await board.finish(held, JobState.COMPLETE, FlowStatus.SUCCESS)
+        assert await board.finish(taken, JobState.COMPLETE, FlowStatus.SUCCESS)
+        done = await board.get(held.id)
+        assert (done.state, done.status, done.owner) == (
+            JobState.COMPLETE,
+            FlowStatus.SUCCESS,
+            "c2",
+        )
+        clock.now += 100
+        assert await board.claim("c3", 10.0) is None  # finished jobs are never claimed
+
+
+async def test_release_gives_the_job_back_without_counting_the_attempt(
+    board_url: str, clock: Clock
+) -> None:
+    async with open_board(board_url, clock) as board:
+        await board.post("m:f")
+        held = await board.claim("c1", 60.0)
+        assert held is not None
+        assert await board.release(held)
+        back = await board.get(held.id)
+        assert (back.state, back.owner, back.attempts) == (JobState.UNCLAIMED, None, 0)
+        again = await board.claim("c2", 60.0)
+        assert again is not None and (again.generation, again.attempts) == (3, 1)
+
+
+async def test_failed_jobs_keep_status_and_failures(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        job = await board.post("m:f")
+        held = await board.claim("c1", 60.0)
+        assert held is not None
+        failure = Failure.from_exception(ValueError("bad volume"))
+        assert await board.finish(held, JobState.FAILED, FlowStatus.REVERTED, {"fetch": failure})
+        failed = await board.wait(job.id, timeout=5)
+        assert failed.state is JobState.FAILED and failed.status is FlowStatus.REVERTED
+        assert failed.failures["fetch"].message == "bad volume"
+        assert failed.failures["fetch"].matches(ValueError)
+        with pytest.raises(ValueError, match="COMPLETE or FAILED"):
+            await board.finish(held, JobState.CLAIMED, None)
+
+
+async def test_park_and_unpark(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        job = await board.post("m:f")
+        held = await board.claim("c1", 60.0)
+        assert held is not None and await board.park(held)
+        assert (await board.get(job.id)).state is JobState.WAITING
+        assert await board.claim("c2", 60.0) is None
+        assert await board.unpark(job.id)
+        assert not await board.unpark(job.id)
+        again = await board.claim("c2", 60.0)
+        assert again is not None and again.id == job.id
+
+
+async def test_wait_times_out_and_returns_when_done(board_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board:
+        job = await board.post("m:f")
+        with pytest.raises(TimeoutError):
+            await board.wait(job.id, timeout=0.05)
+
+        async def finish() -> None:
+            held = await board.claim("c", 60.0)
+            assert held is not None
+            await board.finish(held, JobState.COMPLETE, FlowStatus.SUCCESS)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(finish)
+            done = await board.wait(job.id, timeout=10)
+        assert done.state is JobState.COMPLETE
+        with pytest.raises(NotFoundError):
+            await board.wait("nope", timeout=1)
+
+
+async def test_concurrent_claims_never_share_a_job(board_url: str, clock: Clock) -> None:
+    boards = [open_board(board_url, clock) for _ in range(3)]
+    if board_url == "memory://":
+        boards = [boards[0]] * 3
+    posted = {(await boards[0].post("m:f")).id for _ in range(30)}
+    got: list[Job] = []
+
+    async def conductor(board: JobBoard, name: str) -> None:
+        while (job := await board.claim(name, 60.0)) is not None:
+            got.append(job)
+
+    async with anyio.create_task_group() as tg:
+        for i, board in enumerate(boards):
+            tg.start_soon(conductor, board, f"c{i}")
+    for board in boards:
+        await board.close()
+    assert sorted(j.id for j in got) == sorted(posted)
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+async def test_wait_for_work_wakes_on_a_post(
+    kind: str, clock: Clock, request: pytest.FixtureRequest
+) -> None:
+    """Memory boards wake at once, PostgreSQL ones by NOTIFY (SQLite boards just poll)."""
+    board_url = "memory://" if kind == "memory" else str(request.getfixturevalue("pg_url"))
+    async with open_board(board_url, clock) as board, open_board(board_url, clock) as poster:
+        if board_url == "memory://":
+            poster = board
+        await board.wait_for_work(0.01)  # starts listening
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await board.wait_for_work(60)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            await poster.post("m:f")
+            with anyio.fail_after(10):
+                await woke.wait()
+
+
+def test_open_refuses_unknown_schemes() -> None:
+    assert isinstance(JobBoard.open("memory://"), MemoryJobBoard)
+    assert isinstance(JobBoard.open("sqlite:///x.db"), SqliteJobBoard)
+    with pytest.raises(ValueError, match="postgresql://"):
+        JobBoard.open("redis://localhost")
+
+
+async def test_sqlite_board_of_another_version_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    board = SqliteJobBoard(f"sqlite:///{path}")
+    await board.post("m:f")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE aioflow_jobboard SET value = '9'")
+    db.close()
+    with pytest.raises(aioflow.JournalError, match="schema version 9"):
+        await SqliteJobBoard(f"sqlite:///{path}").jobs()
+
+
+# --------------------------------------------------------------------------- fencing
+
+
+async def test_a_stale_claim_cannot_append_a_single_event(board_url: str, clock: Clock) -> None:
+    """Fencing: once another conductor holds the job, the old holder's appends are refused
+    (in the commit's own transaction when the journal shares the board's database)."""
+    await check_fencing(board_url, board_url, clock)
+
+
+async def test_a_memory_board_fences_a_sqlite_journal(tmp_path: Path, clock: Clock) -> None:
+    await check_fencing("memory://", f"sqlite:///{tmp_path}/j.db", clock)
+
+
+async def check_fencing(board_url: str, journal_url: str, clock: Clock) -> None:
+    async with open_board(board_url, clock) as board, open_journal(journal_url) as journal:
+        assert board.shares_database(journal)
+        job = await board.post("m:f")
+        held = await board.claim("c1", 10.0)
+        assert held is not None
+        lost: list[bool] = []
+        journal.set_fence(job.id, board.fence(held, on_lost=lambda: lost.append(True)))
+        journal.append(flow_start(job.id))
+        journal.append(flow_start("unfenced"))
+        await journal.flush()
+        clock.now += 11
+        assert await board.claim("c2", 10.0) is not None
+        try:
+            journal.append(atom_event(job.id, 2))
+        except LeaseLostError:
+            assert journal_url == "memory://"  # refused at once; others at the commit
+        journal.append(atom_event("unfenced", 2))
+        await journal.flush()
+        assert lost == [True]
+        with pytest.raises(LeaseLostError, match=job.id):
+            journal.append(atom_event(job.id, 3))
+        assert [e.seq for e in await journal.load(job.id)] == [1]
+        assert [e.seq for e in await journal.load("unfenced")] == [1, 2]
+
+
+async def test_conductor_refuses_a_journal_that_cannot_check_claims(tmp_path: Path) -> None:
+    board = JobBoard.open(f"sqlite:///{tmp_path}/jobs.db")
+    engine = aioflow.Engine(f"sqlite:///{tmp_path}/other.db")
+    with pytest.raises(aioflow.AioflowError, match="same SQLite file"):
+        aioflow.Conductor(board, engine)

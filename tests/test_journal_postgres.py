@@ -1,0 +1,217 @@
+"""The PostgreSQL journal: the shared journal tests on a real server, plus its own."""
+
+from __future__ import annotations
+
+import anyio
+import asyncpg
+import pytest
+
+import aioflow
+from aioflow._errors import JournalError, LeaseLostError, NotFoundError
+from aioflow.journal import MemoryJournal, open_journal
+from aioflow.journal._base import Fence
+from aioflow.journal.postgres import PostgresJournal, dsn_from_url
+
+from . import test_journal as shared
+from .pg import pg_schema, pg_url, run_sync
+from .test_journal import a_flow, atom_event, flow_start, interleaved_flows
+
+__all__ = ["pg_schema", "pg_url"]
+
+# The backend-independent journal tests, run here against PostgreSQL (their ``url``
+# fixture is the one below).
+test_round_trip = shared.test_round_trip
+test_tickets_and_durable = shared.test_tickets_and_durable
+test_events_after_pages = shared.test_events_after_pages
+test_flows_status_filter_and_last_seq = shared.test_flows_status_filter_and_last_seq
+test_unencodable_details_name_the_atom = shared.test_unencodable_details_name_the_atom
+test_load_unknown_flow = shared.test_load_unknown_flow
+test_meta = shared.test_meta
+
+
+@pytest.fixture
+def url(pg_url: str) -> str:
+    return pg_url
+
+
+async def sql(url: str, statement: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn_from_url(url))
+    try:
+        return list(await conn.fetch(statement, *args))
+    finally:
+        await conn.close()
+
+
+def test_open_journal_gives_postgres(pg_url: str) -> None:
+    journal = open_journal(pg_url)
+    assert isinstance(journal, PostgresJournal)
+    assert isinstance(open_journal("postgresql+asyncpg://u:secret@h/db"), PostgresJournal)
+    assert "secret" not in repr(open_journal("postgresql://u:secret@h/db"))
+
+
+async def test_one_commit_per_flush_and_same_summaries_as_memory(pg_url: str) -> None:
+    events = interleaved_flows(1500)
+    memory = MemoryJournal()
+    async with memory, PostgresJournal(pg_url) as j:
+        k = 0
+        for size in (1, 7, 300, 1, 500, 691):  # 1500 events in batches of these sizes
+            for e in events[k : k + size]:
+                j.append(e)
+                memory.append(e)
+            k += size
+            commits = j.commits
+            await j.flush()
+            assert j.commits == commits + 1
+        assert k == len(events)
+        assert await j.flows() == await memory.flows()
+        for flow_id in "xyz":
+            assert await j.load(flow_id) == await memory.load(flow_id)
+
+
+async def test_concurrent_waiters_share_commits(pg_url: str) -> None:
+    async with PostgresJournal(pg_url) as j:
+        j.append(flow_start("f"))
+
+        async def step(seq: int) -> None:
+            await j.wait_durable(j.append(atom_event("f", seq)))
+
+        async with anyio.create_task_group() as tg:
+            for seq in range(2, 502):
+                tg.start_soon(step, seq)
+        assert j.commits <= 5
+        assert [e.seq for e in await j.load("f")] == list(range(1, 502))
+
+
+async def test_conflicting_seq_keeps_nothing_of_the_batch(pg_url: str) -> None:
+    async with PostgresJournal(pg_url) as first:
+        for e in a_flow("f", 10):
+            first.append(e)
+    async with PostgresJournal(pg_url) as second:
+        for e in [atom_event("g", s) for s in range(1, 50)] + [atom_event("f", 5)]:
+            second.append(e)
+        with pytest.raises(JournalError, match="flow f at seq 5"):
+            await second.flush()
+        with pytest.raises(JournalError):
+            await second.close()
+    with pytest.raises(NotFoundError):
+        await PostgresJournal(pg_url).load("g")
+
+
+async def test_reading_while_closed_and_from_an_empty_schema(pg_url: str) -> None:
+    j = PostgresJournal(pg_url)
+    assert await j.flows() == []  # an empty schema reads as empty and stays empty
+    assert (
+        await sql(
+            pg_url, "SELECT * FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        == []
+    )
+    async with j:
+        j.append(flow_start("f"))
+    assert [f.flow_id for f in await PostgresJournal(pg_url).flows()] == ["f"]
+
+
+async def test_another_schema_version_is_refused_and_untouched(pg_url: str) -> None:
+    async with PostgresJournal(pg_url) as j:
+        j.append(flow_start("f"))
+    await sql(pg_url, "UPDATE aioflow_meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match=r"version 2.*version 1"):
+        await PostgresJournal(pg_url).open()
+    assert len(await sql(pg_url, "SELECT * FROM aioflow_events")) == 1
+    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("2",)]
+
+
+async def test_foreign_tables_are_refused(pg_url: str) -> None:
+    await sql(pg_url, "CREATE TABLE aioflow_events(x INT)")
+    with pytest.raises(JournalError, match="not an aioflow journal"):
+        await PostgresJournal(pg_url).open()
+    assert await sql(
+        pg_url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+    ) == [(1,)]
+
+
+async def test_unreachable_server_is_a_journal_error() -> None:
+    with pytest.raises(JournalError, match="cannot connect"):
+        await PostgresJournal("postgresql://postgres@127.0.0.1:1/none").open()
+
+
+async def test_two_journals_open_one_empty_schema_at_once(pg_url: str) -> None:
+    async with PostgresJournal(pg_url) as one, PostgresJournal(pg_url) as two:
+        one.append(flow_start("a"))
+        two.append(flow_start("b"))
+    assert {f.flow_id for f in await PostgresJournal(pg_url).flows()} == {"a", "b"}
+
+
+async def test_compact_folds_history_and_replays_the_same(pg_url: str) -> None:
+    @aioflow.task(provides="x")
+    def one() -> int:
+        return 1
+
+    @aioflow.task(provides="y")
+    def two(x: int) -> int:
+        return x + 1
+
+    @aioflow.task(provides="z")
+    def three(y: int) -> int:
+        return y + 1
+
+    flow = aioflow.Linear("cp", one, aioflow.Checkpoint("c1"), two, aioflow.Checkpoint("c2"), three)
+    memory = MemoryJournal()
+    async with aioflow.Engine(memory) as engine:
+        outcome = await engine.run(flow)
+    events = await memory.load(outcome.flow_id)
+    async with PostgresJournal(pg_url) as j:
+        for e in events:
+            j.append(e)
+        await j.flush()
+        removed = await j.compact(outcome.flow_id, keep=1)
+        assert removed > 0
+        assert removed == await memory.compact(outcome.flow_id, keep=1)
+        assert await j.load(outcome.flow_id) == await memory.load(outcome.flow_id)
+        assert await j.compact(outcome.flow_id, keep=1) == 0
+        with pytest.raises(NotFoundError):
+            await j.compact("nope")
+
+
+async def test_fenced_appends_are_dropped_once_the_claim_moves(pg_url: str) -> None:
+    await sql(pg_url, "CREATE TABLE aioflow_jobs(id TEXT PRIMARY KEY, generation BIGINT)")
+    await sql(pg_url, "INSERT INTO aioflow_jobs VALUES ('job', 1)")
+    lost: list[str] = []
+    async with PostgresJournal(pg_url) as j:
+        fence = Fence("job", 1, on_lost=lambda: lost.append("lost"))
+        j.set_fence("f", fence)
+        j.append(flow_start("f"))
+        j.append(flow_start("other"))
+        await j.flush()
+        await sql(pg_url, "UPDATE aioflow_jobs SET generation = 2")
+        j.append(atom_event("f", 2))
+        j.append(atom_event("other", 2))
+        await j.flush()
+        assert fence.lost and lost == ["lost"]
+        with pytest.raises(LeaseLostError, match="job job"):
+            j.append(atom_event("f", 3))
+        j.append(atom_event("other", 3))
+    j2 = PostgresJournal(pg_url)
+    assert [e.seq for e in await j2.load("f")] == [1]
+    assert [e.seq for e in await j2.load("other")] == [1, 2, 3]
+
+
+async def test_fence_without_a_jobs_table_names_the_requirement(pg_url: str) -> None:
+    async with PostgresJournal(pg_url) as j:
+        j.set_fence("f", Fence("job", 1))
+        j.append(flow_start("f"))
+        with pytest.raises(JournalError, match="jobboard in the journal's database"):
+            await j.flush()
+        with pytest.raises(JournalError):
+            await j.close()
+
+
+def test_schema_helper_isolation(pg_schema: str) -> None:
+    assert run_sync(sql(pg_url_for(pg_schema), "SELECT current_schema()")) == [(pg_schema,)]
+
+
+def pg_url_for(schema: str) -> str:
+    from .pg import url_in
+
+    return url_in(schema)
