@@ -166,6 +166,7 @@ class Engine:
         self._watchers: dict[str, list[MemoryObjectSendStream[Event]]] = {}
         self._async_streams: dict[str, MemoryObjectSendStream[Event]] = {}
         self._stack: AsyncExitStack | None = None
+        self._session_owner: int | None = None
         self._tg: TaskGroup | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._external = ExternalWork(self)
@@ -207,11 +208,24 @@ class Engine:
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[None]:
+        owner = self._session_owner
+        if owner is not None and owner != anyio.get_current_task().id and self._stack is None:
+            # The journal was opened for a call of another task and will be closed when
+            # that call ends, under this one's feet.
+            raise AioflowError(
+                "this engine is already running a call in another task; to run flows, "
+                "complete waits or watch from several tasks at once, enter it: "
+                "async with Engine(...) as engine"
+            )
         if self.journal.is_open:
             yield
-        else:
+            return
+        self._session_owner = anyio.get_current_task().id
+        try:
             async with self.journal:
                 yield
+        finally:
+            self._session_owner = None
 
     # Running ---------------------------------------------------------------------------
 

@@ -109,6 +109,44 @@ async def test_jobs_complete_with_their_final_status(url: str, tmp_path: Path) -
     assert (await engine.outcome(ok.id)).status is FlowStatus.SUCCESS
 
 
+TOKENS: list[str] = []
+SECRET = "conductor-test-secret"
+
+
+@aioflow.task(provides="approval")
+async def ask(external: aioflow.External) -> object:
+    TOKENS.append(external.token)
+    return external.wait(timeout=3600)
+
+
+@aioflow.task(provides="answer")
+async def answer(approval: str) -> str:
+    return f"approved: {approval}"
+
+
+def waiting_flow() -> aioflow.Linear:
+    return aioflow.Linear("approval-job", ask, answer)
+
+
+async def test_a_waiting_job_is_parked_and_wakes_when_its_token_is_completed(url: str) -> None:
+    TOKENS.clear()
+    board = JobBoard.open(url, poll=0.01)
+    engine = Engine(url, secret=SECRET)
+    job = await board.post("tests.test_conductor:waiting_flow")
+    async with Conductor(board, engine, lease=30) as conductor:
+        await conductor.run(max_jobs=1)
+        assert (await board.get(job.id)).state is JobState.WAITING
+        assert await conductor.wake_parked() == 0  # nothing completed yet
+
+        await engine.complete(TOKENS[0], "yes")  # as a web app sharing the journal would
+
+        assert await conductor.wake_parked() == 1
+        await conductor.run(max_jobs=1)
+    done = await board.get(job.id)
+    assert (done.state, done.status) == (JobState.COMPLETE, FlowStatus.SUCCESS)
+    assert (await engine.outcome(job.id)).atoms["answer"].result == "approved: yes"
+
+
 async def test_a_flow_that_cannot_be_loaded_fails_its_job(url: str) -> None:
     board, engine = make(url)
     job = await board.post("tests.nowhere:flow")

@@ -215,3 +215,57 @@ def pg_url_for(schema: str) -> str:
     from .pg import url_in
 
     return url_in(schema)
+
+
+# ------------------------------------------------------------ external waits on PostgreSQL
+
+WAIT_TOKENS: list[str] = []
+
+
+@aioflow.task(provides="approval")
+async def ask_for_approval(external: aioflow.External) -> object:
+    WAIT_TOKENS.append(external.token)
+    return external.wait(timeout=3600)
+
+
+@aioflow.task(provides="answer")
+async def use_approval(approval: str) -> str:
+    return f"got {approval}"
+
+
+def approval_flow() -> aioflow.Linear:
+    return aioflow.Linear("approval", ask_for_approval, use_approval)
+
+
+async def test_of_concurrent_completions_across_engines_exactly_one_wins(pg_url: str) -> None:
+    WAIT_TOKENS.clear()
+    first = aioflow.Engine(pg_url, secret="s3cret")
+    waiting = await first.run("tests.test_journal_postgres:approval_flow")
+    assert waiting.status is aioflow.FlowStatus.WAITING
+    wins: list[int] = []
+    refused: list[int] = []
+
+    async def complete(engine: aioflow.Engine, n: int) -> None:
+        try:
+            await engine.complete(WAIT_TOKENS[0], f"yes-{n}")
+            wins.append(n)
+        except aioflow.InvalidTokenError:
+            refused.append(n)
+
+    async def one_engine(k: int) -> None:  # as one process of several would
+        async with (
+            aioflow.Engine(pg_url, secret="s3cret") as engine,
+            anyio.create_task_group() as tg,
+        ):
+            for n in range(k, 12, 4):
+                tg.start_soon(complete, engine, n)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(4):
+            tg.start_soon(one_engine, k)
+
+    assert (len(wins), len(refused)) == (1, 11)
+    # The engines closed before waking the flow; the completion is in the journal.
+    outcome = await aioflow.Engine(pg_url, secret="s3cret").resume(waiting.flow_id)
+    assert outcome.status is aioflow.FlowStatus.SUCCESS
+    assert outcome["answer"] == f"got yes-{wins[0]}"

@@ -561,3 +561,21 @@ async def test_progress_details_the_codec_cannot_store_are_dropped_not_fatal() -
 
     assert outcome["done"] is True
     assert any(entry["event"] == "aioflow.progress_details_dropped" for entry in logs)
+
+
+def test_the_volume_backup_example_prints_progress_and_eta() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "volume_backup.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--size-mb", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ETA" in done.stdout and "MB/s" in done.stdout
+    assert done.stdout.rstrip().endswith("SUCCESS: backup-of-vol-7@snap-20971520")

@@ -30,7 +30,8 @@ from .._errors import (
 )
 from .._failure import Failure
 from .._outcome import Outcome
-from .._states import FlowStatus
+from .._replay import replay
+from .._states import AtomState, FlowStatus
 from ._board import Job, JobBoard, JobState
 
 __all__ = ["Conductor"]
@@ -128,10 +129,34 @@ class Conductor:
                         raise
                     if job is None:
                         slots.release()
+                        await self.wake_parked()
                         await self.board.wait_for_work(self.poll)
                         continue
                     claimed += 1
                     tg.start_soon(self._job, job, slots, name=f"job {job.id}")
+
+    async def wake_parked(self) -> int:
+        """Make WAITING jobs claimable again once their flow needs running: a wait was
+        completed (by any process: the journal says so), a wait's deadline passed (the
+        resume fails it), or the flow ended or was suspended elsewhere. A flow another
+        engine is running (RUNNING) stays parked until it rests. Returns how many."""
+        woken = 0
+        now = self.board.clock()
+        for job in await self.board.jobs(state=JobState.WAITING):
+            try:
+                state = replay(job.id, await self.engine.journal.load(job.id))
+            except NotFoundError:
+                continue
+            if state.status is FlowStatus.RUNNING or state.status is FlowStatus.REVERTING:
+                continue
+            waits = [r for r in state.atoms.values() if r.state is AtomState.WAITING]
+            expired = any(float(r.details.get("deadline") or math.inf) <= now for r in waits)
+            if (state.status is not FlowStatus.WAITING or not waits or expired) and (
+                await self.board.unpark(job.id)
+            ):
+                woken += 1
+                self._log.info("aioflow.job_unparked", job=job.id)
+        return woken
 
     async def run_one(self, job: Job) -> None:
         """Run one job this conductor has claimed (``board.claim(conductor.name, ...)``)."""

@@ -22,7 +22,7 @@ from .._errors import JournalError, NotFoundError
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal, SqliteJournal
-from ..journal.sqlite import path_from_url
+from ..journal.sqlite import path_from_url, set_wal
 from ._board import COLUMNS, Job, JobBoard, JobState, check_post, encode_failures, job_from_row
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobBoard"]
@@ -88,7 +88,7 @@ class SqliteJobBoard(JobBoard):
                 await db.close()
 
     async def _ensure_schema(self, db: aiosqlite.Connection) -> None:
-        await db.execute("PRAGMA journal_mode=WAL")
+        await set_wal(db)
         await db.execute("BEGIN IMMEDIATE")
         try:
             found = await db.execute_fetchall(

@@ -53,7 +53,6 @@ _SCHEMA = (
 # commit, so small batches (the common case, and the one latency matters for) use it and
 # large ones use plain statements (:meth:`SqliteJournal._commit_large`).
 _INGEST = """
-PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 CREATE TEMP VIEW aioflow_ingest(flow_id, seq, time, kind, atom, state, attempt, progress,
     details, name, ref, touch)
@@ -165,6 +164,23 @@ def _small_statement(batch: list[_Row]) -> tuple[str, list[Any]]:
     return _INSERT_ROWS[size], values
 
 
+async def set_wal(db: aiosqlite.Connection, *, patience: float = 30.0) -> None:
+    """Put the file in WAL mode (a no-op when it is). Switching needs the file to
+    itself and SQLite does not wait for that, so processes opening a new file together
+    take turns here."""
+    delay = 0.005
+    deadline = anyio.current_time() + patience
+    while True:
+        try:
+            await db.execute_fetchall("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or anyio.current_time() > deadline:
+                raise
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
 def path_from_url(url: str) -> str:
     """The file path in a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL."""
     prefix = "sqlite:///"
@@ -224,6 +240,7 @@ class SqliteJournal(Journal):
         try:
             if not await self._check_schema(db):
                 await self._create_schema(db)
+            await set_wal(db)
             await db.executescript(_INGEST)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
@@ -363,7 +380,7 @@ class SqliteJournal(Journal):
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
         # WAL must be set outside a transaction, and only once the file is known to be
         # empty (it rewrites the header).
-        await db.execute("PRAGMA journal_mode=WAL")
+        await set_wal(db)
         await db.execute("BEGIN IMMEDIATE")
         try:
             # Another process may have created it between our check and our lock.
