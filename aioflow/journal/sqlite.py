@@ -225,6 +225,8 @@ class SqliteJournal(Journal):
         self._lock = anyio.Lock()
         self._fences: dict[str, Fence] = {}
         self._inline: sqlite3.Connection | None = None
+        self._compactor: sqlite3.Connection | None = None
+        self._compact_lock = anyio.Lock()
         self._inline_commits = 0
         self._checkpointing = False
 
@@ -313,6 +315,9 @@ class SqliteJournal(Journal):
         inline, self._inline = self._inline, None
         if inline is not None:
             inline.close()
+        compactor, self._compactor = self._compactor, None
+        if compactor is not None:
+            compactor.close()
         db, self._db = self._db, None
         if db is not None:
             with anyio.CancelScope(shield=True):
@@ -753,33 +758,58 @@ class SqliteJournal(Journal):
         self, flow_id: str, *, keep: int | None = 1, before: float | None = None
     ) -> int:
         check_keep(keep, before)
-        # Its own connection and an IMMEDIATE transaction: the read, the delete and the
-        # insert are one atomic step for every process, and the writer's commits on the
-        # shared connection never land inside this transaction.
-        db = await self._connect(create=False)
+        # In a worker thread, on a connection of its own, in one IMMEDIATE transaction:
+        # the read, the replay, the delete and the insert are one atomic step for every
+        # process, the loop is never held up, and the writer's commits never land inside.
+        async with self._compact_lock:
+            if self._db is None:
+                conn = await anyio.to_thread.run_sync(self._compact_connection)
+                try:
+                    return await anyio.to_thread.run_sync(
+                        self._compact_sync, conn, flow_id, keep, before
+                    )
+                finally:
+                    conn.close()
+            if self._compactor is None:
+                self._compactor = await anyio.to_thread.run_sync(self._compact_connection)
+            return await anyio.to_thread.run_sync(
+                self._compact_sync, self._compactor, flow_id, keep, before
+            )
+
+    def _compact_connection(self) -> sqlite3.Connection:
         try:
-            if not await self._check_schema(db):
-                raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-            await db.execute("BEGIN IMMEDIATE")
+            return sqlite3.connect(
+                self._uri + "?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,  # used by one worker thread at a time
+                timeout=self._busy_timeout,
+            )
+        except sqlite3.Error as exc:
+            raise JournalError(f"no journal at {self.path} ({self.url}): {exc}") from exc
+
+    def _compact_sync(
+        self, conn: sqlite3.Connection, flow_id: str, keep: int | None, before: float | None
+    ) -> int:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = await db.execute_fetchall(
+                rows = conn.execute(
                     "SELECT seq, time, kind, atom, state, attempt, progress, details"
                     " FROM aioflow_events WHERE flow_id = ? ORDER BY seq",
                     (flow_id,),
-                )
-                events = [self._event(flow_id, row) for row in rows]
-                if not events:
+                ).fetchall()
+                if not rows:
                     raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-                plan = plan_compaction(events, keep, before)
+                plan = plan_compaction([self._event(flow_id, row) for row in rows], keep, before)
                 if plan is None:
-                    await db.execute("ROLLBACK")
                     return 0
                 n, folded = plan
-                await db.execute(
+                conn.execute(
                     "DELETE FROM aioflow_events WHERE flow_id = ? AND seq <= ?",
                     (flow_id, folded.seq),
                 )
-                await db.execute(
+                conn.execute(
                     _INSERT_EVENT,
                     (
                         flow_id,
@@ -793,18 +823,17 @@ class SqliteJournal(Journal):
                         self.codec.encode(folded.details),
                     ),
                 )
-                await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                raise
+                conn.execute("COMMIT")
+                return n - 1
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise NotFoundError(f"no flow {flow_id} in journal {self.url}") from exc
+            raise self._error(f"cannot compact flow {flow_id}", exc) from exc
         except sqlite3.Error as exc:
             raise self._error(f"cannot compact flow {flow_id}", exc) from exc
-        finally:
-            with anyio.CancelScope(shield=True):
-                await db.close()
-        return n - 1
 
     def _event(self, flow_id: str, row: Any) -> Event:
         seq, time, kind_name, atom, state, attempt, progress, details = row
