@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
-import structlog
 
 from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
 from ._errors import SerializationError
@@ -30,6 +29,7 @@ from ._eta import AtomTiming, History, summarize
 from ._events import Event, EventKind
 from ._external import External, WaitingAtoms, WaitRequest
 from ._failure import Failure
+from ._log import get_logger
 from ._outcome import AtomOutcome, Outcome
 from ._progress import FlowProgress, Progress
 from ._replay import FlowState
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 _S = AtomState
-_LOG = structlog.get_logger("aioflow")
+_LOG = get_logger("aioflow")
 _YIELD_EVERY = 64
 
 
@@ -110,6 +110,11 @@ class Run(WaitingAtoms, Reverting):
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.compactions = 0
         self.tg: TaskGroup | None = None
+        self.atom_tasks: dict[asyncio.Task[None], None] = {}
+        self.atom_scopes: dict[anyio.CancelScope, None] = {}
+        self.atom_error: BaseException | None = None
+        self.atoms_idle: anyio.Event | None = None
+        self.guarding = False
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
@@ -307,11 +312,71 @@ class Run(WaitingAtoms, Reverting):
         return False
 
     def spawn(self) -> None:
-        """Start a task for each atom made ready (the caller may have taken one to run)."""
-        assert self.tg is not None
+        """Start a task for each atom made ready (the caller may have taken one to run).
+
+        On asyncio an atom runs in a plain asyncio task, which costs a fraction of an
+        anyio task group's ``start_soon``; those tasks still live in the run's task group:
+        one guard task there (:meth:`guard_atoms`) outlives them, cancels them when the
+        group is cancelled and raises what escaped them. Elsewhere (trio) each atom gets
+        a task of the group itself.
+        """
+        tg = self.tg
+        assert tg is not None
+        loop = self.loop
+        if loop is None:
+            for i in self.startable:
+                tg.start_soon(self.run_atom, i, name=self.nodes[i].name)
+            self.startable.clear()
+            return
+        tasks = self.atom_tasks
         for i in self.startable:
-            self.tg.start_soon(self.run_atom, i, name=self.nodes[i].name)
+            task = loop.create_task(self.atom_main(i), name=self.nodes[i].name)
+            tasks[task] = None
+            task.add_done_callback(self.atom_done)
         self.startable.clear()
+        if tasks and not self.guarding:
+            self.guarding = True
+            tg.start_soon(self.guard_atoms, name=f"atoms of {self.flow_id}")
+
+    async def atom_main(self, i: int) -> None:
+        with anyio.CancelScope() as scope:
+            self.atom_scopes[scope] = None
+            try:
+                await self.run_atom(i)
+            finally:
+                del self.atom_scopes[scope]
+
+    def atom_done(self, task: asyncio.Task[None]) -> None:
+        del self.atom_tasks[task]
+        if not task.cancelled() and task.exception() is not None and self.atom_error is None:
+            self.atom_error = task.exception()
+        if (not self.atom_tasks or self.atom_error is not None) and self.atoms_idle is not None:
+            self.atoms_idle.set()
+
+    async def guard_atoms(self) -> None:
+        """Stay in the run's task group while atom tasks run (see :meth:`spawn`)."""
+        try:
+            try:
+                while self.atom_tasks and self.atom_error is None:
+                    self.atoms_idle = anyio.Event()
+                    await self.atoms_idle.wait()
+            except anyio.get_cancelled_exc_class():
+                await self.stop_atoms()
+                raise
+            if self.atom_error is not None:
+                await self.stop_atoms()
+                raise self.atom_error
+        finally:
+            self.guarding = False
+
+    async def stop_atoms(self) -> None:
+        """Cancel the atom tasks and wait, shielded, until they have all ended."""
+        for scope in list(self.atom_scopes):
+            scope.cancel()
+        with anyio.CancelScope(shield=True):
+            while self.atom_tasks:
+                self.atoms_idle = anyio.Event()
+                await self.atoms_idle.wait()
 
     def ignore(self, i: int) -> bool:
         if self.nodes[i].kind == BARRIER:
