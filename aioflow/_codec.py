@@ -29,7 +29,6 @@ import importlib
 import json
 import json.encoder
 import math
-import pickle
 import sys
 import uuid
 import zoneinfo
@@ -524,6 +523,8 @@ class PickleCodec:
 
     def encode(self, value: object) -> str:
         """Pickle ``value``; a value pickle refuses raises SerializationError."""
+        import pickle  # here, not at the top: most programs never pickle
+
         try:
             raw = pickle.dumps(value, protocol=5)
         except RecursionError:
@@ -538,6 +539,8 @@ class PickleCodec:
 
     def decode(self, data: str) -> object:
         """Unpickle what :meth:`encode` wrote; bad text raises SerializationError."""
+        import pickle
+
         try:
             return pickle.loads(base64.b64decode(data, validate=True))
         except (binascii.Error, ValueError) as exc:

@@ -16,7 +16,7 @@ import hashlib
 import heapq
 import json
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ._errors import InvalidFlowError, MissingInputsError
@@ -34,17 +34,21 @@ RETRY: Final = "retry"
 @dataclass(slots=True, eq=False)
 class Node:
     """One vertex of the execution graph: a task, a checkpoint, or an internal barrier
-    that joins many predecessors to many successors without n*m edges."""
+    that joins many predecessors to many successors without n*m edges.
+
+    Its sequences are tuples, and equal ones are shared between nodes (most nodes have no
+    successors, no deciders and the same predecessors as their siblings): a node costs
+    little more than its own record in flows of 100k atoms."""
 
     index: int
     name: str
     kind: str
-    preds: list[int]
+    preds: tuple[int, ...]
     task: Task | None = None
     checkpoint: Checkpoint | None = None
     args: tuple[tuple[str, int, str], ...] = ()
-    succs: list[int] = field(default_factory=list)
-    deciders: list[Decider] = field(default_factory=list)
+    succs: tuple[int, ...] = ()
+    deciders: tuple[Decider, ...] = ()
     provides: tuple[str, ...] = ()
     unpack: bool = False
     weight: float = 1.0
@@ -74,7 +78,6 @@ class ExecGraph:
     nodes: list[Node]
     index: dict[str, int]
     symbols: dict[str, int]
-    structure: list[Any]
     structure_json: str
     fingerprint: str
     checkpoints: dict[str, int]
@@ -84,6 +87,15 @@ class ExecGraph:
     def atoms(self) -> Iterable[Node]:
         """The nodes users see (tasks and checkpoints), barriers left out."""
         return (n for n in self.nodes if n.kind != BARRIER)
+
+    @property
+    def structure(self) -> list[Any]:
+        """The flow's structure (what the fingerprint is made of), as the journal keeps it.
+
+        Decoded from :attr:`structure_json` on each call: it is only needed to explain a
+        mismatch, and a compiled graph need not carry a second copy of it."""
+        structure: list[Any] = json.loads(self.structure_json)
+        return structure
 
 
 class _Scope:
@@ -141,12 +153,23 @@ class _Builder:
         self.summaries: dict[int, tuple[set[str], set[str]]] = {}
         self.scopes: list[RetryScope] = []
         self.scope_stack: list[int] = []
+        self.succs: dict[int, list[int]] = {}
+        self.shared: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def node(self, name: str, kind: str, preds: list[int], **kw: Any) -> int:
         i = len(self.nodes)
-        self.nodes.append(Node(i, name, kind, preds, scopes=tuple(self.scope_stack), **kw))
+        shared = self.shared
+        preds_t = tuple(preds)
+        preds_t = shared.setdefault(preds_t, preds_t)
+        scopes = tuple(self.scope_stack)
+        scopes = shared.setdefault(scopes, scopes)
+        self.nodes.append(Node(i, name, kind, preds_t, scopes=scopes, **kw))
+        succs = self.succs
         for p in preds:
-            self.nodes[p].succs.append(i)
+            if p in succs:
+                succs[p].append(i)
+            else:
+                succs[p] = [i]
         if kind != BARRIER:
             self.index[name] = i
         return i
@@ -357,7 +380,7 @@ class _Builder:
             for fn in deciders.get(name, ()):
                 for node in self.nodes[start:]:
                     if not node.preds or min(node.preds) < start:
-                        node.deciders.append(fn)
+                        node.deciders = (*node.deciders, fn)
         for w in writes_of.values():
             scope.local.update(w)
         exits = [x for m in flow.members if m.name not in used for x in exits_of[m.name]]
@@ -435,12 +458,16 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
     if builder.missing:
         raise MissingInputsError(builder.missing)
     text = json.dumps(structure, separators=(",", ":"))
+    nodes = builder.nodes
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for i, succ in builder.succs.items():
+        succs = tuple(succ)
+        nodes[i].succs = shared.setdefault(succs, succs)
     return ExecGraph(
         name=flow.name,
-        nodes=builder.nodes,
+        nodes=nodes,
         index=builder.index,
         symbols=root.local,
-        structure=structure,
         structure_json=text,
         fingerprint=hashlib.sha256(text.encode()).hexdigest()[:32],
         checkpoints=builder.checkpoints,

@@ -13,7 +13,6 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -28,11 +27,12 @@ from ._errors import (
     NotFoundError,
     SerializationError,
 )
-from ._eta import History, load_history
+from ._eta import History, appended_since, copy_progress, load_history, settled
 from ._eta import from_state as progress_from_state
 from ._events import Event, EventKind
 from ._external import ExternalWork
 from ._flow import Flow
+from ._log import get_logger
 from ._outcome import Outcome
 from ._progress import FlowProgress
 from ._replay import FlowState, replay
@@ -42,9 +42,11 @@ from .journal import Journal, open_journal
 
 Listener = Callable[[Event], Any]
 FlowRef = Flow | str
-_LOG = structlog.get_logger("aioflow")
+_LOG = get_logger("aioflow")
 _WATCH_POLL = 0.2
 _HISTORY_TTL = 30.0
+_SETTLED_CACHE = 64
+"""How many finished flows' progress reports an engine keeps (see :meth:`Engine.progress`)."""
 
 
 def load_reference(ref: str) -> Flow:
@@ -163,6 +165,9 @@ class Engine:
             (self._async_listeners if is_async else self._sync_listeners).append(fn)
         self._live: dict[str, Run] = {}
         self._histories: dict[str, tuple[float, History | None]] = {}
+        # progress() of flows that can no longer change by themselves: flow id ->
+        # (last seq, report); a later event makes progress() read the journal again.
+        self._settled: dict[str, tuple[int, FlowProgress]] = {}
         self._watchers: dict[str, list[MemoryObjectSendStream[Event]]] = {}
         self._async_streams: dict[str, MemoryObjectSendStream[Event]] = {}
         self._stack: AsyncExitStack | None = None
@@ -635,11 +640,24 @@ class Engine:
             history = await self._history(run.graph.name, flow_id)
             return run.flow_progress(self._clock(), history)
         async with self._session():
+            cached = self._settled.get(flow_id)
+            if cached is not None:
+                if not await appended_since(self.journal, flow_id, cached[0]):
+                    return copy_progress(cached[1])
+                del self._settled[flow_id]
             events = await self.journal.load(flow_id)
             state = replay(flow_id, events)
-            history = await self._history(state.name, flow_id)
+            # Only a running flow's ETA draws on earlier runs.
+            running = state.status is FlowStatus.RUNNING
+            history = await self._history(state.name, flow_id) if running else None
         weights = state.weights
-        return progress_from_state(state, weights, self._clock(), history)
+        report = progress_from_state(state, weights, self._clock(), history)
+        if settled(report):
+            if len(self._settled) >= _SETTLED_CACHE:
+                del self._settled[next(iter(self._settled))]
+            self._settled[flow_id] = (state.last_seq, report)
+            return copy_progress(report)
+        return report
 
     async def _history(self, name: str, flow_id: str) -> History | None:
         """What earlier successful runs named ``name`` took, re-read at most every

@@ -257,9 +257,38 @@ def from_state(
                 record.state,
                 record.progress,
                 weight,
-                dict(record.details),
+                record.details,  # summarize() copies what it hands out
                 record.started,
                 None if running else record.finished,
             )
         )
     return summarize(state.flow_id, state.status, atoms, now, history)
+
+
+def settled(report: FlowProgress) -> bool:
+    """True when ``report`` can no longer change by itself: its flow is final and none of
+    its atoms is running, so neither the clock nor the history enters it. Only an event
+    appended later (a flow run again) changes it."""
+    return FlowStatus(report.status).is_final and all(
+        a.rate is None for a in report.atoms.values()
+    )
+
+
+def copy_progress(report: FlowProgress) -> FlowProgress:
+    """``report`` with a mapping of atoms of its own, for handing out a cached report."""
+    return FlowProgress(
+        report.flow_id, report.status, report.fraction, dict(report.atoms), report.eta
+    )
+
+
+async def appended_since(journal: Journal, flow_id: str, seq: int) -> bool:
+    """True when flow ``flow_id`` has an event past ``seq`` in ``journal``."""
+    events = journal.events(flow_id, after=seq)
+    try:
+        async for _ in events:
+            return True
+        return False
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()

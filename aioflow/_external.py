@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from ._errors import AioflowError, ExternalTimeoutError, InvalidTokenError, NotFoundError
 from ._events import Event, EventKind
 from ._failure import Failure
+from ._log import get_logger
 from ._outcome import Waiting
 from ._replay import AtomRecord, replay
 from ._states import AtomState, FlowStatus
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 _S = AtomState
-_LOG = structlog.get_logger("aioflow")
+_LOG = get_logger("aioflow")
 _CONFLICT_RETRIES = 20
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from ._events import Event
+from ._log import get_logger
 
 
 class StructlogListener:
@@ -16,7 +15,7 @@ class StructlogListener:
     """
 
     def __init__(self, logger: Any = None, *, event: str = "aioflow.event") -> None:
-        self._log = logger if logger is not None else structlog.get_logger("aioflow.events")
+        self._log = logger if logger is not None else get_logger("aioflow.events")
         self._event = event
 
     def __call__(self, event: Event) -> None:

@@ -11,7 +11,6 @@ flows by entry name.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
@@ -19,16 +18,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
-import structlog
-
 from ._errors import AmbiguousError, NotFoundError
 from ._flow import Checkpoint, Decider, Flow, Graph, Link, Member
+from ._log import get_logger
 from ._task import Task
 
 __all__ = ["LoadReport", "Prefer", "Registry", "RegistryEntry", "providers_table"]
 
 _T = TypeVar("_T")
-_LOG = structlog.get_logger("aioflow")
+_LOG = get_logger("aioflow")
 
 Kind: TypeAlias = Literal["task", "flow", "checkpoint", "factory"]
 Prefer: TypeAlias = "str | Callable[[RegistryEntry], Any]"
@@ -539,6 +537,8 @@ class Registry:
         logged as a warning and reported in ``failed`` under its entry point name; the
         others still load. A provider that loaded is not loaded again by a later call.
         """
+        import importlib.metadata
+
         report = LoadReport([], [])
         for point in importlib.metadata.entry_points(group=group):
             key = (group, point.name, point.value)

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import structlog
 
 from ._compile import BARRIER, RETRY, ExecGraph, Node
 from ._failure import Failure
 from ._states import AtomState, FlowStatus
 
 if TYPE_CHECKING:
+    import structlog
     from anyio.abc import TaskGroup
 
     from .journal import Journal

@@ -8,11 +8,24 @@ engine. See ``docs/jobs.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._board import Job as Job
 from ._board import JobBoard as JobBoard
 from ._board import JobState as JobState
 from ._conductor import Conductor as Conductor
 from .memory import MemoryJobBoard as MemoryJobBoard
-from .sqlite import SqliteJobBoard as SqliteJobBoard
+
+if TYPE_CHECKING:
+    from .sqlite import SqliteJobBoard as SqliteJobBoard
 
 __all__ = ["Conductor", "Job", "JobBoard", "JobState", "MemoryJobBoard", "SqliteJobBoard"]
+
+
+def __getattr__(name: str) -> Any:
+    # The SQLite board (and aiosqlite) is imported when first named, not with aioflow.
+    if name == "SqliteJobBoard":
+        from .sqlite import SqliteJobBoard
+
+        return SqliteJobBoard
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

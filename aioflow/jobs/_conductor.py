@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
-import structlog
 
 from .._engine import Engine
 from .._errors import (
@@ -29,6 +28,7 @@ from .._errors import (
     NotFoundError,
 )
 from .._failure import Failure
+from .._log import get_logger
 from .._outcome import Outcome
 from .._replay import replay
 from .._states import AtomState, FlowStatus
@@ -36,7 +36,7 @@ from ._board import Job, JobBoard, JobState
 
 __all__ = ["Conductor"]
 
-_LOG = structlog.get_logger("aioflow.conductor")
+_LOG = get_logger("aioflow.conductor")
 CONDUCTOR = "<conductor>"
 """The failures key of what went wrong around a flow rather than in one of its atoms."""
 

@@ -7,13 +7,28 @@ share. The layout of that file is described in ``docs/journal.md``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .._codec import Codec
 from .._errors import JournalError
 from ._base import FlowSummary, Journal
 from .memory import MemoryJournal
-from .sqlite import SqliteJournal
+
+if TYPE_CHECKING:
+    from .sqlite import SqliteJournal
 
 __all__ = ["FlowSummary", "Journal", "MemoryJournal", "SqliteJournal", "open_journal"]
+
+
+
+def __getattr__(name: str) -> Any:
+    # The SQLite journal (and aiosqlite) is imported when first named, not with aioflow.
+    if name == "SqliteJournal":
+        from .sqlite import SqliteJournal
+
+        return SqliteJournal
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _SCHEMES = (
     "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
@@ -37,6 +52,8 @@ def open_journal(url: str | Journal, *, codec: Codec | str | None = None) -> Jou
     if scheme == "memory":
         return MemoryJournal(codec=codec)
     if scheme == "sqlite":
+        from .sqlite import SqliteJournal
+
         return SqliteJournal(url, codec=codec)
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         try:
