@@ -41,6 +41,10 @@ CONDUCTOR = "<conductor>"
 """The failures key of what went wrong around a flow rather than in one of its atoms."""
 
 
+_WAKE_EVERY = 1.0
+"""Seconds between two checks of the parked (WAITING) jobs by an idle conductor."""
+
+
 class Conductor:
     """Claims jobs from ``board`` and runs them in ``engine``, ``capacity`` at a time.
 
@@ -119,6 +123,7 @@ class Conductor:
                 await stack.enter_async_context(self.engine.journal)
             slots = anyio.Semaphore(self.capacity)
             claimed = 0
+            next_wake = -math.inf
             async with anyio.create_task_group() as tg:
                 while max_jobs is None or claimed < max_jobs:
                     await slots.acquire()
@@ -129,7 +134,10 @@ class Conductor:
                         raise
                     if job is None:
                         slots.release()
-                        await self.wake_parked()
+                        if self.board.clock() >= next_wake:
+                            # Reads every WAITING job's journal: not at every poll.
+                            next_wake = self.board.clock() + max(self.poll, _WAKE_EVERY)
+                            await self.wake_parked()
                         await self.board.wait_for_work(self.poll)
                         continue
                     claimed += 1
