@@ -33,9 +33,9 @@ from ._events import Event, EventKind
 from ._external import ExternalWork
 from ._flow import Flow
 from ._log import get_logger
-from ._outcome import Outcome
+from ._outcome import AtomOutcome, Outcome, Waiting
 from ._progress import FlowProgress
-from ._replay import FlowState, replay
+from ._replay import FlowState, published, replay
 from ._run import Run
 from ._states import AtomState, FlowStatus
 from .journal import Journal, open_journal
@@ -672,17 +672,36 @@ class Engine:
         return history
 
     async def outcome(self, flow_id: str) -> Outcome:
-        """The outcome of flow ``flow_id`` as its journal tells it (no flow object needed)."""
+        """The outcome of flow ``flow_id`` as its journal tells it (no flow object needed):
+        its status, the symbols its finished tasks published (and its inputs), every
+        atom, the failures, the checkpoint and the open waits with their tokens."""
         async with self._session():
             state = replay(flow_id, await self.journal.load(flow_id))
-        from ._outcome import AtomOutcome
-
+            signer = (
+                await self._external.signer()
+                if any(r.state is AtomState.WAITING for r in state.atoms.values())
+                else None
+            )
         atoms = {
             name: AtomOutcome(r.state, r.result, r.progress, r.attempt, r.failure)
             for name, r in state.atoms.items()
         }
         failures = {n: r.failure for n, r in state.atoms.items() if r.failure is not None}
-        return Outcome(flow_id, state.status, {}, failures, atoms, state.checkpoint)
+        waiting = tuple(
+            Waiting(
+                name,
+                signer.issue(flow_id, name, r.attempt, str(r.details["nonce"])),
+                r.details.get("deadline"),
+                dict(r.details.get("info") or {}),
+            )
+            for name, r in state.atoms.items()
+            if r.state is AtomState.WAITING and signer is not None and "nonce" in r.details
+        )
+        results = dict(state.inputs)
+        results.update(published(state))
+        return Outcome(
+            flow_id, state.status, results, failures, atoms, state.checkpoint, waiting
+        )
 
     # External work ------------------------------------------------------------------------
 

@@ -255,3 +255,34 @@ def atom_names(structure: list[Any]) -> list[tuple[str, str]]:
             out.append((node[1], "retry"))
         stack.extend(reversed([m for m in members if isinstance(m, list)]))
     return out
+
+
+def published(state: FlowState) -> dict[str, Any]:
+    """The symbols the flow's finished tasks published, read from the recorded structure
+    (a task that provides several symbols unpacks its result, from a mapping or a
+    sequence; a symbol provided twice takes the later provider's value)."""
+    out: dict[str, Any] = {}
+    stack = [state.structure] if state.structure else []
+    order: list[tuple[str, list[str]]] = []
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, list) or not node:
+            continue
+        kind = node[0]
+        if kind == "task":
+            order.append((str(node[1]), [str(p) for p in node[3]]))
+        elif kind in ("linear", "unordered", "graph") and len(node) > 2:
+            stack.extend(reversed([m for m in node[2] if isinstance(m, list)]))
+    for name, provides in order:
+        record = state.atoms.get(name)
+        if record is None or record.state is not AtomState.SUCCESS or not provides:
+            continue
+        result = record.result
+        if len(provides) == 1:
+            out[provides[0]] = result
+        elif isinstance(result, Mapping):
+            out.update({p: result[p] for p in provides if p in result})
+        elif isinstance(result, list | tuple) and len(result) == len(provides):
+            out.update(zip(provides, result, strict=True))
+    return out
+

@@ -448,3 +448,28 @@ async def test_an_error_inside_an_entered_engine_is_not_wrapped_in_a_group() -> 
     with pytest.raises(KeyError):
         async with aioflow.Engine():
             raise KeyError("the caller's own error")
+
+
+async def test_the_outcome_read_back_from_the_journal_has_the_results_and_open_waits(
+    sqlite_url: str,
+) -> None:
+    @aioflow.task(provides=("host", "port"))
+    async def allocate(size: int) -> tuple[str, int]:
+        return "10.0.0.7", 5432 + size
+
+    @aioflow.task(provides="approval")
+    async def approve(host: str, external: aioflow.External) -> object:
+        return external.wait(timeout=60, info={"host": host})
+
+    flow = aioflow.Linear("read-back", allocate, approve)
+    live = await aioflow.Engine(sqlite_url, secret="k").run(flow, {"size": 1})
+
+    read = await aioflow.Engine(sqlite_url, secret="k").outcome(live.flow_id)
+
+    assert read.status is aioflow.FlowStatus.WAITING
+    assert dict(read.results) == dict(live.results) == {"size": 1, "host": "10.0.0.7", "port": 5433}
+    assert [(w.atom, w.info) for w in read.waiting] == [("approve", {"host": "10.0.0.7"})]
+    assert read.waiting[0].token == live.waiting[0].token
+    await aioflow.Engine(sqlite_url, secret="k").complete(read.waiting[0].token, "yes")
+    done = await aioflow.Engine(sqlite_url, secret="k").resume(live.flow_id, flow)
+    assert done["approval"] == "yes"
