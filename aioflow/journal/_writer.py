@@ -12,16 +12,20 @@ failed commit nothing more is committed, so storage always holds a prefix of the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
+from .._codec import Codec
 from .._errors import JournalError
+from .._events import Event, EventKind, decode_state
+from ._base import Fence, Journal
+from ._base import _details_error as details_error
 
-__all__ = ["GroupWriter"]
+__all__ = ["EventRow", "GroupWriter", "WriterJournal", "encode_row"]
 
 Row = TypeVar("Row")
 
@@ -230,3 +234,156 @@ class GroupWriter(Generic[Row]):
         if self._current is not None:
             self._current.set()
             self._current = None
+
+
+# flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
+EventRow: TypeAlias = tuple[
+    str,
+    int,
+    float,
+    str,
+    "str | None",
+    "str | None",
+    int,
+    "float | None",
+    "str | None",
+    "str | None",
+    "str | None",
+]
+"""An event as a backend stores it: its details encoded, and, for the FLOW event that
+names a flow, the flow's name and reference for its summary row."""
+
+
+def encode_row(event: Event, codec: Codec) -> EventRow:
+    """``event`` as a row; a value the codec refuses raises SerializationError now."""
+    details = event.details
+    text: str | None = None
+    name: str | None = None
+    ref: str | None = None
+    if details:
+        try:
+            text = codec.encode(details)
+        except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+            raise details_error(event, exc) from exc
+        if event.kind is EventKind.FLOW and "name" in details:
+            name = str(details["name"])
+            ref_value = details.get("ref")
+            ref = None if ref_value is None else str(ref_value)
+    state = event.state
+    return (
+        event.flow_id,
+        event.seq,
+        event.time,
+        event.kind.value,
+        event.atom,
+        None if state is None else state.value,
+        event.attempt,
+        event.progress,
+        text,
+        name,
+        ref,
+    )
+
+
+class WriterJournal(Journal):
+    """What the journals committing through a :class:`GroupWriter` share: appending
+    rows, durability, fences, and starting and stopping the writer in a task group of
+    its own. A subclass says how to commit and names itself in messages (``label``)."""
+
+    _writer: GroupWriter[EventRow] | None = None
+    _tg: TaskGroup | None = None
+    _fences: dict[str, Fence]
+
+    @property
+    def label(self) -> str:
+        """How messages name this journal (its URL, without a password)."""
+        return self.url
+
+    async def _start_writer(
+        self, writer: GroupWriter[EventRow], release: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``writer`` until :meth:`_stop_writer`; ``release`` frees the storage if
+        the writer cannot start."""
+        self._writer = writer
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            await tg.start(writer.run)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            try:
+                await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            finally:
+                await release()
+            raise
+        self._tg = tg
+
+    async def _stop_writer(self, release: Callable[[], Awaitable[None]]) -> None:
+        """Commit what is pending, stop the writer, then ``release`` the storage."""
+        writer, tg = self._writer, self._tg
+        if writer is None or tg is None:
+            return
+        self._tg = None
+        try:
+            try:
+                await writer.close()
+            finally:
+                # The writer has stopped; this only leaves the task group (and delivers a
+                # pending cancellation of the caller, which must not be swallowed).
+                await tg.__aexit__(None, None, None)
+        finally:
+            await release()
+        # Everything is committed and closed; now let a cancellation of the caller (held
+        # off by the shields above) be seen.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+
+    @property
+    def is_open(self) -> bool:
+        return self._tg is not None
+
+    def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
+        """The event a stored row (seq, time, kind, atom, state, attempt, progress,
+        details) holds."""
+        seq, time, kind_name, atom, state, attempt, progress, details = row
+        kind = EventKind(kind_name)
+        return Event(
+            flow_id,
+            seq,
+            time,
+            kind,
+            atom,
+            decode_state(kind, state),
+            attempt,
+            progress,
+            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
+        )
+
+    def append(self, event: Event) -> int:
+        writer = self._writer
+        if writer is None or self._tg is None:
+            raise JournalError(f"journal {self.label} is not open")
+        if self._fences:
+            fence = self._fences.get(event.flow_id)
+            if fence is not None and fence.lost:
+                raise fence.error(event.flow_id)
+        return writer.append(encode_row(event, self.codec))
+
+    @property
+    def durable(self) -> int:
+        return 0 if self._writer is None else self._writer.durable
+
+    @property
+    def appended(self) -> int:
+        return 0 if self._writer is None else self._writer.appended
+
+    @property
+    def commits(self) -> int:
+        """How many group commits the writer made since it was opened (for tests)."""
+        return 0 if self._writer is None else self._writer.commits
+
+    async def wait_durable(self, ticket: int) -> None:
+        if self._writer is None:
+            if ticket <= 0:
+                return
+            raise JournalError(f"journal {self.label} was never opened")
+        await self._writer.wait_durable(ticket)

@@ -11,8 +11,8 @@ flows (jobs run by a conductor) is a transaction of three: the claim check
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeAlias, cast
 
 import anyio
 import anyio.abc
@@ -21,10 +21,10 @@ import asyncpg
 
 from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
-from .._events import Event, EventKind, decode_state
+from .._events import Event, EventKind
 from .._states import FlowStatus
-from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
-from ._writer import GroupWriter
+from ._base import Fence, FlowSummary, check_keep, plan_compaction
+from ._writer import EventRow, GroupWriter, WriterJournal, encode_row
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal", "dsn_from_url"]
 
@@ -80,20 +80,7 @@ _PAGE = 1000
 _KINDS = {kind.value: kind for kind in EventKind}
 _FLOW = EventKind.FLOW
 
-# flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
-_Row = tuple[
-    str,
-    int,
-    float,
-    str,
-    str | None,
-    str | None,
-    int,
-    float | None,
-    str | None,
-    str | None,
-    str | None,
-]
+_Row: TypeAlias = EventRow
 
 
 def dsn_from_url(url: str) -> str:
@@ -105,7 +92,7 @@ def dsn_from_url(url: str) -> str:
     return "postgresql://" + rest
 
 
-class PostgresJournal(Journal):
+class PostgresJournal(WriterJournal):
     """A :class:`Journal` in a PostgreSQL database shared by any number of machines.
 
     ``url`` is ``postgresql://user:password@host:port/database``; query parameters other
@@ -146,33 +133,14 @@ class PostgresJournal(Journal):
                 raise self._error("cannot open", exc) from exc
             raise
         self._pool = pool
-        writer = self._writer = GroupWriter(self._commit, name=_redact(self.url))
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        try:
-            await tg.start(writer.run)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            finally:
-                await self._close_pool()
-            raise
-        self._tg = tg
+        await self._start_writer(GroupWriter(self._commit, name=self.label), self._close_pool)
 
     async def close(self) -> None:
-        writer, tg = self._writer, self._tg
-        if writer is None or tg is None:
-            return
-        self._tg = None
-        try:
-            try:
-                await writer.close()
-            finally:
-                await tg.__aexit__(None, None, None)
-        finally:
-            await self._close_pool()
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._stop_writer(self._close_pool)
+
+    @property
+    def label(self) -> str:
+        return _redact(self.url)
 
     async def _close_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -180,9 +148,6 @@ class PostgresJournal(Journal):
             with anyio.CancelScope(shield=True):
                 await pool.close()
 
-    @property
-    def is_open(self) -> bool:
-        return self._tg is not None
 
     async def _present(self, conn: Any) -> set[str]:
         rows = await conn.fetch(
@@ -246,46 +211,6 @@ class PostgresJournal(Journal):
 
     # ------------------------------------------------------------------------- writing
 
-    def append(self, event: Event) -> int:
-        writer = self._writer
-        if writer is None or self._tg is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
-        if self._fences:
-            fence = self._fences.get(event.flow_id)
-            if fence is not None and fence.lost:
-                raise fence.error(event.flow_id)
-        return writer.append(self._row(event))
-
-    def _row(self, event: Event) -> _Row:
-        """The event as the writer's row, its details encoded now (SerializationError)."""
-        details = event.details
-        text: str | None = None
-        name: str | None = None
-        ref: str | None = None
-        if details:
-            try:
-                text = self.codec.encode(details)
-            except (TypeError, ValueError) as exc:
-                raise _details_error(event, exc) from exc
-            if event.kind is _FLOW and "name" in details:
-                name = str(details["name"])
-                ref_value = details.get("ref")
-                ref = None if ref_value is None else str(ref_value)
-        state = event.state
-        return (
-            event.flow_id,
-            event.seq,
-            event.time,
-            event.kind.value,
-            event.atom,
-            None if state is None else state.value,
-            event.attempt,
-            event.progress,
-            text,
-            name,
-            ref,
-        )
-
     async def append_after(self, flow_id: str, last_seq: int, events: Sequence[Event]) -> bool:
         pool = self._pool
         if pool is None:
@@ -293,7 +218,7 @@ class PostgresJournal(Journal):
         fence = self._fences.get(flow_id)
         if fence is not None and fence.lost:
             raise fence.error(flow_id)
-        batch = [self._row(event) for event in events]  # a refused value keeps nothing
+        batch = [encode_row(event, self.codec) for event in events]  # a refused value keeps nothing
         if not batch:
             return True
         try:
@@ -311,26 +236,6 @@ class PostgresJournal(Journal):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise self._error(f"cannot append to flow {flow_id}", exc) from exc
         return True
-
-    @property
-    def durable(self) -> int:
-        return 0 if self._writer is None else self._writer.durable
-
-    @property
-    def appended(self) -> int:
-        return 0 if self._writer is None else self._writer.appended
-
-    @property
-    def commits(self) -> int:
-        """How many group commits the writer made since :meth:`open` (for tests)."""
-        return 0 if self._writer is None else self._writer.commits
-
-    async def wait_durable(self, ticket: int) -> None:
-        if self._writer is None:
-            if ticket <= 0:
-                return
-            raise JournalError(f"journal {_redact(self.url)} was never opened")
-        await self._writer.wait_durable(ticket)
 
     @staticmethod
     def _arguments(batch: list[_Row]) -> list[list[Any]]:
@@ -481,20 +386,6 @@ class PostgresJournal(Journal):
             for flow_id, name, status_name, ref, created, updated, last_seq in rows
         ]
 
-    def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
-        seq, time, kind_name, atom, state, attempt, progress, details = row
-        kind = _KINDS[kind_name]
-        return Event(
-            flow_id,
-            seq,
-            time,
-            kind,
-            atom,
-            decode_state(kind, state),
-            attempt,
-            progress,
-            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
-        )
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         while True:

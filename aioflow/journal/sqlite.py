@@ -29,8 +29,8 @@ from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state
 from .._states import FlowStatus
-from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
-from ._writer import GroupWriter
+from ._base import Fence, FlowSummary, _details_error, check_keep, plan_compaction
+from ._writer import EventRow, GroupWriter, WriterJournal
 
 __all__ = ["SqliteJournal"]
 
@@ -130,20 +130,7 @@ _SELECT_FLOWS = "SELECT flow_id, name, status, ref, created, updated, last_seq F
 _KINDS = {kind.value: kind for kind in EventKind}
 _FLOW = EventKind.FLOW
 
-# flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
-_Row: TypeAlias = tuple[
-    str,
-    int,
-    float,
-    str,
-    str | None,
-    str | None,
-    int,
-    float | None,
-    str | None,
-    str | None,
-    str | None,
-]
+_Row: TypeAlias = EventRow
 _Fetch: TypeAlias = Callable[[str, Iterable[Any]], Awaitable[Iterable[Any]]]
 
 
@@ -192,7 +179,7 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
-class SqliteJournal(Journal):
+class SqliteJournal(WriterJournal):
     """A :class:`Journal` in a SQLite file that several processes may share.
 
     ``url`` is ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (a
@@ -256,39 +243,13 @@ class SqliteJournal(Journal):
         except sqlite3.Error as exc:
             await self._close_db()
             raise self._error("cannot open", exc) from exc
-        writer = self._writer = GroupWriter(
+        writer = GroupWriter(
             self._commit, name=self.url, commit_now=self._commit_now, idle=self._maintain
         )
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        try:
-            await tg.start(writer.run)
-        except BaseException as exc:
-            tg.cancel_scope.cancel()
-            try:
-                await tg.__aexit__(type(exc), exc, exc.__traceback__)
-            finally:
-                await self._close_db()
-            raise
-        self._tg = tg
+        await self._start_writer(writer, self._close_db)
 
     async def close(self) -> None:
-        writer, tg = self._writer, self._tg
-        if writer is None or tg is None:
-            return
-        self._tg = None
-        try:
-            try:
-                await writer.close()
-            finally:
-                # The writer has stopped; this only leaves the task group (and delivers a
-                # pending cancellation of the caller, which must not be swallowed).
-                await tg.__aexit__(None, None, None)
-        finally:
-            await self._close_db()
-        # Everything is committed and closed; now let a cancellation of the caller (held
-        # off by the shields above) be seen.
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._stop_writer(self._close_db)
 
     def _checkpoint_inline(self) -> None:
         """Copy the WAL into the database file (in a worker thread: it fsyncs)."""
@@ -325,10 +286,6 @@ class SqliteJournal(Journal):
                     await db.close()
                 except sqlite3.Error as exc:
                     raise self._error("cannot close", exc) from exc
-
-    @property
-    def is_open(self) -> bool:
-        return self._tg is not None
 
     async def _connect(self, *, create: bool) -> aiosqlite.Connection:
         # mode=rw: reading an unopened journal must never create the file.
@@ -406,64 +363,6 @@ class SqliteJournal(Journal):
         return JournalError(f"journal {self.url}: {doing}: {exc}")
 
     # ------------------------------------------------------------------------- writing
-
-    def append(self, event: Event) -> int:
-        writer = self._writer
-        if writer is None or self._tg is None:
-            raise JournalError(f"journal {self.url} is not open")
-        if self._fences:
-            fence = self._fences.get(event.flow_id)
-            if fence is not None and fence.lost:
-                raise fence.error(event.flow_id)
-        details = event.details
-        text: str | None = None
-        name: str | None = None
-        ref: str | None = None
-        if details:
-            try:
-                text = self.codec.encode(details)
-            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
-                raise _details_error(event, exc) from exc
-            if event.kind is _FLOW and "name" in details:
-                name = str(details["name"])
-                ref_value = details.get("ref")
-                ref = None if ref_value is None else str(ref_value)
-        state = event.state
-        return writer.append(
-            (
-                event.flow_id,
-                event.seq,
-                event.time,
-                event.kind.value,
-                event.atom,
-                None if state is None else state.value,
-                event.attempt,
-                event.progress,
-                text,
-                name,
-                ref,
-            )
-        )
-
-    @property
-    def durable(self) -> int:
-        return 0 if self._writer is None else self._writer.durable
-
-    @property
-    def appended(self) -> int:
-        return 0 if self._writer is None else self._writer.appended
-
-    @property
-    def commits(self) -> int:
-        """How many group commits the writer made since :meth:`open` (for tests)."""
-        return 0 if self._writer is None else self._writer.commits
-
-    async def wait_durable(self, ticket: int) -> None:
-        if self._writer is None:
-            if ticket <= 0:
-                return
-            raise JournalError(f"journal {self.url} was never opened")
-        await self._writer.wait_durable(ticket)
 
     async def _commit(self, batch: list[_Row]) -> None:
         """Commit ``batch`` in one transaction (the writer's callback)."""
@@ -835,20 +734,6 @@ class SqliteJournal(Journal):
         except sqlite3.Error as exc:
             raise self._error(f"cannot compact flow {flow_id}", exc) from exc
 
-    def _event(self, flow_id: str, row: Any) -> Event:
-        seq, time, kind_name, atom, state, attempt, progress, details = row
-        kind = _KINDS[kind_name]
-        return Event(
-            flow_id,
-            seq,
-            time,
-            kind,
-            atom,
-            decode_state(kind, state),
-            attempt,
-            progress,
-            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
-        )
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self._query("SELECT value FROM aioflow_meta WHERE key = ?", (key,))
