@@ -139,6 +139,7 @@ class WaitingAtoms:
         self.wakes: list[tuple[int, int, BaseException | None]] = []
         self.expired: list[int] = []
         self._by_name: dict[str, int] | None = None
+        self.watchdogs: dict[int, anyio.CancelScope] = {}
 
     if TYPE_CHECKING:  # decided elsewhere in the run (so no runtime stubs shadow them)
 
@@ -178,6 +179,36 @@ class WaitingAtoms:
         early = self.early.pop(i, None)
         if early is not None:
             self.close_wait(i, *early)
+        elif deadline is not None and self.tg is not None:
+            # Registered now, not when the task starts: the run may find itself idle
+            # (only waits left) before then, and must be able to call it off.
+            scope = self.watchdogs[i] = anyio.CancelScope()
+            self.tg.start_soon(self.watch_wait, i, self.attempts[i], deadline, scope)
+
+    async def watch_wait(
+        self, i: int, attempt: int, deadline: float, scope: anyio.CancelScope
+    ) -> None:
+        """Time out wait ``i`` at its deadline while the run goes on with other work.
+        Once only waits are left the run rests, and this watchdog is called off
+        (:meth:`idle_waits`): an entered engine's own watchdog takes over."""
+        with scope:
+            try:
+                while self.states[i] is _S.WAITING and self.attempts[i] == attempt:
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        _, exc = timeout_failure(self.nodes[i].name, deadline)
+                        self.close_wait(i, None, exc)
+                        return
+                    await self.sleep(remaining)
+            finally:
+                if self.watchdogs.get(i) is scope:
+                    del self.watchdogs[i]
+
+    def idle_waits(self) -> None:
+        """Call off the watchdogs when nothing but waits is left (from ``check_idle``)."""
+        if self.running == 0 and self.watchdogs:
+            for scope in self.watchdogs.values():
+                scope.cancel()
 
     def restore_wait(self, i: int, record: AtomRecord) -> None:
         """Take up a wait the journal shows open; one past its deadline is to time out."""

@@ -104,6 +104,9 @@ class Reverting:
     def abandon_waits(self, indices: list[int] | None = None) -> None:
         raise NotImplementedError
 
+    def idle_waits(self) -> None:
+        raise NotImplementedError
+
     # Failing ----------------------------------------------------------------------------
 
     def fail(self, node: Node, failure: Failure, exc: BaseException | None) -> None:
@@ -151,6 +154,7 @@ class Reverting:
     def check_idle(self) -> None:
         if self.running == 0 and self.failing and not self.reverting and not self.cancelled:
             self.start_revert()
+        self.idle_waits()
 
     def restart_scope(self, s: int) -> None:
         """Reset a reverted scope to PENDING and start its next attempt (after backoff)."""

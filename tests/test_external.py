@@ -517,3 +517,26 @@ async def test_a_wait_completed_while_other_branches_run_goes_on_at_once(
         FlowStatus.RUNNING,
         FlowStatus.SUCCESS,
     ]
+
+
+async def test_a_wait_times_out_while_another_branch_is_still_working() -> None:
+    """The deadline is kept during the run, not only once the run rests."""
+    seen: list[tuple[str | None, aioflow.AtomState | aioflow.FlowStatus | None]] = []
+
+    @aioflow.task(provides="approval")
+    async def quick_ask(external: aioflow.External) -> object:
+        return external.wait(timeout=0.05)
+
+    @aioflow.task(provides="copied")
+    async def long_copy() -> str:
+        await anyio.sleep(1.0)
+        return "copied"
+
+    flow = aioflow.Unordered("both", quick_ask, long_copy)
+    engine = aioflow.Engine(secret=SECRET, listeners=[lambda e: seen.append((e.atom, e.state))])
+    with anyio.fail_after(10), pytest.raises(aioflow.FlowFailedError) as info:
+        await engine.run(flow)
+
+    assert info.value.failures["quick_ask"].matches(aioflow.ExternalTimeoutError)
+    timed_out = seen.index(("quick_ask", aioflow.AtomState.FAILURE))
+    assert timed_out < seen.index(("long_copy", aioflow.AtomState.SUCCESS))
