@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._codec import Codec
-from ._compile import compile_flow, describe_differences
+from ._compile import ExecGraph, compile_flow, describe_differences
 from ._errors import (
     AioflowError,
     FlowFailedError,
@@ -74,6 +74,19 @@ def load_reference(ref: str) -> Flow:
     if not isinstance(obj, Flow):
         raise NotFoundError(f"flow reference {ref!r} gives {type(obj).__name__}, not a flow")
     return obj
+
+
+def _checkpoint_index(graph: ExecGraph, name: str, label: str = "") -> int:
+    """The node of checkpoint ``name``; InvalidFlowError naming the flow's checkpoints when
+    it has none of that name (``label`` says which argument gave it, e.g. "stop_at=")."""
+    index = graph.checkpoints.get(name)
+    if index is None:
+        raise InvalidFlowError(
+            f"{label}{name!r} is not a checkpoint of flow {graph.name!r}"
+            f" (it has: {', '.join(map(repr, graph.checkpoints)) or 'none'})",
+            atoms=[name],
+        )
+    return index
 
 
 class FlowHandle:
@@ -285,12 +298,8 @@ class Engine:
         if bad:
             raise TypeError(f"input symbols must be strings, not {bad!r}")
         graph = compile_flow(flow_obj, inputs.keys())
-        if stop_at is not None and stop_at not in graph.checkpoints:
-            raise InvalidFlowError(
-                f"stop_at={stop_at!r} is not a checkpoint of flow {graph.name!r}"
-                f" (it has: {', '.join(map(repr, graph.checkpoints)) or 'none'})",
-                atoms=[stop_at],
-            )
+        if stop_at is not None:
+            _checkpoint_index(graph, stop_at, "stop_at=")
         run = self._new_run(graph, flow_id or uuid.uuid4().hex, inputs)
         run.stop_at = stop_at
         weights = {n.name: n.weight for n in graph.atoms if n.weight != 1.0 and n.task is not None}
@@ -384,25 +393,25 @@ class Engine:
                 raise AioflowError(
                     f"flow {flow_id} is running in this engine; it cannot be resumed"
                 )
-            state = replay(flow_id, await self.journal.load(flow_id))
-            run = self._restore(state, flow)
-            if stop_at is not None and stop_at not in run.graph.checkpoints:
-                raise InvalidFlowError(
-                    f"stop_at={stop_at!r} is not a checkpoint of flow {run.graph.name!r}",
-                    atoms=[stop_at],
-                )
-            run.stop_at = stop_at
-            if state.status.is_final:
-                return self._finish(run)
-            if run.revert_to is not None:  # an interrupted revert_to: finish it
-                i = self._checkpoint_index(run, run.revert_to)
-                run.set_flow(FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to})
-                return await self._drive(run, lambda tg: run.rewind(i, tg))
-            run.set_flow(
-                FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True}
-            )
-            run.resume_events()
-            return await self._drive(run)
+            run = self._restore(replay(flow_id, await self.journal.load(flow_id)), flow)
+            return await self._continue(run, stop_at)
+
+    async def _continue(self, run: Run, stop_at: str | None) -> Outcome:
+        """Drive a restored run on from where its journal left it."""
+        if stop_at is not None:
+            _checkpoint_index(run.graph, stop_at, "stop_at=")
+        run.stop_at = stop_at
+        if run.status.is_final:
+            return self._finish(run)
+        if run.revert_to is not None:  # an interrupted revert_to: finish it
+            i = _checkpoint_index(run.graph, run.revert_to)
+            run.set_flow(FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to})
+            return await self._drive(run, lambda tg: run.rewind(i, tg))
+        run.set_flow(
+            FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True}
+        )
+        run.resume_events()
+        return await self._drive(run)
 
     async def revert_to(
         self, flow_id: str, checkpoint: str, flow: FlowRef | None = None
@@ -416,30 +425,34 @@ class Engine:
         REVERT_FAILURE and the flow FAILED, as in any failure.
         """
         async with self._session():
-            _, run = await self._suspended(flow_id, flow, "revert_to")
-            i = self._checkpoint_index(run, checkpoint)
+            run = await self._suspended(flow_id, flow, "revert_to")
+            i = _checkpoint_index(run.graph, checkpoint)
             if run.states[i] is not AtomState.SUCCESS:
                 raise AioflowError(
                     f"flow {flow_id} has not reached checkpoint {checkpoint!r}, so it cannot"
                     " be reverted to it; goto() moves a flow forward to a checkpoint"
                 )
-            run.revert_to = checkpoint
-            run.set_flow(FlowStatus.REVERTING, {"revert_to": checkpoint})
-            return await self._drive(run, lambda tg: run.rewind(i, tg))
+            return await self._move_back(run, i)
+
+    async def _move_back(self, run: Run, i: int) -> Outcome:
+        checkpoint = run.nodes[i].name
+        run.revert_to = checkpoint
+        run.set_flow(FlowStatus.REVERTING, {"revert_to": checkpoint})
+        return await self._drive(run, lambda tg: run.rewind(i, tg))
 
     async def goto(self, flow_id: str, checkpoint: str, flow: FlowRef | None = None) -> Outcome:
-        """Move suspended flow ``flow_id`` to ``checkpoint``: back (:meth:`revert_to`)
-        when it was reached, else forward (:meth:`resume` with ``stop_at``)."""
+        """Move suspended flow ``flow_id`` to ``checkpoint``: back (as :meth:`revert_to`)
+        when it was reached, else forward (as :meth:`resume` with ``stop_at``)."""
         async with self._session():
-            _, run = await self._suspended(flow_id, flow, "goto")
-            i = self._checkpoint_index(run, checkpoint)
+            run = await self._suspended(flow_id, flow, "goto")
+            i = _checkpoint_index(run.graph, checkpoint)
             if run.states[i] is AtomState.SUCCESS:
-                return await self.revert_to(flow_id, checkpoint, flow)
-            return await self.resume(flow_id, flow, stop_at=checkpoint)
+                return await self._move_back(run, i)
+            return await self._continue(run, checkpoint)
 
-    async def _suspended(
-        self, flow_id: str, flow: FlowRef | None, what: str
-    ) -> tuple[FlowState, Run]:
+    async def _suspended(self, flow_id: str, flow: FlowRef | None, what: str) -> Run:
+        """The restored run of ``flow_id``, which must rest SUSPENDED and not be half
+        way through a revert."""
         if flow_id in self._live:
             raise AioflowError(
                 f"flow {flow_id} is running in this engine; suspend it before {what}"
@@ -455,18 +468,7 @@ class Engine:
             raise AioflowError(
                 f"flow {flow_id} was interrupted while reverting; resume() it to finish that first"
             )
-        return state, run
-
-    @staticmethod
-    def _checkpoint_index(run: Run, checkpoint: str) -> int:
-        index = run.graph.checkpoints.get(checkpoint)
-        if index is None:
-            raise InvalidFlowError(
-                f"{checkpoint!r} is not a checkpoint of flow {run.graph.name!r}"
-                f" (it has: {', '.join(map(repr, run.graph.checkpoints)) or 'none'})",
-                atoms=[checkpoint],
-            )
-        return int(index)
+        return run
 
     def _restore(self, state: FlowState, flow: FlowRef | None) -> Run:
         if flow is None:

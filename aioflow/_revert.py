@@ -161,8 +161,18 @@ class Reverting:
         if self.failing or self.revert_failed or self.cancelled:
             return
         scope = self.graph.scopes[s]
-        members = [scope.controller, *scope.nodes]
-        for i in members:
+        self.reset([scope.controller, *scope.nodes], keep_attempts=scope.controller)
+        self.scope_failing[s] = self.scope_reverting[s] = False
+        delay = scope.retry.delay(self.attempts[scope.controller])
+        self.running += 1
+        assert self.tg is not None
+        self.tg.start_soon(self.next_attempt, scope.controller, delay, name=f"retry {scope.name}")
+
+    def reset(self, indices: list[int], keep_attempts: int | None = None) -> None:
+        """Put nodes back to PENDING to run again: their results, failures, attempt counts
+        (but that of ``keep_attempts``) and the retry scopes they control are forgotten,
+        and their in-degrees recounted."""
+        for i in indices:
             node = self.nodes[i]
             if node.kind == BARRIER:
                 self.states[i] = _S.PENDING
@@ -170,19 +180,14 @@ class Reverting:
                 self.set_atom(i, _S.PENDING)
             self.failures.pop(node.name, None)
             self.results[i] = self.values[i] = None
-            if i != scope.controller:
+            if i != keep_attempts:
                 self.attempts[i] = 0
-            if node.controls is not None and node.controls != s:
+            if node.controls is not None:
                 self.scope_failing[node.controls] = self.scope_reverting[node.controls] = False
             if self.first_error_at == i:
                 self.first_error = self.first_error_at = None
-        for i in members:
+        for i in indices:
             self.indegree[i] = sum(1 for p in self.nodes[i].preds if self.states[p] not in FINISHED)
-        self.scope_failing[s] = self.scope_reverting[s] = False
-        delay = scope.retry.delay(self.attempts[scope.controller])
-        self.running += 1
-        assert self.tg is not None
-        self.tg.start_soon(self.next_attempt, scope.controller, delay, name=f"retry {scope.name}")
 
     async def next_attempt(self, controller: int, delay: float) -> None:
         try:

@@ -105,10 +105,8 @@ class Run(WaitingAtoms, Reverting):
         self.cancelled = False
         self.startable: list[int] = []
         self.revert_to: str | None = None
-        self.rewound = False
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
-        self.compactions = 0
         self.tg: TaskGroup | None = None
         self.atom_tasks: dict[asyncio.Task[None], None] = {}
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
@@ -132,8 +130,10 @@ class Run(WaitingAtoms, Reverting):
         attempt: int = 0,
         progress: float | None = None,
         details: Mapping[str, Any] | None = None,
+        tell: bool = True,
     ) -> int:
-        """Append an event to the journal (no await) and tell listeners; return its ticket."""
+        """Append an event to the journal (no await) and, unless ``tell`` is false, tell
+        listeners; return its ticket."""
         event = Event(
             self.flow_id,
             self.seq + 1,
@@ -147,7 +147,7 @@ class Run(WaitingAtoms, Reverting):
         )
         ticket = self.journal.append(event)
         self.seq += 1
-        if self.publish is not None:
+        if tell and self.publish is not None:
             self.publish(event)
         return ticket
 
@@ -232,25 +232,15 @@ class Run(WaitingAtoms, Reverting):
         (the last report before a state change, kept only then)."""
         self.unsaved[i] = False
         self.saved_at[i] = self.clock() if now is None else now
-        details = self.details[i] or {}
-        if details:
-            try:
-                self.journal.codec.encode(details)
-            except (TypeError, ValueError) as exc:
-                # Progress is informative: a detail the codec cannot store is dropped
-                # (and said so), never allowed to break the atom's state changes.
-                self.log.warning(
-                    "aioflow.progress_details_dropped", atom=self.nodes[i].name, error=str(exc)
-                )
-                details = self.details[i] = {}
-        args = (self.attempts[i], self.progress[i], details)
-        if tell:
-            self.emit(EventKind.PROGRESS, self.nodes[i].name, None, *args)
-            return
-        at, name = self.clock(), self.nodes[i].name
-        event = Event(self.flow_id, self.seq + 1, at, EventKind.PROGRESS, name, None, *args)
-        self.journal.append(event)
-        self.seq += 1
+        name, attempt, fraction = self.nodes[i].name, self.attempts[i], self.progress[i]
+        try:
+            self.emit(EventKind.PROGRESS, name, None, attempt, fraction, self.details[i], tell)
+        except SerializationError as exc:
+            # Progress is informative: a detail the codec cannot store is dropped (and
+            # said so), never allowed to break the atom's state changes.
+            self.log.warning("aioflow.progress_details_dropped", atom=name, error=str(exc))
+            self.details[i] = None
+            self.emit(EventKind.PROGRESS, name, None, attempt, fraction, None, tell)
 
     # Forward ---------------------------------------------------------------------------
 
@@ -348,7 +338,7 @@ class Run(WaitingAtoms, Reverting):
 
     def atom_done(self, task: asyncio.Task[None]) -> None:
         del self.atom_tasks[task]
-        if not task.cancelled() and task.exception() is not None and self.atom_error is None:
+        if not task.cancelled() and self.atom_error is None:
             self.atom_error = task.exception()
         if (not self.atom_tasks or self.atom_error is not None) and self.atoms_idle is not None:
             self.atoms_idle.set()
@@ -416,7 +406,6 @@ class Run(WaitingAtoms, Reverting):
                 self.compaction = None
                 await self.journal.wait_durable(ticket)
                 await self.journal.compact(self.flow_id, keep=keep, before=before)
-                self.compactions += 1
         except Exception as exc:  # the history stays as it was; the flow goes on
             self.log.warning("aioflow.compaction_failed", error=str(exc))
         finally:
@@ -691,24 +680,12 @@ class Run(WaitingAtoms, Reverting):
         targets = [j for j in later if self.states[j] in TO_REVERT]
 
         def done() -> None:
-            for j in later:
-                if self.nodes[j].kind == BARRIER:
-                    self.states[j] = _S.PENDING
-                elif self.states[j] in (_S.REVERTED, _S.IGNORED):
-                    self.set_atom(j, _S.PENDING)
-                self.results[j] = self.values[j] = None
-                self.attempts[j] = 0
-                self.failures.pop(self.nodes[j].name, None)
-            for j in later:
-                preds = self.nodes[j].preds
-                self.indegree[j] = sum(1 for p in preds if self.states[p] not in _FINISHED)
+            self.reset(later)
             name = self.nodes[i].name
             self.emit(EventKind.CHECKPOINT, name, None, details={"reverted_to": name})
             self.checkpoint = self.stopped_at = name
             self.revert_to = None
-            self.rewound = True
 
-        self.rewound = False
         self.revert_group(targets, done)
 
     def interrupted(self) -> list[int]:

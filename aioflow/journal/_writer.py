@@ -156,10 +156,7 @@ class GroupWriter(Generic[Row]):
             self._running = False
             self._stopped.set()
             # Wake every waiter: with the writer gone they commit for themselves.
-            for event in (self._current, self._next):
-                if event is not None:
-                    event.set()
-            self._current = self._next = None
+            self._wake_waiters(all_of_them=True)
 
     async def close(self) -> None:
         """Commit everything pending, stop the writer and raise its error if it failed.
@@ -182,22 +179,33 @@ class GroupWriter(Generic[Row]):
         """Let the backend commit everything pending at once, in the waiter, without a
         trip through the writer task; False when it declined (the writer will do it)."""
         assert self._commit_now is not None
-        batch = self._pending
         try:
-            if not self._commit_now(batch):
+            if not self._commit_now(self._pending):
                 return False
         except Exception as exc:
-            self._pending = []
             self._fail(exc)
             return True
         self._pending = []
-        self.durable = self.appended
+        # Nothing was in flight (the writer is not busy): every waiter is served.
+        self._committed(self.appended)
+        return True
+
+    def _committed(self, high: int) -> None:
+        """Everything up to ticket ``high`` is committed: wake the waiters it serves."""
+        self.durable = high
         self.commits += 1
-        for event in (self._current, self._next):
+        self._wake_waiters(all_of_them=high == self.appended)
+
+    def _wake_waiters(self, *, all_of_them: bool) -> None:
+        """Wake the waiters of the commit in flight, and with ``all_of_them`` also those
+        of the next one."""
+        events = (self._current, self._next) if all_of_them else (self._current,)
+        for event in events:
             if event is not None:
                 event.set()
-        self._current = self._next = None
-        return True
+        self._current = None
+        if all_of_them:
+            self._next = None
 
     def _fail(self, exc: Exception) -> None:
         if isinstance(exc, JournalError):
@@ -209,10 +217,7 @@ class GroupWriter(Generic[Row]):
         # Rows queued after the failed batch are dropped with it: committing them
         # would leave a gap in the log.
         self._pending = []
-        for event in (self._current, self._next):
-            if event is not None:
-                event.set()
-        self._current = self._next = None
+        self._wake_waiters(all_of_them=True)
 
     async def _commit_pending(self) -> None:
         batch = self._pending
@@ -229,11 +234,7 @@ class GroupWriter(Generic[Row]):
             return
         finally:
             self._busy = False
-        self.durable = high
-        self.commits += 1
-        if self._current is not None:
-            self._current.set()
-            self._current = None
+        self._committed(high)
 
 
 # flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref

@@ -369,13 +369,10 @@ class SqliteJournal(WriterJournal):
         db = self._db
         assert db is not None
         try:
-            if self._fences and any(row[0] in self._fences for row in batch):
+            if self._commit_now(batch):  # small and unfenced: on the loop's thread
+                await self._maintain()
+            elif self._fences and any(row[0] in self._fences for row in batch):
                 await self._commit_large(db, batch, fenced=True)
-            elif len(batch) <= _INLINE_ROWS and self._inline is not None:
-                if self._commit_inline(batch):
-                    await self._maintain()
-                else:
-                    await self._commit_small(db, batch)
             elif len(batch) <= _ONE_STATEMENT:
                 await self._commit_small(db, batch)
             else:
