@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -47,6 +48,29 @@ if TYPE_CHECKING:
 _S = AtomState
 _LOG = get_logger("aioflow")
 _YIELD_EVERY = 64
+
+
+@types.coroutine
+def _go_on(step: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, None]:
+    """Drive ``step``, a coroutine that was started by hand and is waiting on ``awaited``,
+    to its end from the task that awaits this: it stays in the task it began in, so its
+    cancel scopes and its context stay valid."""
+    while True:
+        try:
+            sent = yield awaited
+        except GeneratorExit:
+            step.close()
+            raise
+        except BaseException as exc:  # cancellation included: the step handles it
+            try:
+                awaited = step.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                awaited = step.send(sent)
+            except StopIteration:
+                return
 
 
 class Run(WaitingAtoms, Reverting):
@@ -103,12 +127,13 @@ class Run(WaitingAtoms, Reverting):
         self.checkpoint: str | None = None
         self.running = 0
         self.cancelled = False
-        self.startable: list[int] = []
+        self.startable: deque[int] = deque()
         self.revert_to: str | None = None
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.tg: TaskGroup | None = None
         self.atom_tasks: dict[asyncio.Task[None], None] = {}
+        self.unstarted: set[asyncio.Task[None]] = set()
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
         self.atom_error: BaseException | None = None
         self.atoms_idle: anyio.Event | None = None
@@ -302,49 +327,87 @@ class Run(WaitingAtoms, Reverting):
         return False
 
     def spawn(self) -> None:
-        """Start a task for each atom made ready (the caller may have taken one to run).
+        """See that the atoms made ready get run.
 
-        On asyncio an atom runs in a plain asyncio task, which costs a fraction of an
-        anyio task group's ``start_soon``; those tasks still live in the run's task group:
-        one guard task there (:meth:`guard_atoms`) outlives them, cancels them when the
-        group is cancelled and raises what escaped them. Elsewhere (trio) each atom gets
-        a task of the group itself.
+        On asyncio, atoms run in *workers*: plain asyncio tasks that take ready atoms one
+        after another and run each in place until it first waits for something. An atom
+        that finishes without waiting (a no-op, a cached answer) costs no task at all; one
+        that waits keeps its worker, and the worker starts up to two more for what is
+        still ready, so a thousand sleeping atoms get their thousand tasks within a few
+        turns of the loop. The workers live in the run's task group through one guard
+        task (:meth:`guard_atoms`), which cancels them when the group is cancelled and
+        raises what escaped them. Elsewhere (trio) each atom gets a task of the group.
         """
-        tg = self.tg
-        assert tg is not None
+        if not self.startable:
+            return
         loop = self.loop
         if loop is None:
-            for i in self.startable:
+            tg = self.tg
+            assert tg is not None
+            while self.startable:
+                i = self.startable.popleft()
                 tg.start_soon(self.run_atom, i, name=self.nodes[i].name)
-            self.startable.clear()
             return
-        tasks = self.atom_tasks
-        for i in self.startable:
-            task = loop.create_task(self.atom_main(i), name=self.nodes[i].name)
-            tasks[task] = None
-            task.add_done_callback(self.atom_done)
-        self.startable.clear()
-        if tasks and not self.guarding:
-            self.guarding = True
-            tg.start_soon(self.guard_atoms, name=f"atoms of {self.flow_id}")
+        if self.unstarted or asyncio.current_task() in self.atom_tasks:
+            return  # a worker will take them: one about to start, or the one running this
+        self.add_workers(loop, 1)
 
-    async def atom_main(self, i: int) -> None:
+    def add_workers(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        tasks = self.atom_tasks
+        for _ in range(n):
+            task = loop.create_task(self.work(), name=f"atoms of {self.flow_id}")
+            tasks[task] = None
+            self.unstarted.add(task)
+            task.add_done_callback(self.atom_done)
+        if not self.guarding:
+            self.guarding = True
+            assert self.tg is not None
+            self.tg.start_soon(self.guard_atoms, name=f"atoms of {self.flow_id}")
+
+    async def work(self) -> None:
+        """A worker: run ready atoms until none is left (see :meth:`spawn`)."""
+        self.unstarted.discard(asyncio.current_task())
+        ready = self.startable
         with anyio.CancelScope() as scope:
             self.atom_scopes[scope] = None
             try:
-                await self.run_atom(i)
+                steps = 0
+                while ready:
+                    steps += 1
+                    if steps % _YIELD_EVERY == 0:
+                        await anyio.lowlevel.checkpoint()  # let others run meanwhile
+                        if not ready:
+                            break
+                    i = ready.popleft()
+                    step = self.execute(i)
+                    try:
+                        try:
+                            awaited = step.send(None)
+                        except StopIteration:
+                            continue  # done without waiting
+                        spare = len(ready) - len(self.unstarted)
+                        if spare > 0:
+                            assert self.loop is not None
+                            self.add_workers(self.loop, min(spare, 2))
+                        await _go_on(step, awaited)
+                    except anyio.get_cancelled_exc_class():
+                        self.cancelled = True
+                        raise
+                    finally:
+                        self.atom_ended(i)
             finally:
                 del self.atom_scopes[scope]
 
     def atom_done(self, task: asyncio.Task[None]) -> None:
         del self.atom_tasks[task]
+        self.unstarted.discard(task)
         if not task.cancelled() and self.atom_error is None:
             self.atom_error = task.exception()
         if (not self.atom_tasks or self.atom_error is not None) and self.atoms_idle is not None:
             self.atoms_idle.set()
 
     async def guard_atoms(self) -> None:
-        """Stay in the run's task group while atom tasks run (see :meth:`spawn`)."""
+        """Stay in the run's task group while workers run (see :meth:`spawn`)."""
         try:
             try:
                 while self.atom_tasks and self.atom_error is None:
@@ -483,8 +546,8 @@ class Run(WaitingAtoms, Reverting):
         return {INJECT_PROGRESS: progress, INJECT_EXTERNAL: external, INJECT_CONTEXT: context}
 
     async def run_atom(self, i: int) -> None:
-        """Run atom ``i``, then, in the same task, one successor it made ready (the others
-        get tasks of their own): a chain costs one task, not one per step."""
+        """Run atom ``i`` in a task of the group (trio), then what became ready meanwhile
+        (the rest get tasks of their own): a chain costs one task, not one per step."""
         steps = 0
         while True:
             try:
@@ -496,15 +559,18 @@ class Run(WaitingAtoms, Reverting):
                 self.cancelled = True
                 raise
             finally:
-                self.running -= 1
-                for s in self.nodes[i].scopes:
-                    self.scope_running[s] -= 1
-                    self.check_scope(s)
-                self.check_idle()
+                self.atom_ended(i)
             if not self.startable:
                 return
-            i = self.startable.pop()
+            i = self.startable.popleft()
             self.spawn()
+
+    def atom_ended(self, i: int) -> None:
+        self.running -= 1
+        for s in self.nodes[i].scopes:
+            self.scope_running[s] -= 1
+            self.check_scope(s)
+        self.check_idle()
 
     async def execute(self, i: int) -> None:
         node = self.nodes[i]
