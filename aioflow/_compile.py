@@ -119,15 +119,14 @@ def _summary(
     member: Member, cache: dict[int, tuple[set[str], set[str]]]
 ) -> tuple[set[str], set[str]]:
     """(symbols the member needs from outside, symbols it provides)."""
+    if isinstance(member, Task):  # cheap enough to work out again, and too many to keep
+        return {r.symbol for r in member.requires}, set(member.provided)
     key = id(member)
     if key in cache:
         return cache[key]
     needs: set[str] = set()
     gives: set[str] = set()
-    if isinstance(member, Task):
-        needs = {r.symbol for r in member.requires}
-        gives = set(member.provided)
-    elif isinstance(member, Linear):
+    if isinstance(member, Linear):
         for m in member.members:
             n, g = _summary(m, cache)
             needs |= n - gives
@@ -177,7 +176,7 @@ class _Builder:
     def barrier(self, preds: list[int]) -> list[int]:
         return [self.node(f"<join {len(self.nodes)}>", BARRIER, preds)]
 
-    def build(self, member: Member, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+    def build(self, member: Member, preds: list[int], scope: _Scope) -> tuple[list[int], Any]:
         """Add ``member`` after ``preds``; its writes go into ``scope``. Returns its exits
         and its structure (what the fingerprint is made of)."""
         if isinstance(member, Task):
@@ -233,7 +232,11 @@ class _Builder:
         kind = "for_each" if retry.values is not None else "times"
         return exits, [*structure, ["retry", kind, list(provides)]]
 
-    def task(self, task: Task, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+    def task(
+        self, task: Task, preds: list[int], scope: _Scope, writes: dict[str, int] | None = None
+    ) -> tuple[list[int], Any]:
+        """Add ``task``, looking its requirements up in ``scope``; what it provides goes into
+        ``writes`` (by default, the scope itself)."""
         if task.retry is not None and task.retry.values is not None:
             raise InvalidFlowError(
                 f"task {task.name!r}: Retry.for_each belongs on a flow, not on a task",
@@ -257,10 +260,13 @@ class _Builder:
             unpack=isinstance(task.provides, tuple),
             weight=float(task.weight),
         )
+        writes = scope.local if writes is None else writes
         for symbol in task.provided:
-            scope.local[symbol] = i
-        requires = [[r.param, r.symbol, r.optional] for r in task.requires]
-        return [i], ["task", task.name, requires, list(task.provided)]
+            writes[symbol] = i
+        # Tuples of plain values, which the garbage collector stops tracking: a flow of
+        # 100k tasks must not make it traverse a million short-lived lists.
+        requires = tuple((r.param, r.symbol, r.optional) for r in task.requires)
+        return [i], ("task", task.name, requires, task.provided)
 
     def linear(self, flow: Linear, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
         current = preds
@@ -317,11 +323,14 @@ class _Builder:
         structure = []
         writes: dict[str, int] = {}
         for m in flow.members:
-            child = _Scope(scope)
-            ex, s = self.build(m, preds, child)
+            if isinstance(m, Task):  # no sibling provides what it needs: no scope of its own
+                ex, s = self.task(m, preds, scope, writes)
+            else:
+                child = _Scope(scope)
+                ex, s = self.build(m, preds, child)
+                writes.update(child.local)
             exits.extend(ex)
             structure.append(s)
-            writes.update(child.local)
         scope.local.update(writes)
         return exits, ["unordered", flow.name, structure]
 
