@@ -32,6 +32,8 @@ class EventKind(enum.Enum):
     """Older events folded into one by compaction: ``details["state"]`` is the flow's
     state as of this ``seq``; it is then the flow's first event."""
 
+    __hash__ = object.__hash__  # as AtomState's: members are singletons
+
 
 @dataclass(frozen=True, slots=True)
 class Event:

@@ -46,6 +46,10 @@ class AtomState(enum.Enum):
     REVERT_FAILURE = "REVERT_FAILURE"
     IGNORED = "IGNORED"
 
+    # Members are singletons compared by identity: hashing by identity too makes every
+    # table lookup of a state (the engine and replay do millions) a C-level operation.
+    __hash__ = object.__hash__
+
 
 class FlowStatus(enum.Enum):
     """The status of a whole flow."""
@@ -58,6 +62,8 @@ class FlowStatus(enum.Enum):
     FAILED = "FAILED"
     SUSPENDED = "SUSPENDED"
     WAITING = "WAITING"
+
+    __hash__ = object.__hash__  # as AtomState's
 
     @property
     def is_final(self) -> bool:
