@@ -2,24 +2,54 @@
 
 Everything appended is durable at once. Details are still encoded on append, so a value
 the SQLite journal would refuse is refused here too, with the same error.
+
+Events are kept as tuples of plain values (states and kinds by name, details as the
+encoded text), which the garbage collector stops tracking: a million kept
+:class:`~aioflow.Event` objects would make every full collection of the process walk
+them. Reads build the events again, with details decoded as any durable journal does.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import AsyncIterator, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
+from typing import Any, TypeAlias
 
 from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
 from .._events import Event, EventKind
-from .._states import FlowStatus
+from .._states import AtomState, FlowStatus
 from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
 
 __all__ = ["MemoryJournal"]
 
 _FLOW = EventKind.FLOW
-_seq_of = attrgetter("seq")
+_seq_of = itemgetter(0)
+
+_Row: TypeAlias = tuple[int, float, str, str | None, str | None, int, float | None, str | None]
+"""An event as kept: seq, time, kind, atom, state, attempt, progress, encoded details."""
+
+_KINDS = {kind.value: kind for kind in EventKind}
+_STATES: dict[tuple[str, str | None], AtomState | FlowStatus | None] = {
+    **{(kind, None): None for kind in _KINDS},
+    **{(kind, s.value): s for kind in _KINDS if kind != "FLOW" for s in AtomState},
+    **{("FLOW", s.value): s for s in FlowStatus},
+}
+
+
+def _row(event: Event, details: str | None) -> _Row:
+    state = event.state
+    return (
+        event.seq,
+        event.time,
+        event.kind.value,
+        event.atom,
+        None if state is None else state.value,
+        event.attempt,
+        event.progress,
+        details,
+    )
 
 
 class _Flow:
@@ -28,7 +58,7 @@ class _Flow:
     __slots__ = ("created", "events", "last_seq", "name", "ref", "status", "updated")
 
     def __init__(self, event: Event) -> None:
-        self.events: list[Event] = []
+        self.events: list[_Row] = []
         self.last_seq = event.seq - 1
         self.name: str | None = None
         self.ref: str | None = None
@@ -49,6 +79,7 @@ class MemoryJournal(Journal):
         self.url = "memory://"
         self.codec = get_codec(codec)
         self._encode = self.codec.encode
+        self._decode = self.codec.decode
         self._flows: dict[str, _Flow] = {}
         self._meta: dict[str, str] = {}
         self._count = 0
@@ -76,11 +107,7 @@ class MemoryJournal(Journal):
         if self._fences:
             _check_fence(self._fences.get(event.flow_id), event.flow_id)
         details = event.details
-        if details:
-            try:
-                self._encode(details)
-            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
-                raise _details_error(event, exc) from exc
+        text = self._text(event) if details else None
         flow = self._flows.get(event.flow_id)
         if flow is None:
             flow = self._flows[event.flow_id] = _Flow(event)
@@ -89,7 +116,7 @@ class MemoryJournal(Journal):
                 f"conflicting write to flow {event.flow_id} at seq {event.seq}: the journal "
                 f"is already at seq {flow.last_seq} (is another engine writing this flow?)"
             )
-        flow.events.append(event)
+        flow.events.append(_row(event, text))
         flow.last_seq = event.seq
         if event.kind is _FLOW:
             # As in SQLite: the first FLOW event naming the flow makes its summary.
@@ -103,6 +130,19 @@ class MemoryJournal(Journal):
                 flow.updated = event.time
         self._count += 1
         return self._count
+
+    def _text(self, event: Event) -> str:
+        try:
+            return self._encode(event.details)
+        except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+            raise _details_error(event, exc) from exc
+
+    def _event(self, flow_id: str, row: _Row) -> Event:
+        seq, time, kind, atom, state, attempt, progress, text = row
+        details: Any = {} if text is None else self._decode(text)
+        return Event(
+            flow_id, seq, time, _KINDS[kind], atom, _STATES[kind, state], attempt, progress, details
+        )
 
     @property
     def durable(self) -> int:
@@ -137,18 +177,18 @@ class MemoryJournal(Journal):
         flow = self._flows.get(flow_id)
         if flow is None:
             return
-        events = flow.events
-        i = bisect.bisect_right(events, after, key=_seq_of)
+        rows = flow.events
+        i = bisect.bisect_right(rows, after, key=_seq_of)
         # Index-based so that events appended while the caller iterates are seen too.
-        while i < len(events):
-            yield events[i]
+        while i < len(rows):
+            yield self._event(flow_id, rows[i])
             i += 1
 
     async def load(self, flow_id: str) -> list[Event]:
         flow = self._flows.get(flow_id)
         if flow is None:
             raise NotFoundError(f"no flow {flow_id} in the memory journal")
-        return list(flow.events)
+        return [self._event(flow_id, row) for row in flow.events]
 
     async def compact(
         self, flow_id: str, *, keep: int | None = 1, before: float | None = None
@@ -157,11 +197,11 @@ class MemoryJournal(Journal):
         flow = self._flows.get(flow_id)
         if flow is None:
             raise NotFoundError(f"no flow {flow_id} in the memory journal")
-        plan = plan_compaction(flow.events, keep, before)
+        plan = plan_compaction(await self.load(flow_id), keep, before)
         if plan is None:
             return 0
         n, folded = plan
-        flow.events[:n] = [folded]
+        flow.events[:n] = [_row(folded, self._text(folded))]
         return n - 1
 
     async def get_meta(self, key: str) -> str | None:
@@ -188,10 +228,7 @@ class MemoryJournal(Journal):
             return False
         for event in events:  # all encodable, or none is kept
             if event.details:
-                try:
-                    self._encode(event.details)
-                except (TypeError, ValueError) as exc:
-                    raise _details_error(event, exc) from exc
+                self._text(event)
         for event in events:
             self.append(event)
         return True
