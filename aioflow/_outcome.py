@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,46 @@ class AtomOutcome:
     progress: float = 0.0
     attempts: int = 0
     failure: Failure | None = None
+
+
+class AtomOutcomes(Mapping[str, AtomOutcome]):
+    """Every atom's :class:`AtomOutcome`, made when asked for: a run of 100k atoms need not
+    build 100k records that its caller may never read.
+
+    ``index`` maps each atom's name to its place in the other sequences, which the
+    mapping owns (the run hands over copies)."""
+
+    __slots__ = ("_attempts", "_index", "_progress", "_results", "_states")
+
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        states: Sequence[AtomState],
+        results: Sequence[Any],
+        progress: Sequence[float],
+        attempts: Sequence[int],
+    ) -> None:
+        self._index = index
+        self._states = states
+        self._results = results
+        self._progress = progress
+        self._attempts = attempts
+
+    def __getitem__(self, name: str) -> AtomOutcome:
+        i = self._index[name]
+        result = self._results[i]
+        if isinstance(result, Failure):
+            return AtomOutcome(self._states[i], None, self._progress[i], self._attempts[i], result)
+        return AtomOutcome(self._states[i], result, self._progress[i], self._attempts[i])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 @dataclass(frozen=True, slots=True)

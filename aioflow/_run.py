@@ -31,7 +31,7 @@ from ._events import Event, EventKind
 from ._external import External, WaitingAtoms, WaitRequest
 from ._failure import Failure
 from ._log import get_logger
-from ._outcome import AtomOutcome, Outcome
+from ._outcome import AtomOutcomes, Outcome
 from ._progress import FlowProgress, Progress
 from ._replay import FlowState
 from ._revert import FINISHED as _FINISHED
@@ -782,17 +782,13 @@ class Run(WaitingAtoms, Reverting):
             elif self.states[provider] is _S.SUCCESS:
                 value = self.values[provider]
                 results[symbol] = value[symbol] if self.nodes[provider].unpack else value
-        atoms = {}
-        for node in self.graph.atoms:
-            i = node.index
-            result = self.results[i]
-            atoms[node.name] = AtomOutcome(
-                self.states[i],
-                None if isinstance(result, Failure) else result,
-                self.progress[i],
-                self.attempts[i],
-                result if isinstance(result, Failure) else None,
-            )
+        atoms = AtomOutcomes(
+            self.graph.index,
+            list(self.states),
+            list(self.results),
+            list(self.progress),
+            list(self.attempts),
+        )
         return Outcome(
             self.flow_id,
             self.status,
