@@ -152,7 +152,10 @@ class _Builder:
         self.summaries: dict[int, tuple[set[str], set[str]]] = {}
         self.scopes: list[RetryScope] = []
         self.scope_stack: list[int] = []
-        self.succs: dict[int, list[int]] = {}
+        # Edges as two flat lists (sources, targets): one list per node with successors
+        # would be 100k more objects for the garbage collector in a chain of 100k.
+        self.edge_from: list[int] = []
+        self.edge_to: list[int] = []
         self.shared: dict[tuple[int, ...], tuple[int, ...]] = {}
 
     def node(self, name: str, kind: str, preds: list[int], **kw: Any) -> int:
@@ -163,12 +166,8 @@ class _Builder:
         scopes = tuple(self.scope_stack)
         scopes = shared.setdefault(scopes, scopes)
         self.nodes.append(Node(i, name, kind, preds_t, scopes=scopes, **kw))
-        succs = self.succs
-        for p in preds:
-            if p in succs:
-                succs[p].append(i)
-            else:
-                succs[p] = [i]
+        self.edge_from.extend(preds)
+        self.edge_to.extend([i] * len(preds))
         if kind != BARRIER:
             self.index[name] = i
         return i
@@ -456,6 +455,26 @@ def _check_names(flow: Flow) -> None:
         )
 
 
+def _link_successors(nodes: list[Node], sources: list[int], targets: list[int]) -> None:
+    """Give each node the tuple of its successors, in the order the edges were added
+    (a counting sort of the edges by source); equal tuples are shared."""
+    start = [0] * (len(nodes) + 1)
+    for p in sources:
+        start[p + 1] += 1
+    for i in range(len(nodes)):
+        start[i + 1] += start[i]
+    ordered = [0] * len(sources)
+    place = start[:-1]
+    for p, t in zip(sources, targets, strict=True):
+        ordered[place[p]] = t
+        place[p] += 1
+    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for i, node in enumerate(nodes):
+        if start[i] != start[i + 1]:
+            succs = tuple(ordered[start[i] : start[i + 1]])
+            node.succs = shared.setdefault(succs, succs)
+
+
 def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
     """Check ``flow`` against the given input symbols and build its execution graph."""
     if not isinstance(flow, Flow):
@@ -468,10 +487,7 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
         raise MissingInputsError(builder.missing)
     text = json.dumps(structure, separators=(",", ":"))
     nodes = builder.nodes
-    shared: dict[tuple[int, ...], tuple[int, ...]] = {}
-    for i, succ in builder.succs.items():
-        succs = tuple(succ)
-        nodes[i].succs = shared.setdefault(succs, succs)
+    _link_successors(nodes, builder.edge_from, builder.edge_to)
     return ExecGraph(
         name=flow.name,
         nodes=nodes,
