@@ -37,7 +37,7 @@ from ._replay import FlowState
 from ._revert import FINISHED as _FINISHED
 from ._revert import NO_INJECTIONS as _NO_INJECTIONS
 from ._revert import TO_REVERT, Reverting
-from ._states import AtomState, FlowStatus, check_atom, check_flow
+from ._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
 from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
 
 if TYPE_CHECKING:
@@ -156,24 +156,32 @@ class Run(WaitingAtoms, Reverting):
         progress: float | None = None,
         details: Mapping[str, Any] | None = None,
         tell: bool = True,
+        now: float | None = None,
     ) -> int:
         """Append an event to the journal (no await) and, unless ``tell`` is false, tell
-        listeners; return its ticket."""
-        event = Event(
-            self.flow_id,
-            self.seq + 1,
-            self.clock(),
-            kind,
-            atom,
-            state,
-            attempt,
-            progress,
-            details if details is not None else {},
-        )
-        ticket = self.journal.append(event)
-        self.seq += 1
+        listeners; return its ticket. Without listeners no Event object is made."""
+        seq = self.seq + 1
+        time = self.clock() if now is None else now
         if tell and self.publish is not None:
+            event = Event(
+                self.flow_id,
+                seq,
+                time,
+                kind,
+                atom,
+                state,
+                attempt,
+                progress,
+                details if details is not None else {},
+            )
+            ticket = self.journal.append(event)
+            self.seq = seq
             self.publish(event)
+            return ticket
+        ticket = self.journal.record(
+            self.flow_id, seq, time, kind, atom, state, attempt, progress, details
+        )
+        self.seq = seq
         return ticket
 
     def set_flow(self, status: FlowStatus, details: Mapping[str, Any] | None = None) -> int:
@@ -183,23 +191,30 @@ class Run(WaitingAtoms, Reverting):
 
     def set_atom(self, i: int, state: AtomState, details: Mapping[str, Any] | None = None) -> int:
         node = self.nodes[i]
-        check_atom(node.name, self.states[i], state)
+        old = self.states[i]
+        if state not in ATOM_TRANSITIONS[old]:
+            check_atom(node.name, old, state)  # raises
+        now = self.clock()
         if state is _S.RUNNING:
             progress = 0.0
-            self.started[i] = self.clock()
+            self.started[i] = now
         elif state is _S.SUCCESS:
             progress = 1.0
+            self.finished[i] = now
         elif state is _S.FAILURE:
             progress = self.progress[i]
+            self.finished[i] = now
         else:
             progress = 0.0
+            if state is _S.REVERTED or state is _S.REVERT_FAILURE:
+                self.finished[i] = now
         if self.unsaved[i]:
-            self.save_progress(i, tell=False)
-        ticket = self.emit(EventKind.ATOM, node.name, state, self.attempts[i], progress, details)
+            self.save_progress(i, now, tell=False)
+        ticket = self.emit(
+            EventKind.ATOM, node.name, state, self.attempts[i], progress, details, now=now
+        )
         self.states[i] = state
         self.progress[i] = progress
-        if state in (_S.SUCCESS, _S.FAILURE, _S.REVERTED, _S.REVERT_FAILURE):
-            self.finished[i] = self.clock()
         return ticket
 
     # Progress ------------------------------------------------------------------------

@@ -11,16 +11,16 @@ it).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .._codec import Codec
 from .._errors import JournalError, LeaseLostError, SerializationError
-from .._events import Event
+from .._events import Event, EventKind
 from .._replay import compaction_cut, replay, snapshot
-from .._states import FlowStatus
+from .._states import AtomState, FlowStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,25 @@ class Journal(abc.ABC):
         the event is kept. Tickets count appends from 1; ``durable >= ticket`` means the
         event is committed.
         """
+
+    def record(
+        self,
+        flow_id: str,
+        seq: int,
+        time: float,
+        kind: EventKind,
+        atom: str | None,
+        state: AtomState | FlowStatus | None,
+        attempt: int,
+        progress: float | None,
+        details: Mapping[str, Any] | None,
+    ) -> int:
+        """:meth:`append` the event with these fields. The engine calls this when no
+        listener needs the :class:`~aioflow.Event` itself; a backend may store the fields
+        without making one (the built-in ones do)."""
+        return self.append(
+            Event(flow_id, seq, time, kind, atom, state, attempt, progress, details or {})
+        )
 
     @property
     @abc.abstractmethod

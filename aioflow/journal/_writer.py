@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .._codec import Codec
 from .._errors import JournalError
 from .._events import Event, EventKind, decode_state
+from .._states import AtomState, FlowStatus
 from ._base import Fence, Journal
 from ._base import _details_error as details_error
 
@@ -257,7 +258,33 @@ names a flow, the flow's name and reference for its summary row."""
 
 def encode_row(event: Event, codec: Codec) -> EventRow:
     """``event`` as a row; a value the codec refuses raises SerializationError now."""
-    details = event.details
+    return fields_row(
+        codec,
+        event.flow_id,
+        event.seq,
+        event.time,
+        event.kind,
+        event.atom,
+        event.state,
+        event.attempt,
+        event.progress,
+        event.details,
+    )
+
+
+def fields_row(
+    codec: Codec,
+    flow_id: str,
+    seq: int,
+    time: float,
+    kind: EventKind,
+    atom: str | None,
+    state: AtomState | FlowStatus | None,
+    attempt: int,
+    progress: float | None,
+    details: Mapping[str, Any] | None,
+) -> EventRow:
+    """An event given by its fields as a row (see :func:`encode_row`)."""
     text: str | None = None
     name: str | None = None
     ref: str | None = None
@@ -265,21 +292,21 @@ def encode_row(event: Event, codec: Codec) -> EventRow:
         try:
             text = codec.encode(details)
         except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+            event = Event(flow_id, seq, time, kind, atom, state, attempt, progress, details)
             raise details_error(event, exc) from exc
-        if event.kind is EventKind.FLOW and "name" in details:
+        if kind is EventKind.FLOW and "name" in details:
             name = str(details["name"])
             ref_value = details.get("ref")
             ref = None if ref_value is None else str(ref_value)
-    state = event.state
     return (
-        event.flow_id,
-        event.seq,
-        event.time,
-        event.kind.value,
-        event.atom,
-        None if state is None else state.value,
-        event.attempt,
-        event.progress,
+        flow_id,
+        seq,
+        time,
+        kind._value_,
+        atom,
+        None if state is None else state._value_,
+        attempt,
+        progress,
         text,
         name,
         ref,
@@ -368,6 +395,30 @@ class WriterJournal(Journal):
             if fence is not None and fence.lost:
                 raise fence.error(event.flow_id)
         return writer.append(encode_row(event, self.codec))
+
+    def record(
+        self,
+        flow_id: str,
+        seq: int,
+        time: float,
+        kind: EventKind,
+        atom: str | None,
+        state: AtomState | FlowStatus | None,
+        attempt: int,
+        progress: float | None,
+        details: Mapping[str, Any] | None,
+    ) -> int:
+        writer = self._writer
+        if writer is None or self._tg is None:
+            raise JournalError(f"journal {self.label} is not open")
+        if self._fences:
+            fence = self._fences.get(flow_id)
+            if fence is not None and fence.lost:
+                raise fence.error(flow_id)
+        row = fields_row(
+            self.codec, flow_id, seq, time, kind, atom, state, attempt, progress, details
+        )
+        return writer.append(row)
 
     @property
     def durable(self) -> int:

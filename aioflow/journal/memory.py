@@ -12,7 +12,7 @@ them. Reads build the events again, with details decoded as any durable journal 
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
 
@@ -38,18 +38,32 @@ _STATES: dict[tuple[str, str | None], AtomState | FlowStatus | None] = {
 }
 
 
-def _row(event: Event, details: str | None) -> _Row:
-    state = event.state
+def _fields(event: Event) -> tuple[Any, ...]:
     return (
+        event.flow_id,
         event.seq,
         event.time,
-        event.kind.value,
+        event.kind,
         event.atom,
-        None if state is None else state.value,
+        event.state,
         event.attempt,
         event.progress,
-        details,
+        event.details,
     )
+
+
+def _row(
+    seq: int,
+    time: float,
+    kind: EventKind,
+    atom: str | None,
+    state: AtomState | FlowStatus | None,
+    attempt: int,
+    progress: float | None,
+    text: str | None,
+) -> _Row:
+    value = None if state is None else state._value_
+    return (seq, time, kind._value_, atom, value, attempt, progress, text)
 
 
 class _Flow:
@@ -57,13 +71,13 @@ class _Flow:
 
     __slots__ = ("created", "events", "last_seq", "name", "ref", "status", "updated")
 
-    def __init__(self, event: Event) -> None:
+    def __init__(self, seq: int, time: float) -> None:
         self.events: list[_Row] = []
-        self.last_seq = event.seq - 1
+        self.last_seq = seq - 1
         self.name: str | None = None
         self.ref: str | None = None
         self.status = FlowStatus.PENDING
-        self.created = self.updated = event.time
+        self.created = self.updated = time
 
 
 class MemoryJournal(Journal):
@@ -102,32 +116,54 @@ class MemoryJournal(Journal):
         return self._open
 
     def append(self, event: Event) -> int:
+        return self.record(*_fields(event))
+
+    def record(
+        self,
+        flow_id: str,
+        seq: int,
+        time: float,
+        kind: EventKind,
+        atom: str | None,
+        state: AtomState | FlowStatus | None,
+        attempt: int,
+        progress: float | None,
+        details: Mapping[str, Any] | None,
+    ) -> int:
         if not self._open:
             raise JournalError("the memory journal is not open")
         if self._fences:
-            _check_fence(self._fences.get(event.flow_id), event.flow_id)
-        details = event.details
-        text = self._text(event) if details else None
-        flow = self._flows.get(event.flow_id)
+            _check_fence(self._fences.get(flow_id), flow_id)
+        text = None
+        if details:
+            try:
+                text = self._encode(details)
+            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+                event = Event(flow_id, seq, time, kind, atom, state, attempt, progress, details)
+                raise _details_error(event, exc) from exc
+        flow = self._flows.get(flow_id)
         if flow is None:
-            flow = self._flows[event.flow_id] = _Flow(event)
-        elif event.seq <= flow.last_seq:
+            flow = self._flows[flow_id] = _Flow(seq, time)
+        elif seq <= flow.last_seq:
             raise JournalError(
-                f"conflicting write to flow {event.flow_id} at seq {event.seq}: the journal "
+                f"conflicting write to flow {flow_id} at seq {seq}: the journal "
                 f"is already at seq {flow.last_seq} (is another engine writing this flow?)"
             )
-        flow.events.append(_row(event, text))
-        flow.last_seq = event.seq
-        if event.kind is _FLOW:
+        flow.events.append(_row(seq, time, kind, atom, state, attempt, progress, text))
+        flow.last_seq = seq
+        if kind is _FLOW and details:
             # As in SQLite: the first FLOW event naming the flow makes its summary.
             if flow.name is None and "name" in details:
                 flow.name = str(details["name"])
                 ref = details.get("ref")
                 flow.ref = None if ref is None else str(ref)
-                flow.created = event.time
-            if isinstance(event.state, FlowStatus):
-                flow.status = event.state
-                flow.updated = event.time
+                flow.created = time
+            if isinstance(state, FlowStatus):
+                flow.status = state
+                flow.updated = time
+        elif kind is _FLOW and isinstance(state, FlowStatus):
+            flow.status = state
+            flow.updated = time
         self._count += 1
         return self._count
 
@@ -201,7 +237,9 @@ class MemoryJournal(Journal):
         if plan is None:
             return 0
         n, folded = plan
-        flow.events[:n] = [_row(folded, self._text(folded))]
+        f, text = folded, self._text(folded)
+        row = _row(f.seq, f.time, f.kind, f.atom, f.state, f.attempt, f.progress, text)
+        flow.events[:n] = [row]
         return n - 1
 
     async def get_meta(self, key: str) -> str | None:
