@@ -152,22 +152,51 @@ class _Builder:
         self.summaries: dict[int, tuple[set[str], set[str]]] = {}
         self.scopes: list[RetryScope] = []
         self.scope_stack: list[int] = []
+        self.scope_tuple: tuple[int, ...] = ()  # the stack as nodes keep it, shared
         # Edges as two flat lists (sources, targets): one list per node with successors
         # would be 100k more objects for the garbage collector in a chain of 100k.
         self.edge_from: list[int] = []
         self.edge_to: list[int] = []
         self.shared: dict[tuple[int, ...], tuple[int, ...]] = {}
 
-    def node(self, name: str, kind: str, preds: list[int], **kw: Any) -> int:
+    def node(
+        self,
+        name: str,
+        kind: str,
+        preds: list[int],
+        *,
+        task: Task | None = None,
+        checkpoint: Checkpoint | None = None,
+        args: tuple[tuple[str, int, str], ...] = (),
+        provides: tuple[str, ...] = (),
+        unpack: bool = False,
+        weight: float = 1.0,
+    ) -> int:
         i = len(self.nodes)
         shared = self.shared
         preds_t = tuple(preds)
         preds_t = shared.setdefault(preds_t, preds_t)
-        scopes = tuple(self.scope_stack)
-        scopes = shared.setdefault(scopes, scopes)
-        self.nodes.append(Node(i, name, kind, preds_t, scopes=scopes, **kw))
-        self.edge_from.extend(preds)
-        self.edge_to.extend([i] * len(preds))
+        scopes = self.scope_tuple
+        self.nodes.append(
+            Node(
+                i,
+                name,
+                kind,
+                preds_t,
+                task,
+                checkpoint,
+                args,
+                (),
+                (),
+                provides,
+                unpack,
+                weight,
+                scopes,
+            )
+        )
+        if preds:
+            self.edge_from.extend(preds)
+            self.edge_to.extend([i] * len(preds))
         if kind != BARRIER:
             self.index[name] = i
         return i
@@ -208,10 +237,12 @@ class _Builder:
         self.scopes.append(RetryScope(index, name, retry, controller, [], parent))
         self.nodes[controller].controls = index
         self.scope_stack.append(index)
+        self.scope_tuple = tuple(self.scope_stack)
         return len(self.nodes)
 
     def close_scope(self, start: int) -> None:
         index = self.scope_stack.pop()
+        self.scope_tuple = tuple(self.scope_stack)
         self.scopes[index].nodes = list(range(start, len(self.nodes)))
 
     def retried(self, flow: Flow, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
@@ -242,30 +273,33 @@ class _Builder:
                 atoms=[task.name],
             )
         args = []
-        for req in task.requires:
+        requires = task.requires
+        for req in requires:
             provider = scope.lookup(req.symbol)
             if provider is None:
                 if not req.optional:
                     self.missing.setdefault(task.name, []).append(req.symbol)
                 continue
             args.append((req.param, provider, req.symbol))
+        provided = task.provided
         i = self.node(
             task.name,
             TASK,
             preds,
             task=task,
-            args=tuple(args),
-            provides=task.provided,
+            args=tuple(args) if args else (),
+            provides=provided,
             unpack=isinstance(task.provides, tuple),
             weight=float(task.weight),
         )
-        writes = scope.local if writes is None else writes
-        for symbol in task.provided:
-            writes[symbol] = i
+        if provided:
+            writes = scope.local if writes is None else writes
+            for symbol in provided:
+                writes[symbol] = i
         # Tuples of plain values, which the garbage collector stops tracking: a flow of
         # 100k tasks must not make it traverse a million short-lived lists.
-        requires = tuple((r.param, r.symbol, r.optional) for r in task.requires)
-        return [i], ("task", task.name, requires, task.provided)
+        needs = tuple([(r.param, r.symbol, r.optional) for r in requires]) if requires else ()
+        return [i], ("task", task.name, needs, provided)
 
     def linear(self, flow: Linear, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
         current = preds
@@ -300,7 +334,8 @@ class _Builder:
         self.no_checkpoint_retry(flow)
         providers: dict[str, str] = {}
         for m in flow.members:
-            for symbol in _summary(m, self.summaries)[1]:
+            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
+            for symbol in gives:
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"
@@ -308,7 +343,7 @@ class _Builder:
                         atoms=[providers[symbol], m.name],
                     )
                 providers[symbol] = m.name
-        for m in flow.members:
+        for m in flow.members if providers else ():
             for symbol in sorted(_summary(m, self.summaries)[0]):
                 other = providers.get(symbol)
                 if other is not None and other != m.name:
