@@ -606,6 +606,8 @@ class Run(WaitingAtoms, Reverting):
                 if self.limiter is not None:
                     async with self.limiter:
                         result = await self.attempt(task, args, injections)
+                elif task.timeout is None:
+                    result = await task._call_execute(args, injections)
                 else:
                     result = await self.attempt(task, args, injections)
                 if isinstance(result, WaitRequest):
