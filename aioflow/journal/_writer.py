@@ -6,8 +6,8 @@ commits it as one transaction through the backend's callback and then advances
 ``durable``. Waiters for the same commit share one :class:`anyio.Event`, so a thousand
 atoms waiting on one commit cost one wake-up each and nothing per ticket.
 
-The log stays in order: batches are committed whole and in append order, and after a
-failed commit nothing more is committed, so storage always holds a prefix of the appends.
+The log stays in order: batches are committed in append order, and after a failed
+commit nothing more is committed, so storage always holds a prefix of the appends.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ Row = TypeVar("Row")
 class GroupWriter(Generic[Row]):
     """Batches rows handed over by ``append`` and commits each batch in one transaction.
 
-    ``commit`` receives the whole pending batch and must commit it atomically (or raise,
-    committing nothing). ``name`` says which journal this is, for error messages.
+    ``commit`` receives the whole pending batch and must commit it in order: all of it,
+    or raise having committed at most a prefix of it (one transaction, or several in a
+    row). ``name`` says which journal this is, for error messages.
     """
 
     def __init__(
