@@ -134,6 +134,9 @@ class Run(WaitingAtoms, Reverting):
         self.tg: TaskGroup | None = None
         self.atom_tasks: dict[asyncio.Task[None], None] = {}
         self.unstarted: set[asyncio.Task[None]] = set()
+        self.deferred: deque[tuple[int, int]] = deque()  # (ticket, atom) to release
+        self.deferred_at: dict[int, int] = {}  # atom -> the ticket it waits for
+        self.releasing = False
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
         self.atom_error: BaseException | None = None
         self.atoms_idle: anyio.Event | None = None
@@ -387,31 +390,65 @@ class Run(WaitingAtoms, Reverting):
             self.atom_scopes[scope] = None
             try:
                 steps = 0
-                while ready:
-                    steps += 1
-                    if steps % _YIELD_EVERY == 0:
-                        await anyio.lowlevel.checkpoint()  # let others run meanwhile
-                        if not ready:
-                            break
-                    i = ready.popleft()
-                    step = self.execute(i)
-                    try:
+                while True:
+                    while ready:
+                        steps += 1
+                        if steps % _YIELD_EVERY == 0:
+                            await anyio.lowlevel.checkpoint()  # let others run meanwhile
+                            if not ready:
+                                break
+                        i = ready.popleft()
+                        step = self.execute(i)
                         try:
-                            awaited = step.send(None)
-                        except StopIteration:
-                            continue  # done without waiting
-                        spare = len(ready) - len(self.unstarted)
-                        if spare > 0:
-                            assert self.loop is not None
-                            self.add_workers(self.loop, min(spare, 2))
-                        await _go_on(step, awaited)
-                    except anyio.get_cancelled_exc_class():
-                        self.cancelled = True
-                        raise
-                    finally:
-                        self.atom_ended(i)
+                            try:
+                                awaited = step.send(None)
+                            except StopIteration:
+                                continue  # done without waiting
+                            spare = len(ready) - len(self.unstarted)
+                            if spare > 0:
+                                assert self.loop is not None
+                                self.add_workers(self.loop, min(spare, 2))
+                            await _go_on(step, awaited)
+                        except anyio.get_cancelled_exc_class():
+                            self.cancelled = True
+                            raise
+                        finally:
+                            self.atom_ended(i)
+                    if not self.deferred or self.releasing:
+                        return
+                    await self.release_durable()
             finally:
                 del self.atom_scopes[scope]
+
+    def defer_release(self, i: int, ticket: int) -> None:
+        """Release ``i``'s successors once ``ticket`` is committed (strict durability),
+        without holding up the worker: atoms finishing together share one wait, and a
+        fan-out of 10k atoms does not become 10k waiting tasks. Until then the atom
+        counts as running."""
+        self.running += 1
+        self.deferred.append((ticket, i))
+        self.deferred_at[i] = ticket
+
+    async def release_durable(self) -> None:
+        """Release the deferred atoms whose results are committed (one worker at a time),
+        until none is left or some atom became ready."""
+        self.releasing = True
+        try:
+            deferred = self.deferred
+            while deferred and not self.startable:
+                await self.journal.wait_durable(deferred[0][0])
+                durable = self.journal.durable
+                while deferred and deferred[0][0] <= durable:
+                    ticket, i = deferred.popleft()
+                    self.running -= 1
+                    # A part retried meanwhile ran the atom again: that run releases.
+                    if self.deferred_at.get(i) == ticket:
+                        del self.deferred_at[i]
+                        if not self.failing and self.states[i] is _S.SUCCESS:
+                            self.release(i)
+                self.check_idle()
+        finally:
+            self.releasing = False
 
     def atom_done(self, task: asyncio.Task[None]) -> None:
         del self.atom_tasks[task]
@@ -638,6 +675,9 @@ class Run(WaitingAtoms, Reverting):
             break
         if node.succs and not self.failing:
             if self.strict and self.journal.durable < ticket:
+                if self.loop is not None:  # a worker (see work): no wait here
+                    self.defer_release(i, ticket)
+                    return
                 await self.journal.wait_durable(ticket)
             self.release(i)
 
