@@ -22,20 +22,23 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import datetime
-import decimal
 import enum
 import importlib
 import json
 import json.encoder
 import math
 import sys
-import uuid
-import zoneinfo
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import SerializationError
+
+if TYPE_CHECKING:
+    # At run time these are imported where values of their types are encoded or
+    # decoded: together they cost several ms, and `import aioflow` should not pay it.
+    import datetime
+    import decimal
+    import uuid
 
 __all__ = ["Codec", "JsonCodec", "PickleCodec", "get_codec"]
 
@@ -180,6 +183,16 @@ def _add_fine_offset(out: dict[str, object], offset: datetime.timedelta | None) 
         out["off"] = [offset.days, offset.seconds, offset.microseconds]
 
 
+def _zone_key(tz: datetime.tzinfo | None) -> str | None:
+    """The key of ``tz`` if it is a ``ZoneInfo`` with one, else None."""
+    # A ZoneInfo exists only once zoneinfo is loaded, so never load it just to ask.
+    if tz is None or "zoneinfo" not in sys.modules:
+        return None
+    import zoneinfo
+
+    return tz.key if isinstance(tz, zoneinfo.ZoneInfo) else None
+
+
 def _ordered(items: Iterable[Any]) -> list[Any]:
     """Set elements, sorted when they sort, so equal sets give equal text."""
     items = list(items)
@@ -234,30 +247,45 @@ def _walk(value: object, depth: int, active: set[int]) -> object:
         return _tagged("bytes", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
     if t is bytearray:
         return _tagged("bytearray", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
-    if t is datetime.datetime:
-        dt: datetime.datetime = value  # type: ignore[assignment]
-        out_dt = _tagged("datetime", dt.isoformat())
-        if isinstance(dt.tzinfo, zoneinfo.ZoneInfo) and dt.tzinfo.key:
-            out_dt["tz"] = dt.tzinfo.key
-        else:
-            _add_fine_offset(out_dt, dt.utcoffset())
-        return out_dt
-    if t is datetime.date:
-        return _tagged("date", value.isoformat())  # type: ignore[attr-defined]
-    if t is datetime.time:
-        tm: datetime.time = value  # type: ignore[assignment]
-        if tm.tzinfo is not None and tm.utcoffset() is None:
-            raise _Unencodable("a datetime.time", f"its tzinfo {tm.tzinfo!r} has no fixed offset")
-        out_tm = _tagged("time", tm.isoformat())
-        _add_fine_offset(out_tm, tm.utcoffset())
-        return out_tm
-    if t is datetime.timedelta:
-        td: datetime.timedelta = value  # type: ignore[assignment]
-        return _tagged("timedelta", [td.days, td.seconds, td.microseconds])
-    if t is uuid.UUID:
-        return _tagged("uuid", str(value))
-    if t is decimal.Decimal:
-        return _tagged("decimal", str(value))
+    # A value of a datetime, uuid or decimal type exists only once its module is
+    # loaded, so these imports find it in sys.modules; other values never load them.
+    module = t.__module__
+    if module == "datetime":
+        import datetime
+
+        if t is datetime.datetime:
+            dt: datetime.datetime = value  # type: ignore[assignment]
+            out_dt = _tagged("datetime", dt.isoformat())
+            zone = _zone_key(dt.tzinfo)
+            if zone:
+                out_dt["tz"] = zone
+            else:
+                _add_fine_offset(out_dt, dt.utcoffset())
+            return out_dt
+        if t is datetime.date:
+            return _tagged("date", value.isoformat())  # type: ignore[attr-defined]
+        if t is datetime.time:
+            tm: datetime.time = value  # type: ignore[assignment]
+            if tm.tzinfo is not None and tm.utcoffset() is None:
+                raise _Unencodable(
+                    "a datetime.time", f"its tzinfo {tm.tzinfo!r} has no fixed offset"
+                )
+            out_tm = _tagged("time", tm.isoformat())
+            _add_fine_offset(out_tm, tm.utcoffset())
+            return out_tm
+        if t is datetime.timedelta:
+            td: datetime.timedelta = value  # type: ignore[assignment]
+            return _tagged("timedelta", [td.days, td.seconds, td.microseconds])
+    elif module == "uuid":
+        import uuid
+
+        if t is uuid.UUID:
+            return _tagged("uuid", str(value))
+    elif module == "decimal":
+        import decimal
+
+        if t is decimal.Decimal:
+            return _tagged("decimal", str(value))
 
     if isinstance(value, enum.Enum):
         out_e: dict[str, object] = {TAG: "enum", "cls": _class_path(t)}
@@ -365,10 +393,17 @@ def _is_namedtuple(cls: type) -> bool:
     return issubclass(cls, tuple) and hasattr(cls, "_fields")
 
 
+# The decoders of stdlib types import their modules here, not at the top: see above.
+
+
 def _decode_datetime(obj: dict[str, Any]) -> datetime.datetime:
+    import datetime
+
     dt = datetime.datetime.fromisoformat(obj["v"])
     tz = obj.get("tz")
     if tz is not None:
+        import zoneinfo
+
         return dt.astimezone(zoneinfo.ZoneInfo(tz))
     off = obj.get("off")
     if off is not None:
@@ -376,12 +411,38 @@ def _decode_datetime(obj: dict[str, Any]) -> datetime.datetime:
     return dt
 
 
+def _decode_date(obj: dict[str, Any]) -> datetime.date:
+    import datetime
+
+    return datetime.date.fromisoformat(obj["v"])
+
+
 def _decode_time(obj: dict[str, Any]) -> datetime.time:
+    import datetime
+
     tm = datetime.time.fromisoformat(obj["v"])
     off = obj.get("off")
     if off is not None:
         tm = tm.replace(tzinfo=datetime.timezone(datetime.timedelta(*off)))
     return tm
+
+
+def _decode_timedelta(obj: dict[str, Any]) -> datetime.timedelta:
+    import datetime
+
+    return datetime.timedelta(*obj["v"])
+
+
+def _decode_uuid(obj: dict[str, Any]) -> uuid.UUID:
+    import uuid
+
+    return uuid.UUID(obj["v"])
+
+
+def _decode_decimal(obj: dict[str, Any]) -> decimal.Decimal:
+    import decimal
+
+    return decimal.Decimal(obj["v"])
 
 
 def _decode_float(obj: dict[str, Any]) -> float:
@@ -400,11 +461,11 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], object]] = {
     "bytes": lambda o: base64.b64decode(o["v"], validate=True),
     "bytearray": lambda o: bytearray(base64.b64decode(o["v"], validate=True)),
     "datetime": _decode_datetime,
-    "date": lambda o: datetime.date.fromisoformat(o["v"]),
+    "date": _decode_date,
     "time": _decode_time,
-    "timedelta": lambda o: datetime.timedelta(*o["v"]),
-    "uuid": lambda o: uuid.UUID(o["v"]),
-    "decimal": lambda o: decimal.Decimal(o["v"]),
+    "timedelta": _decode_timedelta,
+    "uuid": _decode_uuid,
+    "decimal": _decode_decimal,
     "enum": lambda o: _load_class(o["cls"], "an enum", _is_enum)(o["v"]),
     "dataclass": lambda o: _load_class(o["cls"], "a dataclass", _is_dataclass)(**o["v"]),
     "namedtuple": lambda o: _load_class(o["cls"], "a namedtuple", _is_namedtuple)(*o["v"]),

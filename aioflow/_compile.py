@@ -12,7 +12,6 @@ never need adding. Node indices are a topological order.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 from collections.abc import Collection, Iterable
@@ -521,6 +520,8 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
     if builder.missing:
         raise MissingInputsError(builder.missing)
     text = json.dumps(structure, separators=(",", ":"))
+    import hashlib  # here, not at the top: hashlib (and OpenSSL) costs ms at import
+
     nodes = builder.nodes
     _link_successors(nodes, builder.edge_from, builder.edge_to)
     return ExecGraph(

@@ -6,7 +6,6 @@ import importlib
 import inspect
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from types import TracebackType
@@ -300,7 +299,11 @@ class Engine:
         graph = compile_flow(flow_obj, inputs.keys())
         if stop_at is not None:
             _checkpoint_index(graph, stop_at, "stop_at=")
-        run = self._new_run(graph, flow_id or uuid.uuid4().hex, inputs)
+        if not flow_id:
+            import uuid  # here, not at the top: uuid loads platform at import
+
+            flow_id = uuid.uuid4().hex
+        run = self._new_run(graph, flow_id, inputs)
         run.stop_at = stop_at
         weights = {n.name: n.weight for n in graph.atoms if n.weight != 1.0 and n.task is not None}
         start = {

@@ -22,7 +22,6 @@ history) has no ETA (None).
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -102,6 +101,8 @@ def learn(runs: Iterable[FlowState]) -> History | None:
                 ratios.append(busy / elapsed)
     if not count:
         return None
+    import statistics  # here, not at the top: it loads decimal, fractions and random
+
     return History(
         {name: statistics.median(values) for name, values in samples.items()},
         statistics.median(ratios) if ratios else None,
@@ -180,6 +181,8 @@ def estimate(
     if unknown:
         if not per_weight:
             return None, per_atom
+        import statistics
+
         mean = statistics.fmean(per_weight)
         for atom in unknown:
             per_atom[atom.name] = mean * atom.weight * (1.0 - atom.fraction)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
 
 from ._retry import Retry
 from ._task import Task
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 Decider: TypeAlias = Callable[[Mapping[str, Any]], object]
 

@@ -6,12 +6,14 @@ The policy only decides; the engine sleeps. Randomness for jitter comes from a s
 
 from __future__ import annotations
 
-import random as _random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._failure import Failure
+
+if TYPE_CHECKING:
+    import random as _random
 
 _ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
 
@@ -74,6 +76,12 @@ class Retry:
         if self.max_backoff is not None:
             wait = min(wait, self.max_backoff)
         if self.jitter:
-            source = self.rng if self.rng is not None else _random
-            wait *= 0.5 + 0.5 * float(source.random())
+            if self.rng is not None:
+                draw = self.rng.random()
+            else:
+                # The module-level generator, imported here: random costs ms at import.
+                import random
+
+                draw = random.random()
+            wait *= 0.5 + 0.5 * float(draw)
         return float(wait)

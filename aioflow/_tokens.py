@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import os
-import secrets
 from dataclasses import dataclass
 
 from ._errors import InvalidTokenError
@@ -50,11 +47,16 @@ def _unb64(text: str) -> bytes:
 
 def new_nonce() -> str:
     """A fresh random nonce for one attempt of one atom."""
+    # secrets, hmac and hashlib are imported where used: they cost ms at `import aioflow`.
+    import secrets
+
     return secrets.token_hex(8)
 
 
 def new_secret() -> str:
     """A fresh random secret (256 bits, hex) for a journal that has none."""
+    import secrets
+
     return secrets.token_hex(32)
 
 
@@ -84,6 +86,9 @@ class Signer:
         return "Signer(<secret>)"
 
     def _mac(self, payload: bytes) -> bytes:
+        import hashlib
+        import hmac
+
         return hmac.new(self._key, _CONTEXT + payload, hashlib.sha256).digest()
 
     def issue(self, flow_id: str, atom: str, attempt: int, nonce: str) -> str:
@@ -107,6 +112,8 @@ class Signer:
             mac = _unb64(parts[2])
         except (binascii.Error, ValueError):
             raise InvalidTokenError("not an aioflow completion token") from None
+        import hmac
+
         if not hmac.compare_digest(mac, self._mac(payload)):
             raise InvalidTokenError(
                 "the completion token's signature does not match: it is forged, damaged or"

@@ -21,6 +21,24 @@ HEAVY = (
     "pickle",  # only in the pickle codec
 )
 
+LAZY_STDLIB = (
+    # Imported where used: the codec's date/UUID/Decimal handling, ETA statistics, retry
+    # jitter, completion tokens, flow fingerprints and ids.
+    "datetime",
+    "uuid",
+    "platform",
+    "decimal",
+    "zoneinfo",
+    "statistics",
+    "fractions",
+    "numbers",
+    "random",
+    "hashlib",
+    "hmac",
+    "secrets",
+    "sysconfig",
+)
+
 
 def _modules_after(code: str) -> set[str]:
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
@@ -34,6 +52,25 @@ def test_import_aioflow_leaves_heavy_optional_modules_unloaded() -> None:
     loaded = _modules_after("import aioflow")
     assert "aioflow" in loaded
     assert sorted(m for m in HEAVY if m in loaded) == []
+
+
+def test_import_aioflow_leaves_lazy_stdlib_modules_unloaded() -> None:
+    loaded = _modules_after("import aioflow")
+    assert sorted(m for m in LAZY_STDLIB if m in loaded) == []
+
+
+def test_encoding_and_decoding_other_values_does_not_load_the_lazy_stdlib_modules() -> None:
+    loaded = _modules_after(
+        "import enum\n"
+        "from aioflow._codec import get_codec\n"
+        "class Color(enum.Enum):\n"
+        "    RED = 1\n"
+        "codec = get_codec('json')\n"
+        "tagged = [(1, 2), {3}, b'hi', {1: 'a'}, float('inf'), Color.RED]\n"
+        "for value in ({'a': 1, 'b': 'x'}, tagged):\n"
+        "    assert codec.decode(codec.encode(value)) == value\n"
+    )
+    assert sorted(m for m in LAZY_STDLIB if m in loaded) == []
 
 
 def test_every_public_name_is_still_importable_and_loads_its_dependency_on_use() -> None:

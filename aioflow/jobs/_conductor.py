@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import uuid
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
@@ -80,7 +79,7 @@ class Conductor:
             )
         self.board = board
         self.engine = engine
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         self.lease = float(lease)
         self.capacity = capacity
         self.max_attempts = max_attempts

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,7 +52,7 @@ class MemoryJobBoard(JobBoard):
                     return job
         now = self._now()
         job = Job(
-            id=uuid.uuid4().hex,
+            id=os.urandom(16).hex(),
             flow=flow,
             inputs=values,
             state=JobState.UNCLAIMED,
