@@ -137,7 +137,11 @@ class Run(WaitingAtoms, Reverting):
         self.deferred: deque[tuple[int, int]] = deque()  # (ticket, atom) to release
         self.deferred_at: dict[int, int] = {}  # atom -> the ticket it waits for
         self.releasing = False
+        self.worker_name = f"atoms of {flow_id}"
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
+        # The backend's own class of anyio.CancelScope: anyio.CancelScope() looks the
+        # running backend up on every call (~2 us), the class is the same every time.
+        self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
         self.atom_error: BaseException | None = None
         self.atoms_idle: anyio.Event | None = None
         self.guarding = False
@@ -295,6 +299,8 @@ class Run(WaitingAtoms, Reverting):
         except RuntimeError:
             self.loop = None
         self.loop_thread = threading.get_ident()
+        if self.loop is not None:
+            self.scope_class = type(anyio.CancelScope())
         self.start_wakes()
         if self.failing or self.reverting:
             self.start_revert()
@@ -373,7 +379,7 @@ class Run(WaitingAtoms, Reverting):
     def add_workers(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
         tasks = self.atom_tasks
         for _ in range(n):
-            task = loop.create_task(self.work(), name=f"atoms of {self.flow_id}")
+            task = loop.create_task(self.work(), name=self.worker_name)
             tasks[task] = None
             self.unstarted.add(task)
             task.add_done_callback(self.atom_done)
@@ -383,42 +389,47 @@ class Run(WaitingAtoms, Reverting):
             self.tg.start_soon(self.guard_atoms, name=f"atoms of {self.flow_id}")
 
     async def work(self) -> None:
-        """A worker: run ready atoms until none is left (see :meth:`spawn`)."""
+        """A worker: run ready atoms until none is left (see :meth:`spawn`), and release
+        what waits for a commit (see :meth:`defer_release`)."""
         self.unstarted.discard(asyncio.current_task())
-        ready = self.startable
-        with anyio.CancelScope() as scope:
+        with self.scope_class() as scope:
             self.atom_scopes[scope] = None
             try:
-                steps = 0
-                while True:
-                    while ready:
-                        steps += 1
-                        if steps % _YIELD_EVERY == 0:
-                            await anyio.lowlevel.checkpoint()  # let others run meanwhile
-                            if not ready:
-                                break
-                        i = ready.popleft()
-                        step = self.execute(i)
-                        try:
-                            try:
-                                awaited = step.send(None)
-                            except StopIteration:
-                                continue  # done without waiting
-                            spare = len(ready) - len(self.unstarted)
-                            if spare > 0:
-                                assert self.loop is not None
-                                self.add_workers(self.loop, min(spare, 2))
-                            await _go_on(step, awaited)
-                        except anyio.get_cancelled_exc_class():
-                            self.cancelled = True
-                            raise
-                        finally:
-                            self.atom_ended(i)
-                    if not self.deferred or self.releasing:
-                        return
+                await self.run_ready()
+                while self.deferred and not self.releasing:
                     await self.release_durable()
+                    await self.run_ready()
             finally:
                 del self.atom_scopes[scope]
+
+    async def run_ready(self) -> None:
+        """Run ready atoms one after another, each in place until it first waits; then
+        it keeps this worker, and up to two more workers take what is still ready."""
+        ready = self.startable
+        steps = 0
+        while ready:
+            steps += 1
+            if steps % _YIELD_EVERY == 0:
+                await anyio.lowlevel.checkpoint()  # let others run meanwhile
+                if not ready:
+                    return
+            i = ready.popleft()
+            step = self.execute(i)
+            try:
+                try:
+                    awaited = step.send(None)
+                except StopIteration:
+                    continue  # done without waiting
+                spare = len(ready) - len(self.unstarted)
+                if spare > 0:
+                    assert self.loop is not None
+                    self.add_workers(self.loop, min(spare, 2))
+                await _go_on(step, awaited)
+            except anyio.get_cancelled_exc_class():
+                self.cancelled = True
+                raise
+            finally:
+                self.atom_ended(i)
 
     def defer_release(self, i: int, ticket: int) -> None:
         """Release ``i``'s successors once ``ticket`` is committed (strict durability),
