@@ -386,7 +386,7 @@ class Run(WaitingAtoms, Reverting):
         if not self.guarding:
             self.guarding = True
             assert self.tg is not None
-            self.tg.start_soon(self.guard_atoms, name=f"atoms of {self.flow_id}")
+            self.tg.start_soon(self.guard_atoms, name=self.worker_name)
 
     async def work(self) -> None:
         """A worker: run ready atoms until none is left (see :meth:`spawn`), and release
