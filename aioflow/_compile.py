@@ -333,8 +333,7 @@ class _Builder:
         self.no_checkpoint_retry(flow)
         providers: dict[str, str] = {}
         for m in flow.members:
-            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
-            for symbol in gives:
+            for symbol in _summary(m, self.summaries)[1]:
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from ._states import AtomState, FlowStatus
 
@@ -48,6 +48,28 @@ class Event:
     attempt: int = 0
     progress: float | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+EventFields: TypeAlias = tuple[
+    str, int, float, EventKind, str | None, AtomState | FlowStatus | None, int, float | None,
+    Mapping[str, Any],
+]  # fmt: skip
+"""An event's fields in order, as :meth:`Journal.record` takes them."""
+
+
+def event_fields(event: Event) -> EventFields:
+    """``event``'s fields in order (see :data:`EventFields`)."""
+    return (
+        event.flow_id,
+        event.seq,
+        event.time,
+        event.kind,
+        event.atom,
+        event.state,
+        event.attempt,
+        event.progress,
+        event.details,
+    )
 
 
 def decode_state(kind: EventKind, state: str | None) -> AtomState | FlowStatus | None:

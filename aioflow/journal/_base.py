@@ -256,9 +256,21 @@ def plan_compaction(
     return n, snapshot(state, events[n - 1].time)
 
 
-def _details_error(event: Event, exc: Exception) -> SerializationError:
-    """The error every backend raises when ``event.details`` cannot be encoded."""
-    whose = f"atom {event.atom!r}" if event.atom is not None else f"flow {event.flow_id}"
-    return SerializationError(
-        f"cannot store the {event.kind.value} event details of {whose}: {exc}", atom=event.atom
-    )
+def encode_details(
+    codec: Codec,
+    flow_id: str,
+    kind: EventKind,
+    atom: str | None,
+    details: Mapping[str, Any] | None,
+) -> str | None:
+    """An event's details as the codec's text (None when empty). A value the codec
+    refuses raises the error every backend raises: SerializationError naming the atom."""
+    if not details:
+        return None
+    try:
+        return codec.encode(details)
+    except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+        whose = f"atom {atom!r}" if atom is not None else f"flow {flow_id}"
+        raise SerializationError(
+            f"cannot store the {kind.value} event details of {whose}: {exc}", atom=atom
+        ) from exc

@@ -21,10 +21,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .._codec import Codec
 from .._errors import JournalError
-from .._events import Event, EventKind, decode_state
+from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
-from ._base import Fence, Journal
-from ._base import _details_error as details_error
+from ._base import Fence, Journal, encode_details
 
 __all__ = ["EventRow", "GroupWriter", "WriterJournal", "encode_row"]
 
@@ -259,18 +258,7 @@ names a flow, the flow's name and reference for its summary row."""
 
 def encode_row(event: Event, codec: Codec) -> EventRow:
     """``event`` as a row; a value the codec refuses raises SerializationError now."""
-    return fields_row(
-        codec,
-        event.flow_id,
-        event.seq,
-        event.time,
-        event.kind,
-        event.atom,
-        event.state,
-        event.attempt,
-        event.progress,
-        event.details,
-    )
+    return fields_row(codec, *event_fields(event))
 
 
 def fields_row(
@@ -286,19 +274,13 @@ def fields_row(
     details: Mapping[str, Any] | None,
 ) -> EventRow:
     """An event given by its fields as a row (see :func:`encode_row`)."""
-    text: str | None = None
+    text = encode_details(codec, flow_id, kind, atom, details)
     name: str | None = None
     ref: str | None = None
-    if details:
-        try:
-            text = codec.encode(details)
-        except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
-            event = Event(flow_id, seq, time, kind, atom, state, attempt, progress, details)
-            raise details_error(event, exc) from exc
-        if kind is EventKind.FLOW and "name" in details:
-            name = str(details["name"])
-            ref_value = details.get("ref")
-            ref = None if ref_value is None else str(ref_value)
+    if details and kind is EventKind.FLOW and "name" in details:
+        name = str(details["name"])
+        ref_value = details.get("ref")
+        ref = None if ref_value is None else str(ref_value)
     return (
         flow_id,
         seq,
@@ -388,14 +370,7 @@ class WriterJournal(Journal):
         )
 
     def append(self, event: Event) -> int:
-        writer = self._writer
-        if writer is None or self._tg is None:
-            raise JournalError(f"journal {self.label} is not open")
-        if self._fences:
-            fence = self._fences.get(event.flow_id)
-            if fence is not None and fence.lost:
-                raise fence.error(event.flow_id)
-        return writer.append(encode_row(event, self.codec))
+        return self.record(*event_fields(event))
 
     def record(
         self,

@@ -18,9 +18,9 @@ from typing import Any, TypeAlias
 
 from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
-from .._events import Event, EventKind
+from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
-from ._base import Fence, FlowSummary, Journal, _details_error, check_keep, plan_compaction
+from ._base import Fence, FlowSummary, Journal, check_keep, encode_details, plan_compaction
 
 __all__ = ["MemoryJournal"]
 
@@ -29,27 +29,6 @@ _seq_of = itemgetter(0)
 
 _Row: TypeAlias = tuple[int, float, str, str | None, str | None, int, float | None, str | None]
 """An event as kept: seq, time, kind, atom, state, attempt, progress, encoded details."""
-
-_KINDS = {kind.value: kind for kind in EventKind}
-_STATES: dict[tuple[str, str | None], AtomState | FlowStatus | None] = {
-    **{(kind, None): None for kind in _KINDS},
-    **{(kind, s.value): s for kind in _KINDS if kind != "FLOW" for s in AtomState},
-    **{("FLOW", s.value): s for s in FlowStatus},
-}
-
-
-def _fields(event: Event) -> tuple[Any, ...]:
-    return (
-        event.flow_id,
-        event.seq,
-        event.time,
-        event.kind,
-        event.atom,
-        event.state,
-        event.attempt,
-        event.progress,
-        event.details,
-    )
 
 
 def _row(
@@ -92,7 +71,6 @@ class MemoryJournal(Journal):
     def __init__(self, *, codec: Codec | str | None = None) -> None:
         self.url = "memory://"
         self.codec = get_codec(codec)
-        self._encode = self.codec.encode
         self._decode = self.codec.decode
         self._flows: dict[str, _Flow] = {}
         self._meta: dict[str, str] = {}
@@ -116,7 +94,7 @@ class MemoryJournal(Journal):
         return self._open
 
     def append(self, event: Event) -> int:
-        return self.record(*_fields(event))
+        return self.record(*event_fields(event))
 
     def record(
         self,
@@ -134,13 +112,7 @@ class MemoryJournal(Journal):
             raise JournalError("the memory journal is not open")
         if self._fences:
             _check_fence(self._fences.get(flow_id), flow_id)
-        text = None
-        if details:
-            try:
-                text = self._encode(details)
-            except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
-                event = Event(flow_id, seq, time, kind, atom, state, attempt, progress, details)
-                raise _details_error(event, exc) from exc
+        text = encode_details(self.codec, flow_id, kind, atom, details)
         flow = self._flows.get(flow_id)
         if flow is None:
             flow = self._flows[flow_id] = _Flow(seq, time)
@@ -151,9 +123,9 @@ class MemoryJournal(Journal):
             )
         flow.events.append(_row(seq, time, kind, atom, state, attempt, progress, text))
         flow.last_seq = seq
-        if kind is _FLOW and details:
+        if kind is _FLOW:
             # As in SQLite: the first FLOW event naming the flow makes its summary.
-            if flow.name is None and "name" in details:
+            if details and flow.name is None and "name" in details:
                 flow.name = str(details["name"])
                 ref = details.get("ref")
                 flow.ref = None if ref is None else str(ref)
@@ -161,24 +133,15 @@ class MemoryJournal(Journal):
             if isinstance(state, FlowStatus):
                 flow.status = state
                 flow.updated = time
-        elif kind is _FLOW and isinstance(state, FlowStatus):
-            flow.status = state
-            flow.updated = time
         self._count += 1
         return self._count
-
-    def _text(self, event: Event) -> str:
-        try:
-            return self._encode(event.details)
-        except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
-            raise _details_error(event, exc) from exc
 
     def _event(self, flow_id: str, row: _Row) -> Event:
         seq, time, kind, atom, state, attempt, progress, text = row
         details: Any = {} if text is None else self._decode(text)
-        return Event(
-            flow_id, seq, time, _KINDS[kind], atom, _STATES[kind, state], attempt, progress, details
-        )
+        event_kind = EventKind(kind)
+        state_ = decode_state(event_kind, state)
+        return Event(flow_id, seq, time, event_kind, atom, state_, attempt, progress, details)
 
     @property
     def durable(self) -> int:
@@ -237,7 +200,8 @@ class MemoryJournal(Journal):
         if plan is None:
             return 0
         n, folded = plan
-        f, text = folded, self._text(folded)
+        f = folded
+        text = encode_details(self.codec, flow_id, f.kind, f.atom, f.details)
         row = _row(f.seq, f.time, f.kind, f.atom, f.state, f.attempt, f.progress, text)
         flow.events[:n] = [row]
         return n - 1
@@ -265,8 +229,7 @@ class MemoryJournal(Journal):
         if (0 if flow is None else flow.last_seq) != last_seq:
             return False
         for event in events:  # all encodable, or none is kept
-            if event.details:
-                self._text(event)
+            encode_details(self.codec, flow_id, event.kind, event.atom, event.details)
         for event in events:
             self.append(event)
         return True

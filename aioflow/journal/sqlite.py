@@ -29,7 +29,7 @@ from .._codec import Codec, get_codec
 from .._errors import JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state
 from .._states import FlowStatus
-from ._base import Fence, FlowSummary, _details_error, check_keep, plan_compaction
+from ._base import Fence, FlowSummary, check_keep, encode_details, plan_compaction
 from ._writer import EventRow, GroupWriter, WriterJournal
 
 __all__ = ["SqliteJournal"]
@@ -768,10 +768,7 @@ class SqliteJournal(WriterJournal):
             raise fence.error(flow_id)
         rows: list[tuple[Any, ...]] = []
         for event in events:  # encoded first: a value the codec refuses keeps nothing
-            try:
-                text = self.codec.encode(event.details) if event.details else None
-            except (TypeError, ValueError) as exc:
-                raise _details_error(event, exc) from exc
+            text = encode_details(self.codec, flow_id, event.kind, event.atom, event.details)
             state = None if event.state is None else event.state.value
             kind = event.kind.value
             row = (flow_id, event.seq, event.time, kind, event.atom, state, event.attempt)
