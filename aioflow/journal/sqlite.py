@@ -449,11 +449,8 @@ class SqliteJournal(WriterJournal):
                 return False
             raise
         try:
-            created, updates = self._summaries(batch)
-            inline.executemany(_INSERT_EVENT, [row[:9] for row in batch])
-            if created:
-                inline.executemany(_CREATE_FLOW, created)
-            inline.executemany(_UPDATE_FLOW, updates)
+            for statement, rows in self._inserts(batch):
+                inline.executemany(statement, rows)
             inline.execute("COMMIT")
         except BaseException:
             if inline.in_transaction:
@@ -480,12 +477,8 @@ class SqliteJournal(WriterJournal):
                     lost = await self._lost_fences(db, {row[0] for row in batch})
                     if lost:
                         batch = [row for row in batch if row[0] not in lost]
-                if batch:
-                    created, updates = self._summaries(batch)
-                    await db.executemany(_INSERT_EVENT, (row[:9] for row in batch))
-                    if created:
-                        await db.executemany(_CREATE_FLOW, created)
-                    await db.executemany(_UPDATE_FLOW, updates)
+                for statement, rows in self._inserts(batch) if batch else ():
+                    await db.executemany(statement, rows)
                 await db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -529,6 +522,17 @@ class SqliteJournal(WriterJournal):
                 if current.get(fence.job_id) != fence.generation:
                     lost[flow_id] = fence
         return lost
+
+    @classmethod
+    def _inserts(cls, batch: list[_Row]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The plain statements that commit ``batch`` (the trigger's effect without it):
+        its events, the flows it creates, and the summary update of each flow it touches."""
+        created, updates = cls._summaries(batch)
+        steps = [(_INSERT_EVENT, [row[:9] for row in batch])]
+        if created:
+            steps.append((_CREATE_FLOW, created))
+        steps.append((_UPDATE_FLOW, updates))
+        return steps
 
     @staticmethod
     def _summaries(batch: list[_Row]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
