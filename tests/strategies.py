@@ -188,3 +188,10 @@ def dags(
         max_concurrency=max_concurrency,
         failing=failing,
     )
+
+
+def draw_index(data: st.DataObject, n: int, label: str) -> int:
+    """An index in ``1..n`` whose draw does not depend on ``n``: a run whose tasks fail
+    ends after a number of events that timing decides, and Hypothesis must see the same
+    draws each time it replays an example."""
+    return 1 + data.draw(st.integers(0, 2**16), label=label) % n

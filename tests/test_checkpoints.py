@@ -17,7 +17,7 @@ import aioflow
 from aioflow import AtomState, Checkpoint, EventKind, FlowStatus, Linear, Retry
 from aioflow._replay import replay, snapshot
 from aioflow.journal import MemoryJournal
-from tests.strategies import DagSpec, dags
+from tests.strategies import DagSpec, dags, draw_index
 from tests.test_properties import FLOW_ID, Recorder, atom_names, build_flow, run_once
 
 LOG: list[str] = []
@@ -396,8 +396,8 @@ def test_replaying_a_compacted_log_gives_the_state_of_the_whole_log(
     spec: DagSpec, data: st.DataObject
 ) -> None:
     _, _, events = anyio.run(run_once, spec, Recorder())
-    k = data.draw(st.integers(1, len(events)), label="cut")
-    fold = data.draw(st.integers(1, k), label="fold")
+    k = draw_index(data, len(events), "cut")
+    fold = draw_index(data, k, "fold")
     prefix = events[:k]
     compacted = [snapshot(replay(FLOW_ID, prefix[:fold]), prefix[fold - 1].time), *prefix[fold:]]
 
@@ -420,8 +420,8 @@ def test_resuming_after_compaction_does_exactly_what_resuming_before_it_would(
 
     async def scenario() -> None:
         _, _, events = await run_once(spec, Recorder())
-        k = data.draw(st.integers(1, len(events)), label="cut")
-        fold = data.draw(st.integers(1, k), label="fold")
+        k = draw_index(data, len(events), "cut")
+        fold = draw_index(data, k, "fold")
         prefix = events[:k]
         folded = snapshot(replay(FLOW_ID, prefix[:fold]), prefix[fold - 1].time)
 

@@ -20,7 +20,7 @@ import aioflow
 from aioflow import AtomState, EventKind, FlowStatus
 from aioflow._replay import AtomRecord, replay
 from aioflow.journal import MemoryJournal
-from tests.strategies import DagSpec, dags
+from tests.strategies import DagSpec, dags, draw_index
 
 FLOW_ID = "prop-flow"
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -209,7 +209,7 @@ def test_resuming_from_any_prefix_of_the_journal_finishes_without_rerunning_comm
         first = Recorder()
         outcome, error, events = await run_once(spec, first)
         assert error is None and outcome.status is FlowStatus.SUCCESS
-        k = data.draw(st.integers(1, len(events)), label="cut")
+        k = draw_index(data, len(events), "cut")
         prefix = events[:k]
         committed = {
             e.atom for e in prefix if e.kind is EventKind.ATOM and e.state is AtomState.SUCCESS
