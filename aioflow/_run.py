@@ -14,6 +14,7 @@ branches revert concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import types
@@ -37,6 +38,7 @@ from ._replay import FlowState
 from ._revert import FINISHED as _FINISHED
 from ._revert import NO_INJECTIONS as _NO_INJECTIONS
 from ._revert import TO_REVERT, Reverting
+from ._scope import ScopeMembership, membership
 from ._states import AtomState, FlowStatus, check_atom, check_flow
 from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 _S = AtomState
 _LOG = get_logger("aioflow")
 _YIELD_EVERY = 64
+_IN_GROUP: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 @types.coroutine
@@ -139,6 +142,9 @@ class Run(WaitingAtoms, Reverting):
         self.releasing = False
         self.worker_name = f"atoms of {flow_id}"
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
+        # Workers join the task group's cancel scope (see _scope.py); None: each enters
+        # a scope of its own (scope_class) instead.
+        self.members: ScopeMembership | None = None
         # The backend's own class of anyio.CancelScope: anyio.CancelScope() looks the
         # running backend up on every call (~2 us), the class is the same every time.
         self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
@@ -299,6 +305,7 @@ class Run(WaitingAtoms, Reverting):
         self.loop_thread = threading.get_ident()
         if self.loop is not None:
             self.scope_class = type(anyio.CancelScope())
+            self.members = membership(tg.cancel_scope)
         self.start_wakes()
         if self.failing or self.reverting:
             self.start_revert()
@@ -375,9 +382,11 @@ class Run(WaitingAtoms, Reverting):
         self.add_workers(loop, 1)
 
     def add_workers(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        tasks = self.atom_tasks
+        tasks, members = self.atom_tasks, self.members
         for _ in range(n):
             task = loop.create_task(self.work(), name=self.worker_name)
+            if members is not None:
+                members.join(task)
             tasks[task] = None
             self.unstarted.add(task)
             task.add_done_callback(self.atom_done)
@@ -390,15 +399,18 @@ class Run(WaitingAtoms, Reverting):
         """A worker: run ready atoms until none is left (see :meth:`spawn`), and release
         what waits for a commit (see :meth:`defer_release`)."""
         self.unstarted.discard(asyncio.current_task())
-        with self.scope_class() as scope:
-            self.atom_scopes[scope] = None
+        # A member of the task group's scope needs no scope of its own (see _scope.py).
+        with _IN_GROUP if self.members is not None else self.scope_class() as scope:
+            if scope is not None:
+                self.atom_scopes[scope] = None
             try:
                 await self.run_ready()
                 while self.deferred and not self.releasing:
                     await self.release_durable()
                     await self.run_ready()
             finally:
-                del self.atom_scopes[scope]
+                if scope is not None:
+                    del self.atom_scopes[scope]
 
     async def run_ready(self) -> None:
         """Run ready atoms one after another, each in place until it first waits; then
@@ -460,6 +472,8 @@ class Run(WaitingAtoms, Reverting):
             self.releasing = False
 
     def atom_done(self, task: asyncio.Task[None]) -> None:
+        if self.members is not None:
+            self.members.leave(task)
         del self.atom_tasks[task]
         self.unstarted.discard(task)
         if not task.cancelled() and self.atom_error is None:
@@ -485,6 +499,9 @@ class Run(WaitingAtoms, Reverting):
 
     async def stop_atoms(self) -> None:
         """Cancel the atom tasks and wait, shielded, until they have all ended."""
+        if self.members is not None:
+            assert self.tg is not None
+            self.tg.cancel_scope.cancel()  # the workers' scope; the run ends either way
         for scope in list(self.atom_scopes):
             scope.cancel()
         with anyio.CancelScope(shield=True):

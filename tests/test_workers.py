@@ -15,12 +15,68 @@ import anyio
 import pytest
 
 import aioflow
+import aioflow._run
 from aioflow import AtomState, FlowStatus
+from aioflow._scope import membership
 
 
 @aioflow.task
 async def instant() -> None:
     return None
+
+
+@pytest.fixture(params=["group scope", "own scopes"])
+def worker_scopes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways workers are cancelled: as members of the run's task group scope (with
+    the anyio we test with), and each in a scope of its own (the fallback)."""
+    if request.param == "own scopes":
+        monkeypatch.setattr(aioflow._run, "membership", lambda scope: None)
+    return str(request.param)
+
+
+async def test_workers_join_the_task_groups_scope_with_this_anyio() -> None:
+    async with anyio.create_task_group() as tg:
+        assert membership(tg.cancel_scope) is not None
+    assert membership(object()) is None  # type: ignore[arg-type]
+
+
+async def test_a_worker_leaves_the_scope_when_it_ends() -> None:
+    async with anyio.create_task_group() as tg:
+        members = membership(tg.cancel_scope)
+        assert members is not None
+        before = len(tg.cancel_scope._tasks)  # type: ignore[attr-defined]
+        async with aioflow.Engine("memory://") as engine:
+            flow = aioflow.Unordered("f", *[instant.using(name=f"i{k}") for k in range(20)])
+            assert (await engine.run(flow)).status is FlowStatus.SUCCESS
+        assert len(tg.cancel_scope._tasks) == before  # type: ignore[attr-defined]
+
+
+async def test_cancelling_the_run_cancels_every_waiting_atom(worker_scopes: str) -> None:
+    started = 0
+    all_started = anyio.Event()
+
+    @aioflow.task
+    async def forever() -> None:
+        nonlocal started
+        started += 1
+        if started == 100:
+            all_started.set()
+        await anyio.sleep(60)
+
+    flow = aioflow.Unordered("f", *[forever.using(name=f"w{k}") for k in range(100)])
+    async with aioflow.Engine("memory://") as engine:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    await engine.run(flow, flow_id="f1")
+
+                tg.start_soon(run)
+                await all_started.wait()
+                tg.cancel_scope.cancel()
+        outcome = await engine.outcome("f1")
+    assert outcome.status is FlowStatus.SUSPENDED
+    assert {a.state for a in outcome.atoms.values()} == {AtomState.PENDING}
 
 
 def test_sleeping_atoms_all_run_at_once() -> None:
@@ -51,7 +107,7 @@ def test_sleeping_atoms_all_run_at_once() -> None:
     assert most == n
 
 
-async def test_cancel_scopes_of_an_atom_span_its_waits() -> None:
+async def test_cancel_scopes_of_an_atom_span_its_waits(worker_scopes: str) -> None:
     """A task's own cancel scopes, entered before its first wait and left after it, work
     whether or not other atoms ran in place before it."""
 
@@ -83,7 +139,9 @@ async def test_cancel_scopes_of_an_atom_span_its_waits() -> None:
     assert outcome["inner"] == 1
 
 
-async def test_a_failure_in_an_atom_that_never_waits_reverts_the_others() -> None:
+async def test_a_failure_in_an_atom_that_never_waits_reverts_the_others(
+    worker_scopes: str,
+) -> None:
     reverted: list[str] = []
 
     @aioflow.task
@@ -109,7 +167,7 @@ async def test_a_failure_in_an_atom_that_never_waits_reverts_the_others() -> Non
 
 
 async def test_a_shielded_part_of_an_atom_finishes_when_the_run_is_cancelled(
-    tmp_path: Path,
+    tmp_path: Path, worker_scopes: str
 ) -> None:
     finished: list[str] = []
     started = anyio.Event()
