@@ -28,7 +28,7 @@ import json
 import json.encoder
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import SerializationError
@@ -49,6 +49,11 @@ MAX_DEPTH = 500
 """How deep JSON objects and arrays may nest in an encoded value."""
 
 _QUOTED_TAG = f'"{TAG}"'
+
+NO_RESULT: Mapping[str, Any] = {"result": None}
+"""The details of a success whose task returned None, shared by all of them: never
+handed to listeners (they get a copy), never changed."""
+_NO_RESULT_JSON = '{"result":null}'
 
 
 class Codec(Protocol):
@@ -505,6 +510,8 @@ class JsonCodec:
 
     def encode(self, value: object) -> str:
         """Return ``value`` as JSON text; :meth:`decode` gives back an equal value."""
+        if value is NO_RESULT:  # the details of most successes: once, not per atom
+            return _NO_RESULT_JSON
         t = type(value)
         # Fast path: a flat dict of str keys and JSON scalars, or such a scalar.
         if t is dict:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from ._codec import NO_RESULT
 from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
 from ._errors import SerializationError
 from ._eta import AtomTiming, History, summarize
@@ -141,6 +142,7 @@ class Run(WaitingAtoms, Reverting):
         self.deferred_at: dict[int, int] = {}  # atom -> the ticket it waits for
         self.releasing = False
         self.worker_name = f"atoms of {flow_id}"
+        self.worker_done = self.atom_done  # one bound method for every worker
         self.atom_scopes: dict[anyio.CancelScope, None] = {}
         # Workers join the task group's cancel scope (see _scope.py); None: each enters
         # a scope of its own (scope_class) instead.
@@ -176,17 +178,9 @@ class Run(WaitingAtoms, Reverting):
         seq = self.seq + 1
         time = self.clock() if now is None else now
         if tell and self.publish is not None:
-            event = Event(
-                self.flow_id,
-                seq,
-                time,
-                kind,
-                atom,
-                state,
-                attempt,
-                progress,
-                details if details is not None else {},
-            )
+            if details is None or details is NO_RESULT:  # a listener's own, never shared
+                details = {} if details is None else dict(details)
+            event = Event(self.flow_id, seq, time, kind, atom, state, attempt, progress, details)
             ticket = self.journal.append(event)
             self.seq = seq
             self.publish(event)
@@ -389,57 +383,54 @@ class Run(WaitingAtoms, Reverting):
                 members.join(task)
             tasks[task] = None
             self.unstarted.add(task)
-            task.add_done_callback(self.atom_done)
+            task.add_done_callback(self.worker_done)
         if not self.guarding:
             self.guarding = True
             assert self.tg is not None
             self.tg.start_soon(self.guard_atoms, name=self.worker_name)
 
     async def work(self) -> None:
-        """A worker: run ready atoms until none is left (see :meth:`spawn`), and release
-        what waits for a commit (see :meth:`defer_release`)."""
+        """A worker: run ready atoms one after another, each in place until it first
+        waits (then it keeps this worker, and up to two more workers take what is still
+        ready), and release what waits for a commit (see :meth:`defer_release`), until
+        none is left (see :meth:`spawn`)."""
         self.unstarted.discard(asyncio.current_task())
+        ready = self.startable
+        steps = 0
         # A member of the task group's scope needs no scope of its own (see _scope.py).
         with _IN_GROUP if self.members is not None else self.scope_class() as scope:
             if scope is not None:
                 self.atom_scopes[scope] = None
             try:
-                await self.run_ready()
-                while self.deferred and not self.releasing:
+                while True:
+                    while ready:
+                        steps += 1
+                        if steps % _YIELD_EVERY == 0:
+                            await anyio.lowlevel.checkpoint()  # let others run meanwhile
+                            continue
+                        i = ready.popleft()
+                        step = self.execute(i)
+                        try:
+                            try:
+                                awaited = step.send(None)
+                            except StopIteration:
+                                continue  # done without waiting
+                            spare = len(ready) - len(self.unstarted)
+                            if spare > 0:
+                                assert self.loop is not None
+                                self.add_workers(self.loop, min(spare, 2))
+                            await _go_on(step, awaited)
+                        except anyio.get_cancelled_exc_class():
+                            self.cancelled = True
+                            raise
+                        finally:
+                            self.atom_ended(i)
+                    if not self.deferred or self.releasing:
+                        return
                     await self.release_durable()
-                    await self.run_ready()
             finally:
                 if scope is not None:
                     del self.atom_scopes[scope]
-
-    async def run_ready(self) -> None:
-        """Run ready atoms one after another, each in place until it first waits; then
-        it keeps this worker, and up to two more workers take what is still ready."""
-        ready = self.startable
-        steps = 0
-        while ready:
-            steps += 1
-            if steps % _YIELD_EVERY == 0:
-                await anyio.lowlevel.checkpoint()  # let others run meanwhile
-                if not ready:
-                    return
-            i = ready.popleft()
-            step = self.execute(i)
-            try:
-                try:
-                    awaited = step.send(None)
-                except StopIteration:
-                    continue  # done without waiting
-                spare = len(ready) - len(self.unstarted)
-                if spare > 0:
-                    assert self.loop is not None
-                    self.add_workers(self.loop, min(spare, 2))
-                await _go_on(step, awaited)
-            except anyio.get_cancelled_exc_class():
-                self.cancelled = True
-                raise
-            finally:
-                self.atom_ended(i)
 
     def defer_release(self, i: int, ticket: int) -> None:
         """Release ``i``'s successors once ``ticket`` is committed (strict durability),
@@ -677,7 +668,9 @@ class Run(WaitingAtoms, Reverting):
                     self.open_wait(i, result)
                     return
                 value = self.published(node, result)
-                ticket = self.set_atom(i, _S.SUCCESS, {"result": result})
+                ticket = self.set_atom(
+                    i, _S.SUCCESS, {"result": result} if result is not None else NO_RESULT
+                )
             except anyio.get_cancelled_exc_class():
                 self.set_atom(i, _S.PENDING)
                 raise

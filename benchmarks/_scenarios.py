@@ -25,8 +25,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-
 import aioflow
 from aioflow._replay import replay
 
@@ -119,7 +117,9 @@ SLEEP = 0.01
 
 @aioflow.task
 async def nap() -> None:
-    await anyio.sleep(SLEEP)
+    # The floor's own sleep (asyncio.sleep), so that what differs is the engine's cost;
+    # anyio.sleep adds ~1.5 us of its own on asyncio.
+    await asyncio.sleep(SLEEP)
 
 
 def wide_flow(n: int) -> aioflow.Flow:
