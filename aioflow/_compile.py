@@ -119,7 +119,8 @@ def _summary(
 ) -> tuple[set[str], set[str]]:
     """(symbols the member needs from outside, symbols it provides)."""
     if isinstance(member, Task):  # cheap enough to work out again, and too many to keep
-        return {r.symbol for r in member.requires}, set(member.provided)
+        requires = member.requires
+        return {r.symbol for r in requires} if requires else set(), set(member.provided)
     key = id(member)
     if key in cache:
         return cache[key]
