@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from benchmarks import instructions
 from benchmarks.__main__ import main
 
 
@@ -22,3 +25,13 @@ def test_a_tiny_wide_scenario_runs_and_writes_its_json(tmp_path: Path) -> None:
         assert ("aioflow", variant, 10) in measured
     assert ("asyncio", "gather", 10) in measured
     assert {t["target"] for t in data["targets"]} >= {"wide 10k, SQLite strict"}
+
+
+def test_the_instruction_counts_child_runs_every_subject(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What callgrind runs (valgrind itself is left out: no count is asserted)."""
+    monkeypatch.setattr(instructions, "SLEEP", 0.001)
+    for subject in ("asyncio", "memory", "strict"):
+        for scenario in ("sleeps", "wide", "chain"):
+            instructions._child(subject, scenario, 20, 2, 3)
