@@ -178,8 +178,10 @@ class Run(WaitingAtoms, Reverting):
         seq = self.seq + 1
         time = self.clock() if now is None else now
         if tell and self.publish is not None:
-            if details is None or details is NO_RESULT:  # a listener's own, never shared
-                details = {} if details is None else dict(details)
+            if details is None:
+                details = {}
+            elif details is NO_RESULT:  # shared: a listener gets one of its own
+                details = dict(details)
             event = Event(self.flow_id, seq, time, kind, atom, state, attempt, progress, details)
             ticket = self.journal.append(event)
             self.seq = seq
@@ -298,8 +300,9 @@ class Run(WaitingAtoms, Reverting):
             self.loop = None
         self.loop_thread = threading.get_ident()
         if self.loop is not None:
-            self.scope_class = type(anyio.CancelScope())
             self.members = membership(tg.cancel_scope)
+            if self.members is None:
+                self.scope_class = type(anyio.CancelScope())
         self.start_wakes()
         if self.failing or self.reverting:
             self.start_revert()

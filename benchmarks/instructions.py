@@ -20,81 +20,61 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
+from collections.abc import Awaitable, Callable
 
 import aioflow
 
+from . import _floor, _scenarios
+
 SLEEP = 5.0
 
-
-@aioflow.task
-async def _nap() -> None:
-    await asyncio.sleep(SLEEP)
-
-
-@aioflow.task
-async def _noop() -> None:
-    return None
-
-
-def _flow(scenario: str, n: int) -> aioflow.Flow:
-    if scenario == "sleeps":
-        return aioflow.Unordered("sleeps", *[_nap.using(name=f"s{i}") for i in range(n)])
-    if scenario == "wide":
-        return aioflow.Unordered("wide", *[_noop.using(name=f"t{i}") for i in range(n)])
-    return aioflow.Linear("chain", *[_noop.using(name=f"t{i}") for i in range(n)])
+_FLOWS: dict[str, Callable[[int], aioflow.Flow]] = {
+    "sleeps": _scenarios.sleeps_flow,
+    "wide": _scenarios.wide_flow,
+    "chain": _scenarios.chain_flow,
+}
+_FLOORS: dict[str, Callable[[int], Awaitable[float]]] = {
+    "sleeps": lambda n: _floor.sleeps(n, SLEEP),
+    "wide": _floor.gather,
+    "chain": _floor.chain,
+}
 
 
-async def _floor(scenario: str, n: int) -> None:
-    async def nap() -> None:
-        await asyncio.sleep(SLEEP)
+async def _runs(subject: str, scenario: str, n: int, runs: int, slots: int) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        if subject == "asyncio":
 
-    async def noop() -> None:
-        return None
-
-    if scenario == "chain":
-        for _ in range(n):
-            await noop()
-        return
-    await asyncio.gather(*[(nap if scenario == "sleeps" else noop)() for _ in range(n)])
-
-
-async def _aioflow(scenario: str, journal: str, n: int, runs: int, slots: int) -> None:
-    flow = _flow(scenario, n)
-    with tempfile.TemporaryDirectory(prefix="aioflow-instr-") as tmp:
-        if journal == "memory":
-            engine = aioflow.Engine("memory://")
-        else:
-            engine = aioflow.Engine(f"sqlite:///{tmp}/j.db", durability=journal)  # type: ignore[arg-type]
-        async with engine:
-            for slot in range(slots):
+            async def run() -> None:
                 gc.collect()
-                if slot < runs:
-                    outcome = await engine.run(flow)
-                    if outcome.status is not aioflow.FlowStatus.SUCCESS:
-                        raise RuntimeError(f"the {scenario} flow ended {outcome.status}")
+                await _FLOORS[scenario](n)
 
+        else:
+            config = _scenarios.Config()
+            engine = await stack.enter_async_context(_scenarios.engine_for(subject, config))
+            flow = _FLOWS[scenario](n)
 
-async def _asyncio(scenario: str, n: int, runs: int, slots: int) -> None:
-    for slot in range(slots):
-        gc.collect()
-        if slot < runs:
-            await _floor(scenario, n)
+            async def run() -> None:
+                await _scenarios.run_flow(engine, flow)  # a full collection first
+
+        for slot in range(slots):
+            if slot < runs:
+                await run()
+            else:
+                gc.collect()
 
 
 def _child(subject: str, scenario: str, n: int, runs: int, slots: int) -> None:
     """``runs`` runs (the first a warm-up) in one loop and, for aioflow, one engine, each
     after a full collection; ``slots`` collections in all, whatever ``runs`` is."""
-    if subject == "asyncio":
-        asyncio.run(_asyncio(scenario, n, runs, slots))
-    else:
-        asyncio.run(_aioflow(scenario, subject, n, runs, slots))
+    _scenarios.SLEEP = SLEEP  # the suite's sleeping task reads it each time it sleeps
+    asyncio.run(_runs(subject, scenario, n, runs, slots))
 
 
 def _count(subject: str, scenario: str, n: int, runs: int, slots: int) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import instructions
+from benchmarks import _scenarios, instructions
 from benchmarks.__main__ import main
 
 
@@ -32,6 +32,7 @@ def test_the_instruction_counts_child_runs_every_subject(
 ) -> None:
     """What callgrind runs (valgrind itself is left out: no count is asserted)."""
     monkeypatch.setattr(instructions, "SLEEP", 0.001)
+    monkeypatch.setattr(_scenarios, "SLEEP", _scenarios.SLEEP)  # restored afterwards
     for subject in ("asyncio", "memory", "strict"):
         for scenario in ("sleeps", "wide", "chain"):
             instructions._child(subject, scenario, 20, 2, 3)

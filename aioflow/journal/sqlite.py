@@ -171,23 +171,16 @@ def _small_statement(batch: list[_Row]) -> tuple[str, list[Any]]:
 
 def _event_steps(batch: list[_Row]) -> _Steps:
     """``batch``'s events as (statement, values of each execution) pairs for
-    ``executemany``: as many full statements of :data:`_ONE_STATEMENT` rows as fit, then
-    one statement each for the powers of two that make up the rest."""
+    ``executemany``: as many statements of :data:`_ONE_STATEMENT` rows as fit, then one
+    each for the powers of two that make up the rest."""
     steps: _Steps = []
-    full = len(batch) - len(batch) % _ONE_STATEMENT
-    if full:
-        steps.append(
-            (
-                _INSERT_EVENTS[_ONE_STATEMENT],
-                [_values(batch[i : i + _ONE_STATEMENT]) for i in range(0, full, _ONE_STATEMENT)],
-            )
-        )
-    start, size = full, _ONE_STATEMENT >> 1
+    start, size = 0, _ONE_STATEMENT
     while start < len(batch):
-        if len(batch) - start >= size:
-            chunk = batch[start : start + size]
-            steps.append((_INSERT_EVENTS[size], [_values(chunk)]))
-            start += size
+        end = len(batch) - (len(batch) - start) % size
+        if end > start:
+            chunks = [_values(batch[i : i + size]) for i in range(start, end, size)]
+            steps.append((_INSERT_EVENTS[size], chunks))
+            start = end
         size >>= 1
     return steps
 
