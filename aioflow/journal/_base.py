@@ -35,6 +35,21 @@ class FlowSummary:
     updated: float
     last_seq: int
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> FlowSummary:
+        """The summary a stored row (flow_id, name, status, ref, created, updated,
+        last_seq) holds; a flow with no status yet is PENDING."""
+        flow_id, name, status, ref, created, updated, last_seq = row
+        return cls(
+            flow_id=flow_id,
+            name=name,
+            status=FlowStatus.PENDING if status is None else FlowStatus(status),
+            ref=ref,
+            created=created,
+            updated=updated,
+            last_seq=last_seq,
+        )
+
 
 class Fence:
     """A job's claim that a journal checks before it keeps a flow's events (fencing).

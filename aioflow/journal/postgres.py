@@ -373,18 +373,7 @@ class PostgresJournal(WriterJournal):
             rows = await self._fetch(
                 _SELECT_FLOWS + " WHERE status = $1 ORDER BY created, ord", status.value
             )
-        return [
-            FlowSummary(
-                flow_id=flow_id,
-                name=name,
-                status=FlowStatus.PENDING if status_name is None else FlowStatus(status_name),
-                ref=ref,
-                created=created,
-                updated=updated,
-                last_seq=last_seq,
-            )
-            for flow_id, name, status_name, ref, created, updated, last_seq in rows
-        ]
+        return [FlowSummary.from_row(row) for row in rows]
 
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
