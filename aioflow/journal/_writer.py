@@ -12,7 +12,7 @@ commit nothing more is committed, so storage always holds a prefix of the append
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import anyio
@@ -351,6 +351,34 @@ class WriterJournal(Journal):
     @property
     def is_open(self) -> bool:
         return self._tg is not None
+
+    async def _lost_fences(
+        self,
+        flow_ids: set[str],
+        generations: Callable[[list[str]], Awaitable[Iterable[Sequence[Any]]]],
+    ) -> dict[str, Fence]:
+        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
+
+        ``generations`` reads the (job id, generation) rows of the given jobs inside the
+        commit's transaction, in a way that keeps them from changing before the commit.
+        """
+        lost: dict[str, Fence] = {}
+        by_table: dict[str, Fence] = {}
+        for flow_id in flow_ids:
+            fence = self._fences.get(flow_id)
+            if fence is None:
+                continue
+            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
+                lost[flow_id] = fence
+            elif fence.current is None:
+                by_table[flow_id] = fence
+        if by_table:
+            rows = await generations([fence.job_id for fence in by_table.values()])
+            current: dict[str, int] = {row[0]: row[1] for row in rows}
+            for flow_id, fence in by_table.items():
+                if current.get(fence.job_id) != fence.generation:
+                    lost[flow_id] = fence
+        return lost
 
     def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
         """The event a stored row (seq, time, kind, atom, state, attempt, progress,

@@ -11,7 +11,8 @@ flows (jobs run by a conductor) is a transaction of three: the claim check
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeAlias, cast
 
 import anyio
@@ -148,7 +149,6 @@ class PostgresJournal(WriterJournal):
             with anyio.CancelScope(shield=True):
                 await pool.close()
 
-
     async def _present(self, conn: Any) -> set[str]:
         rows = await conn.fetch(
             "SELECT table_name FROM information_schema.tables"
@@ -270,7 +270,9 @@ class PostgresJournal(WriterJournal):
                         # The check locks job rows; a writer paused inside this transaction
                         # must not keep a conductor from taking its job over for long.
                         await conn.execute(_FENCED_TIMEOUT)
-                        lost = await self._lost_fences(conn, {row[0] for row in batch})
+                        lost = await self._lost_fences(
+                            {row[0] for row in batch}, partial(self._generations, conn)
+                        )
                         if lost:
                             batch = [row for row in batch if row[0] not in lost]
                         if batch:
@@ -284,38 +286,20 @@ class PostgresJournal(WriterJournal):
         for fence in lost.values():
             fence.lose()
 
-    async def _lost_fences(self, conn: Any, flow_ids: set[str]) -> dict[str, Fence]:
-        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
-
-        ``FOR SHARE`` holds the job rows until the commit, so no claim, renewal or
-        release can change them between this check and the commit.
-        """
-        lost: dict[str, Fence] = {}
-        by_table: dict[str, Fence] = {}
-        for flow_id in flow_ids:
-            fence = self._fences.get(flow_id)
-            if fence is None:
-                continue
-            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
-                lost[flow_id] = fence
-            elif fence.current is None:
-                by_table[flow_id] = fence
-        if by_table:
-            try:
-                rows = await conn.fetch(
-                    "SELECT id, generation FROM aioflow_jobs WHERE id = ANY($1::text[]) FOR SHARE",
-                    [fence.job_id for fence in by_table.values()],
-                )
-            except asyncpg.UndefinedTableError as exc:
-                raise JournalError(
-                    f"journal {_redact(self.url)} cannot check job claims ({exc}): fenced "
-                    "writes need the jobboard in the journal's database and schema"
-                ) from exc
-            current: dict[str, int] = {row[0]: row[1] for row in rows}
-            for flow_id, fence in by_table.items():
-                if current.get(fence.job_id) != fence.generation:
-                    lost[flow_id] = fence
-        return lost
+    async def _generations(self, conn: Any, job_ids: list[str]) -> Iterable[Sequence[Any]]:
+        """(id, generation) of the given jobs; ``FOR SHARE`` holds the rows until the
+        commit, so no claim, renewal or release can change them before it."""
+        try:
+            rows: Iterable[Sequence[Any]] = await conn.fetch(
+                "SELECT id, generation FROM aioflow_jobs WHERE id = ANY($1::text[]) FOR SHARE",
+                job_ids,
+            )
+        except asyncpg.UndefinedTableError as exc:
+            raise JournalError(
+                f"journal {_redact(self.url)} cannot check job claims ({exc}): fenced "
+                "writes need the jobboard in the journal's database and schema"
+            ) from exc
+        return rows
 
     async def _conflict(self, batch: list[_Row], exc: BaseException) -> JournalError:
         """Name the (flow, seq) that made a commit fail on the primary key."""
@@ -374,7 +358,6 @@ class PostgresJournal(WriterJournal):
                 _SELECT_FLOWS + " WHERE status = $1 ORDER BY created, ord", status.value
             )
         return [FlowSummary.from_row(row) for row in rows]
-
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         while True:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -516,7 +517,9 @@ class SqliteJournal(WriterJournal):
             await db.execute("BEGIN IMMEDIATE")
             try:
                 if fenced:
-                    lost = await self._lost_fences(db, {row[0] for row in batch})
+                    lost = await self._lost_fences(
+                        {row[0] for row in batch}, partial(self._generations, db)
+                    )
                     if lost:
                         batch = [row for row in batch if row[0] not in lost]
                 for statement, rows in self._inserts(batch) if batch else ():
@@ -529,39 +532,21 @@ class SqliteJournal(WriterJournal):
         for fence in lost.values():
             fence.lose()
 
-    async def _lost_fences(self, db: aiosqlite.Connection, flow_ids: set[str]) -> dict[str, Fence]:
-        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
-
-        Runs inside the commit's IMMEDIATE transaction, so no claim can change between
-        this check and the commit.
-        """
-        lost: dict[str, Fence] = {}
-        by_table: dict[str, Fence] = {}
-        for flow_id in flow_ids:
-            fence = self._fences.get(flow_id)
-            if fence is None:
-                continue
-            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
-                lost[flow_id] = fence
-            elif fence.current is None:
-                by_table[flow_id] = fence
-        if by_table:
-            marks = ", ".join("?" * len(by_table))
-            try:
-                rows = await db.execute_fetchall(
-                    f"SELECT id, generation FROM aioflow_jobs WHERE id IN ({marks})",
-                    [fence.job_id for fence in by_table.values()],
-                )
-            except sqlite3.OperationalError as exc:
-                raise JournalError(
-                    f"journal {self.url} cannot check job claims ({exc}): fenced writes need "
-                    "the jobboard in the journal's SQLite file"
-                ) from exc
-            current: dict[str, int] = {job_id: gen for job_id, gen in rows}
-            for flow_id, fence in by_table.items():
-                if current.get(fence.job_id) != fence.generation:
-                    lost[flow_id] = fence
-        return lost
+    async def _generations(
+        self, db: aiosqlite.Connection, job_ids: list[str]
+    ) -> Iterable[Sequence[Any]]:
+        """(id, generation) of the given jobs, read inside the commit's IMMEDIATE
+        transaction, so no claim can change before the commit."""
+        marks = ", ".join("?" * len(job_ids))
+        try:
+            return await db.execute_fetchall(
+                f"SELECT id, generation FROM aioflow_jobs WHERE id IN ({marks})", job_ids
+            )
+        except sqlite3.OperationalError as exc:
+            raise JournalError(
+                f"journal {self.url} cannot check job claims ({exc}): fenced writes need "
+                "the jobboard in the journal's SQLite file"
+            ) from exc
 
     @classmethod
     def _inserts(cls, batch: list[_Row]) -> _Steps:
