@@ -151,6 +151,8 @@ class WaitingAtoms:
         def spawn(self) -> None: ...
         def check_scope(self, s: int) -> None: ...
         def check_idle(self) -> None: ...
+        def atom_ended(self, i: int) -> None: ...
+        def plan_retry(self, i: int, exc: BaseException) -> float | None: ...
         async def execute(self, i: int) -> None: ...
 
     # Opening ---------------------------------------------------------------------------
@@ -316,20 +318,12 @@ class WaitingAtoms:
             self.cancelled = True
             raise
         finally:
-            self.running -= 1
-            for s in node.scopes:
-                self.scope_running[s] -= 1
-                self.check_scope(s)
-            self.check_idle()
+            self.atom_ended(i)
 
     async def retry_or_fail(self, i: int, exc: BaseException) -> None:
         node = self.nodes[i]
-        task = node.task
-        retry = None if task is None else task.retry
-        attempt = self.attempts[i]
-        if retry is not None and not self.halted(node) and retry.should_retry(attempt, exc):
-            delay = retry.delay(attempt)
-            self.set_atom(i, _S.RETRYING, {"until": self.clock() + delay})
+        delay = self.plan_retry(i, exc)
+        if delay is not None:
             if delay > 0:
                 await self.sleep(delay)
             if not self.halted(node):

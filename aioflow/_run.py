@@ -682,10 +682,8 @@ class Run(WaitingAtoms, Reverting):
                     exc.atom = node.name
                 failure = Failure.from_exception(exc)
                 self.set_atom(i, _S.FAILURE, {"failure": failure.to_dict()})
-                retry = task.retry
-                if retry is not None and not self.halted(node) and retry.should_retry(attempt, exc):
-                    delay = retry.delay(attempt)
-                    self.set_atom(i, _S.RETRYING, {"until": self.clock() + delay})
+                delay = self.plan_retry(i, exc)
+                if delay is not None:
                     if delay > 0:
                         await self.sleep(delay)
                     if not self.halted(node):
@@ -702,6 +700,18 @@ class Run(WaitingAtoms, Reverting):
                     return
                 await self.journal.wait_durable(ticket)
             self.release(i)
+
+    def plan_retry(self, i: int, exc: BaseException) -> float | None:
+        """When atom ``i``'s task retries after ``exc`` (its policy agrees and nothing
+        halted its part of the flow), journal RETRYING and return the delay; else None."""
+        node = self.nodes[i]
+        retry = None if node.task is None else node.task.retry
+        attempt = self.attempts[i]
+        if retry is None or self.halted(node) or not retry.should_retry(attempt, exc):
+            return None
+        delay = retry.delay(attempt)
+        self.set_atom(i, _S.RETRYING, {"until": self.clock() + delay})
+        return delay
 
     def halted(self, node: Node) -> bool:
         """True when nothing more should start for ``node``: the flow or its part fails."""
