@@ -81,6 +81,9 @@ class ExecGraph:
     fingerprint: str
     checkpoints: dict[str, int]
     scopes: list[RetryScope]
+    issues_tokens: bool = False
+    """True when a task of the flow may ask for a completion token (it is given its
+    ``external`` handle or its ``context``): only then does a run need the signer."""
 
     @property
     def atoms(self) -> Iterable[Node]:
@@ -533,6 +536,7 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
         fingerprint=hashlib.sha256(text.encode()).hexdigest()[:32],
         checkpoints=builder.checkpoints,
         scopes=builder.scopes,
+        issues_tokens=any(n.task is not None and n.task.takes_token for n in nodes),
     )
 
 

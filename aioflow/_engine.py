@@ -497,7 +497,9 @@ class Engine:
                 self._limiter = anyio.CapacityLimiter(self.max_concurrency)
             run.limiter = self._limiter
         self._live[run.flow_id] = run
-        if run.signer is None:  # after registering: a completion must find the run live
+        # After registering: a completion must find the run live. Only a flow whose
+        # tasks can hand out a token needs the signer (reading it may cost a commit).
+        if run.signer is None and run.graph.issues_tokens:
             try:
                 run.signer = await self._external.signer()
             except BaseException:
@@ -547,6 +549,8 @@ class Engine:
                 stream.close()
             run.ended.set()
         if run.status is FlowStatus.WAITING:
+            if run.signer is None:  # the outcome lists the open waits with their tokens
+                run.signer = await self._external.signer()
             self._external.rest(run)
         return self._finish(run)
 

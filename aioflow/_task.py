@@ -185,32 +185,16 @@ class Task:
         return None if fn is None else getattr(self, "revert")  # noqa: B009
 
     def _analyse(self) -> None:
-        if self.timeout is not None and not (
-            isinstance(self.timeout, int | float) and self.timeout > 0
-        ):
-            raise ValueError(f"task {self.name!r}: timeout must be a positive number of seconds")
-        if not (isinstance(self.weight, int | float) and self.weight >= 0):
-            raise ValueError(f"task {self.name!r}: weight must be a number >= 0")
+        self._read_signatures()
+        self._configure()
+
+    def _read_signatures(self) -> None:
+        """What execute and revert take, from their signatures (the slow part: a copy
+        made by :meth:`using` keeps it, as it keeps the functions)."""
         execute = self._execute_fn()
         what = f"task {self.name!r}"
         params = _params(execute, what)
-        names = {p.name for p in params}
-        for label, mapping in (("rebind", self.rebind), ("inject", self.inject)):
-            unknown = sorted(set(mapping) - names)
-            if unknown:
-                raise ValueError(
-                    f"{what}: {label} names unknown parameter(s) {', '.join(map(repr, unknown))};"
-                    f" execute takes {', '.join(sorted(names)) or 'none'}"
-                )
-        for symbol in self.rebind.values():
-            if not isinstance(symbol, str) or not symbol:
-                raise ValueError(f"{what}: rebind symbols must be non-empty strings")
         self._params = params
-        self.requires: tuple[Requirement, ...] = tuple(
-            Requirement(p.name, self.rebind.get(p.name, p.name), p.has_default)
-            for p in params
-            if p.injected is None and p.name not in self.inject
-        )
         self._is_async = inspect.iscoroutinefunction(execute)
         self._injects = (
             frozenset(p.injected for p in params if p.injected is not None) or _NO_INJECTS
@@ -222,7 +206,7 @@ class Task:
             self._revert_params = _params(revert, f"revert of {what}")
             self._revert_async = inspect.iscoroutinefunction(revert)
             self._injects |= {p.injected for p in self._revert_params if p.injected is not None}
-            available = names | {"result", "flow_failures"}
+            available = {p.name for p in params} | {"result", "flow_failures"}
             unknown = [
                 p.name
                 for p in self._revert_params
@@ -234,11 +218,46 @@ class Task:
                     f" get: it receives the execute arguments, 'result' and 'flow_failures'"
                 )
 
+    def _configure(self) -> None:
+        """Check the options against the signatures and work out what the task requires."""
+        if self.timeout is not None and not (
+            isinstance(self.timeout, int | float) and self.timeout > 0
+        ):
+            raise ValueError(f"task {self.name!r}: timeout must be a positive number of seconds")
+        if not (isinstance(self.weight, int | float) and self.weight >= 0):
+            raise ValueError(f"task {self.name!r}: weight must be a number >= 0")
+        what = f"task {self.name!r}"
+        params = self._params
+        if self.rebind or self.inject:
+            names = {p.name for p in params}
+            for label, mapping in (("rebind", self.rebind), ("inject", self.inject)):
+                unknown = sorted(set(mapping) - names)
+                if unknown:
+                    raise ValueError(
+                        f"{what}: {label} names unknown parameter(s)"
+                        f" {', '.join(map(repr, unknown))};"
+                        f" execute takes {', '.join(sorted(names)) or 'none'}"
+                    )
+            for symbol in self.rebind.values():
+                if not isinstance(symbol, str) or not symbol:
+                    raise ValueError(f"{what}: rebind symbols must be non-empty strings")
+        self.requires: tuple[Requirement, ...] = tuple(
+            Requirement(p.name, self.rebind.get(p.name, p.name), p.has_default)
+            for p in params
+            if p.injected is None and p.name not in self.inject
+        )
+
     @property
     def provided(self) -> tuple[str, ...]:
         """The symbols this task publishes (empty when it provides nothing)."""
         p = self.provides
         return () if p is None else (p,) if isinstance(p, str) else p
+
+    @property
+    def takes_token(self) -> bool:
+        """True when execute or revert is given the ``external`` handle or the
+        ``context`` (which holds it), so may hand out a completion token."""
+        return INJECT_EXTERNAL in self._injects or INJECT_CONTEXT in self._injects
 
     @property
     def has_revert(self) -> bool:
@@ -279,7 +298,7 @@ class Task:
             clone.weight = weight
         if attributes is not None:
             clone.attributes = dict(attributes)
-        clone._analyse()
+        clone._configure()  # same functions: their signatures were read already
         return clone
 
     # The engine's side -------------------------------------------------------------

@@ -181,6 +181,30 @@ async def test_a_secret_is_created_once_and_kept_in_the_journal(
     assert (await other.resume(outcome.flow_id, approval_flow())).status is FlowStatus.SUCCESS
 
 
+async def test_a_flow_whose_tasks_take_no_token_leaves_the_secret_unread(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reading (or creating) the journal's secret costs a round trip and a commit: a run
+    # pays it only when one of its tasks can be handed a token.
+    from aioflow._tokens import SECRET_META_KEY
+
+    monkeypatch.delenv("AIOFLOW_SECRET", raising=False)
+    plain = aioflow.Linear("plain", side)
+    engine = aioflow.Engine(sqlite_url)
+    assert (await engine.run(plain)).status is FlowStatus.SUCCESS
+    async with engine._session():
+        assert await engine.journal.get_meta(SECRET_META_KEY) is None
+
+    @aioflow.task
+    async def looks(context: aioflow.TaskContext) -> None:
+        TOKENS.append(context.external.token)
+
+    await engine.run(aioflow.Linear("with context", looks))
+    async with engine._session():
+        assert await engine.journal.get_meta(SECRET_META_KEY) is not None
+    assert TOKENS and TOKENS[0]
+
+
 async def test_the_secret_comes_from_aioflow_secret(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

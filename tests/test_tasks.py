@@ -267,6 +267,27 @@ class TestRequirements:
         )
         assert [r.symbol for r in base.requires] == ["a", "b"]
 
+    def test_using_reads_no_signature_again_but_still_checks_its_options(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Reading a signature (inspect, annotations) costs tens of microseconds: a copy
+        # keeps its original's, since it has the same functions.
+        @aioflow.task
+        async def base(a: int, b: int = 0) -> int:
+            return a + b
+
+        def no_signatures(*args: Any, **kwargs: Any) -> None:
+            raise AssertionError("using() read a signature again")
+
+        monkeypatch.setattr(aioflow._task, "_params", no_signatures)
+        copy = base.using(name="copy", rebind={"a": "alpha"}, inject={"b": 1})
+
+        assert [r.symbol for r in copy.requires] == ["alpha"]
+        with pytest.raises(ValueError, match="nope"):
+            base.using(rebind={"nope": "x"})
+        with pytest.raises(ValueError, match="timeout"):
+            base.using(timeout=-1)
+
     def test_changing_a_copys_attributes_leaves_the_original_alone(self) -> None:
         @aioflow.task(attributes={"team": "a"})
         async def base() -> None:
