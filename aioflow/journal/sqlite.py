@@ -174,12 +174,13 @@ def _event_steps(batch: list[_Row]) -> _Steps:
     """``batch``'s events as (statement, values of each execution) pairs for
     ``executemany``: as many statements of :data:`_ONE_STATEMENT` rows as fit, then one
     each for the powers of two that make up the rest."""
+    values = _values(batch)
     steps: _Steps = []
     start, size = 0, _ONE_STATEMENT
     while start < len(batch):
         end = len(batch) - (len(batch) - start) % size
         if end > start:
-            chunks = [_values(batch[i : i + size]) for i in range(start, end, size)]
+            chunks = [values[i * 9 : (i + size) * 9] for i in range(start, end, size)]
             steps.append((_INSERT_EVENTS[size], chunks))
             start = end
         size >>= 1
@@ -187,8 +188,25 @@ def _event_steps(batch: list[_Row]) -> _Steps:
 
 
 def _values(rows: list[_Row]) -> list[Any]:
-    """The values of ``rows`` for one of :data:`_INSERT_EVENTS`, a NULL as ''."""
-    return ["" if value is None else value for row in rows for value in row[:9]]
+    """The values of ``rows`` for :data:`_INSERT_EVENTS`, a NULL as ''. Only atom, state,
+    progress and details may be NULL; no stored text is ever ''."""
+    values: list[Any] = []
+    extend = values.extend
+    for flow_id, seq, time, kind, atom, state, attempt, progress, details, _, _ in rows:
+        extend(
+            (
+                flow_id,
+                seq,
+                time,
+                kind,
+                atom or "",
+                state or "",
+                attempt,
+                "" if progress is None else progress,
+                details or "",
+            )
+        )
+    return values
 
 
 async def set_wal(db: aiosqlite.Connection, *, patience: float = 30.0) -> None:
@@ -561,24 +579,25 @@ class SqliteJournal(WriterJournal):
 
     @staticmethod
     def _summaries(batch: list[_Row]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The flow rows a batch creates and the summary update of each flow it touches."""
-        created: list[tuple[Any, ...]] = []
-        # flow_id -> [max seq, saw a FLOW event, last status, its time]
-        flows: dict[str, list[Any]] = {}
-        for row in batch:
-            flow_id, seq, when, kind = row[0], row[1], row[2], row[3]
-            if row[9] is not None:
-                created.append((flow_id, row[9], row[5], row[10], when, when, seq))
-            summary = flows.get(flow_id)
-            if summary is None:
-                summary = flows[flow_id] = [seq, 0, None, None]
-            elif seq > summary[0]:
-                summary[0] = seq
-            if kind == "FLOW":
-                summary[1:] = [1, row[5], when]
+        """The flow rows a batch creates and the summary update of each flow it touches.
+
+        A flow's rows come in the order of their seq (its run numbers them as it appends
+        them), so the last row of a flow in the batch has its highest seq."""
+        last = {row[0]: row[1] for row in batch}
+        flow_rows = [row for row in batch if row[3] == "FLOW"]
+        if not flow_rows:
+            return [], [(seq, 0, None, None, flow_id) for flow_id, seq in last.items()]
+        created = [
+            (row[0], row[9], row[5], row[10], row[2], row[2], row[1])
+            for row in flow_rows
+            if row[9] is not None
+        ]
+        status = {row[0]: (row[5], row[2]) for row in flow_rows}  # the last FLOW event's
         updates = [
-            (seq, flag, status, when, flow_id)
-            for flow_id, (seq, flag, status, when) in flows.items()
+            (seq, 1, *status[flow_id], flow_id)
+            if flow_id in status
+            else (seq, 0, None, None, flow_id)
+            for flow_id, seq in last.items()
         ]
         return created, updates
 
