@@ -337,7 +337,8 @@ class _Builder:
         self.no_checkpoint_retry(flow)
         providers: dict[str, str] = {}
         for m in flow.members:
-            for symbol in _summary(m, self.summaries)[1]:
+            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
+            for symbol in gives:
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"
@@ -375,7 +376,8 @@ class _Builder:
         members = {m.name: m for m in flow.members}
         providers: dict[str, str] = {}
         for m in flow.members:
-            for symbol in _summary(m, self.summaries)[1]:
+            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
+            for symbol in gives:
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"graph {flow.name!r}: {providers[symbol]!r} and {m.name!r} both provide"

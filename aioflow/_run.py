@@ -40,7 +40,7 @@ from ._revert import FINISHED as _FINISHED
 from ._revert import NO_INJECTIONS as _NO_INJECTIONS
 from ._revert import TO_REVERT, Reverting
 from ._scope import ScopeMembership, membership
-from ._states import AtomState, FlowStatus, check_atom, check_flow
+from ._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
 from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ _S = AtomState
 _LOG = get_logger("aioflow")
 _YIELD_EVERY = 64
 _IN_GROUP: contextlib.nullcontext[None] = contextlib.nullcontext()
+_NO_ARGS: dict[str, Any] = {}  # handed out by Run.arguments, never changed
 
 
 @types.coroutine
@@ -200,7 +201,8 @@ class Run(WaitingAtoms, Reverting):
 
     def set_atom(self, i: int, state: AtomState, details: Mapping[str, Any] | None = None) -> int:
         node = self.nodes[i]
-        check_atom(node.name, self.states[i], state)
+        if state not in ATOM_TRANSITIONS[self.states[i]]:
+            check_atom(node.name, self.states[i], state)  # raises, naming the atom
         now = self.clock()
         if state is _S.RUNNING:
             progress = 0.0
@@ -328,7 +330,7 @@ class Run(WaitingAtoms, Reverting):
         node = self.nodes[i]
         if node.scopes and any(self.scope_failing[s] for s in node.scopes):
             return False
-        if any(self.states[p] is _S.IGNORED for p in node.preds):
+        if node.preds and any(self.states[p] is _S.IGNORED for p in node.preds):
             return self.ignore(i)
         if node.deciders:
             upstream = self.upstream_results(node)
@@ -570,6 +572,9 @@ class Run(WaitingAtoms, Reverting):
         return out
 
     def arguments(self, node: Node) -> dict[str, Any]:
+        """The task's arguments (a shared empty dict, never changed, when it takes none)."""
+        if not node.args:
+            return _NO_ARGS
         args: dict[str, Any] = {}
         for param, provider, symbol in node.args:
             if provider == INPUT:
@@ -642,7 +647,8 @@ class Run(WaitingAtoms, Reverting):
         for s in self.nodes[i].scopes:
             self.scope_running[s] -= 1
             self.check_scope(s)
-        self.check_idle()
+        if self.running == 0:  # check_idle acts on nothing else
+            self.check_idle()
 
     async def execute(self, i: int) -> None:
         node = self.nodes[i]
@@ -664,7 +670,11 @@ class Run(WaitingAtoms, Reverting):
                     async with self.limiter:
                         result = await self.attempt(task, args, injections)
                 elif task.timeout is None:
-                    result = await task._call_execute(args, injections)
+                    direct = task._direct  # async, nothing injected: just call it
+                    if direct is not None:
+                        result = await direct(**args)
+                    else:
+                        result = await task._call_execute(args, injections)
                 else:
                     result = await self.attempt(task, args, injections)
                 if isinstance(result, WaitRequest):

@@ -246,6 +246,11 @@ class Task:
             for p in params
             if p.injected is None and p.name not in self.inject
         )
+        # What the engine may call with the arguments alone: an async execute given no
+        # injections and no fixed values.
+        self._direct: Callable[..., Awaitable[Any]] | None = (
+            self._execute_fn() if self._is_async and not self.inject and not self._injects else None
+        )
 
     @property
     def provided(self) -> tuple[str, ...]:

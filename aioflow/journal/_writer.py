@@ -238,6 +238,8 @@ class GroupWriter(Generic[Row]):
         self._committed(high)
 
 
+_FLOW = EventKind.FLOW
+
 # flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
 EventRow: TypeAlias = tuple[
     str,
@@ -274,13 +276,15 @@ def fields_row(
     details: Mapping[str, Any] | None,
 ) -> EventRow:
     """An event given by its fields as a row (see :func:`encode_row`)."""
-    text = encode_details(codec, flow_id, kind, atom, details)
+    text: str | None = None
     name: str | None = None
     ref: str | None = None
-    if details and kind is EventKind.FLOW and "name" in details:
-        name = str(details["name"])
-        ref_value = details.get("ref")
-        ref = None if ref_value is None else str(ref_value)
+    if details:  # most events have none: a RUNNING, a PROGRESS report
+        text = encode_details(codec, flow_id, kind, atom, details)
+        if kind is _FLOW and "name" in details:
+            name = str(details["name"])
+            ref_value = details.get("ref")
+            ref = None if ref_value is None else str(ref_value)
     return (
         flow_id,
         seq,

@@ -112,7 +112,7 @@ class MemoryJournal(Journal):
             raise JournalError("the memory journal is not open")
         if self._fences:
             _check_fence(self._fences.get(flow_id), flow_id)
-        text = encode_details(self.codec, flow_id, kind, atom, details)
+        text = encode_details(self.codec, flow_id, kind, atom, details) if details else None
         flow = self._flows.get(flow_id)
         if flow is None:
             flow = self._flows[flow_id] = _Flow(seq, time)
