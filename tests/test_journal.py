@@ -184,6 +184,51 @@ async def test_writer_many_waiters_share_a_commit() -> None:
     assert sorted(x for b in rec.batches for x in b) == list(range(1000))
 
 
+async def test_a_lingering_writer_gathers_rows_nobody_waits_for() -> None:
+    rec = Recorder()
+    writer: GroupWriter[int] = GroupWriter(rec, name="test", linger=60.0, linger_rows=10)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        for i in range(1, 4):  # one by one, with the loop running in between
+            writer.append(i)
+            for _ in range(5):
+                await anyio.sleep(0)
+        assert rec.batches == []  # gathering: nobody waits for them yet
+        with anyio.fail_after(5):  # a waiter ends the linger (it would last a minute)
+            await writer.wait_durable(3)
+        assert rec.batches == [[1, 2, 3]]
+        writer.append(4)
+        for _ in range(5):
+            await anyio.sleep(0)
+        for i in range(5, 14):  # the 10th pending row ends the linger too
+            writer.append(i)
+        with anyio.fail_after(5):
+            while writer.durable < 13:
+                await anyio.sleep(0.001)
+        assert rec.batches[1] == list(range(4, 14))
+        writer.append(14)
+        for _ in range(5):
+            await anyio.sleep(0)
+        with anyio.fail_after(5):  # closing commits what lingers, at once
+            await writer.close()
+    assert rec.batches[-1] == [14]
+    assert writer.commits == 3
+
+
+async def test_sqlite_reads_see_rows_the_writer_still_gathers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aioflow.journal.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_LINGER", 60.0)
+    async with SqliteJournal(tmp_path / "j.db") as j:
+        j.append(flow_start("f"))
+        j.append(atom_event("f", 2))
+        with anyio.fail_after(5):
+            assert [e.seq for e in await j.load("f")] == [1, 2]
+            assert [f.flow_id for f in await j.flows()] == ["f"]
+
+
 async def test_writer_unknown_ticket() -> None:
     writer: GroupWriter[int] = GroupWriter(Recorder(), name="test")
     with pytest.raises(ValueError, match="never handed out"):

@@ -36,6 +36,11 @@ class GroupWriter(Generic[Row]):
     ``commit`` receives the whole pending batch and must commit it in order: all of it,
     or raise having committed at most a prefix of it (one transaction, or several in a
     row). ``name`` says which journal this is, for error messages.
+
+    With ``linger`` (seconds), rows that nobody waits for yet are left to gather for up
+    to that long, or until ``linger_rows`` are pending, before the writer commits them:
+    a commit has a fixed cost, and rows arriving one by one would otherwise each pay it.
+    A waiter ends the linger at once (or, with ``commit_now``, commits for itself).
     """
 
     def __init__(
@@ -45,10 +50,16 @@ class GroupWriter(Generic[Row]):
         name: str,
         commit_now: Callable[[list[Row]], bool] | None = None,
         idle: Callable[[], Awaitable[None]] | None = None,
+        linger: float = 0.0,
+        linger_rows: int = 0,
     ) -> None:
         self._commit = commit
         self._commit_now = commit_now
         self._idle = idle
+        self._linger = linger
+        self._linger_rows = linger_rows
+        # Set to end the writer's linger early: a waiter came, the batch is full, closing.
+        self._hurry: anyio.Event | None = None
         self._busy = False
         self._name = name
         self._pending: list[Row] = []
@@ -83,11 +94,14 @@ class GroupWriter(Generic[Row]):
             raise self._error
         if self._closing:
             raise JournalError(f"journal {self._name} is closed")
-        self._pending.append(row)
+        pending = self._pending
+        pending.append(row)
         self.appended += 1
         if not self._woken:
             self._woken = True
             self._wake.set()
+        elif self._hurry is not None and len(pending) >= self._linger_rows:
+            self._hurry.set()
         return self.appended
 
     async def wait_durable(self, ticket: int) -> None:
@@ -116,6 +130,8 @@ class GroupWriter(Generic[Row]):
                     if self._pending and self._error is None:
                         await self._commit_pending()
                 continue
+            if self._hurry is not None:
+                self._hurry.set()  # the writer lingers over rows this waiter needs
             if ticket <= self._inflight:
                 if self._current is None:
                     self._current = anyio.Event()
@@ -148,6 +164,8 @@ class GroupWriter(Generic[Row]):
                     # wake the next round.
                     self._wake = anyio.Event()
                     self._woken = False
+                    if self._linger > 0:
+                        await self._gather()
                     continue
                 # A commit runs to the end even if the task group is cancelled: its
                 # outcome must be known before the log may go on.
@@ -159,6 +177,22 @@ class GroupWriter(Generic[Row]):
             # Wake every waiter: with the writer gone they commit for themselves.
             self._wake_waiters(all_of_them=True)
 
+    async def _gather(self) -> None:
+        """Let rows gather (see ``linger``) unless someone already waits for them."""
+        if (
+            self._closing
+            or self._current is not None
+            or self._next is not None
+            or len(self._pending) >= self._linger_rows
+        ):
+            return
+        self._hurry = hurry = anyio.Event()
+        try:
+            with anyio.move_on_after(self._linger):
+                await hurry.wait()
+        finally:
+            self._hurry = None
+
     async def close(self) -> None:
         """Commit everything pending, stop the writer and raise its error if it failed.
 
@@ -167,6 +201,8 @@ class GroupWriter(Generic[Row]):
         """
         self._closing = True
         self._wake.set()
+        if self._hurry is not None:
+            self._hurry.set()
         with anyio.CancelScope(shield=True):
             if self._running:
                 await self._stopped.wait()
