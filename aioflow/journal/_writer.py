@@ -181,6 +181,7 @@ class GroupWriter(Generic[Row]):
         """Let rows gather (see ``linger``) unless someone already waits for them."""
         if (
             self._closing
+            or not self._pending  # woken by rows the last commit took already
             or self._current is not None
             or self._next is not None
             or len(self._pending) >= self._linger_rows
