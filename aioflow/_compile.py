@@ -146,6 +146,11 @@ def _summary(
     return needs, gives
 
 
+def _gives(member: Member, cache: dict[int, tuple[set[str], set[str]]]) -> Iterable[str]:
+    """The symbols ``member`` provides (a task's own tuple: no set made for it)."""
+    return member.provided if isinstance(member, Task) else _summary(member, cache)[1]
+
+
 class _Builder:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
@@ -337,8 +342,7 @@ class _Builder:
         self.no_checkpoint_retry(flow)
         providers: dict[str, str] = {}
         for m in flow.members:
-            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
-            for symbol in gives:
+            for symbol in _gives(m, self.summaries):
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"
@@ -376,8 +380,7 @@ class _Builder:
         members = {m.name: m for m in flow.members}
         providers: dict[str, str] = {}
         for m in flow.members:
-            gives = m.provided if isinstance(m, Task) else _summary(m, self.summaries)[1]
-            for symbol in gives:
+            for symbol in _gives(m, self.summaries):
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"graph {flow.name!r}: {providers[symbol]!r} and {m.name!r} both provide"

@@ -314,9 +314,9 @@ class Task:
         return {p.name: injections[p.injected] for p in params if p.injected is not None}
 
     def _call_execute(self, args: dict[str, Any], injections: Mapping[str, Any]) -> Awaitable[Any]:
+        if self._direct is not None:
+            return self._direct(**args)
         fn = self._execute_fn()
-        if self._is_async and not self.inject and not self._injects:
-            return fn(**args)  # type: ignore[no-any-return]
         kwargs = {**args, **self.inject, **self._injected(self._params, injections)}
         if self._is_async:
             return fn(**kwargs)  # type: ignore[no-any-return]

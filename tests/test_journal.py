@@ -396,6 +396,28 @@ async def test_few_commits_per_flush(tmp_path: Path) -> None:
         assert len(await j.load("odd")) == 300
 
 
+async def test_a_commit_waits_in_a_thread_while_another_process_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as j:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
+        try:
+            for e in a_flow("f", 300):
+                j.append(e)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(j.flush)  # inline commits refuse to wait: aiosqlite's thread does
+                await anyio.sleep(0.2)
+                assert j.durable == 0
+                other.execute("COMMIT")
+        finally:
+            other.close()
+        assert j.durable == 300
+        assert [e.seq for e in await j.load("f")] == list(range(1, 301))
+        assert [(f.flow_id, f.last_seq) for f in await j.flows()] == [("f", 300)]
+
+
 def interleaved_flows(n: int) -> list[Event]:
     """``n`` events over three flows, with status changes, in one append order."""
     t0 = time.time()

@@ -182,8 +182,7 @@ class GroupWriter(Generic[Row]):
         if (
             self._closing
             or not self._pending  # woken by rows the last commit took already
-            or self._current is not None
-            or self._next is not None
+            or self._next is not None  # a waiter (none waits on a commit: none is running)
             or len(self._pending) >= self._linger_rows
         ):
             return

@@ -4,12 +4,10 @@ The file is in WAL mode, so readers (in this process or another) never block the
 Events go to ``aioflow_events``; ``aioflow_flows`` keeps one summary row per flow and is
 updated in the same transaction. The schema is described in ``docs/journal.md``.
 
-Each aiosqlite call is a hop to the connection's thread (about as costly as the commit
-itself), so a commit of up to :data:`_ONE_STATEMENT` events is a single ``INSERT`` of
-several rows into a temporary view whose ``INSTEAD OF`` trigger writes both tables: one
-statement is one transaction in autocommit mode, hence one hop. Larger batches take four
-or five (``BEGIN``, ``executemany`` of events and of flow summaries, ``COMMIT``), which
-their size dwarfs.
+Commits are made on the event loop's thread by a second connection when they can (see
+:meth:`SqliteJournal._commit_inline`); when the file is locked by another process, or
+the batch holds fenced rows, they go to aiosqlite's thread, where they wait for the
+lock. Both paths run the same statements (:meth:`SqliteJournal._inserts`).
 """
 
 from __future__ import annotations
@@ -48,39 +46,13 @@ _SCHEMA = (
     " created REAL, updated REAL, last_seq INTEGER)",
 )
 
-# Per connection and never written to the file. ``touch`` is set (by the writer) on the
-# rows that must update the flow's summary: FLOW events, and the highest seq of each flow
-# in the batch. Measured against executemany of the events plus executemany of per-flow
-# UPSERTs: the trigger costs ~1.5 us more per row but saves two hops (~90 us each) per
-# commit, so small batches (the common case, and the one latency matters for) use it and
-# large ones use plain statements (:meth:`SqliteJournal._commit_large`).
-_INGEST = """
-PRAGMA synchronous=NORMAL;
-CREATE TEMP VIEW aioflow_ingest(flow_id, seq, time, kind, atom, state, attempt, progress,
-    details, name, ref, touch)
-    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TEMP TRIGGER aioflow_ingest_row INSTEAD OF INSERT ON aioflow_ingest
-    WHEN NEW.flow_id IS NOT NULL BEGIN
-    INSERT INTO aioflow_events VALUES (NEW.flow_id, NEW.seq, NEW.time, NEW.kind, NEW.atom,
-        NEW.state, NEW.attempt, NEW.progress, NEW.details);
-    INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, last_seq)
-        SELECT NEW.flow_id, NEW.name, NEW.state, NEW.ref, NEW.time, NEW.time, NEW.seq
-        WHERE NEW.name IS NOT NULL
-        ON CONFLICT(flow_id) DO NOTHING;
-    UPDATE aioflow_flows SET
-        last_seq = max(last_seq, NEW.seq),
-        status = CASE WHEN NEW.kind = 'FLOW' THEN NEW.state ELSE status END,
-        updated = CASE WHEN NEW.kind = 'FLOW' THEN NEW.time ELSE updated END
-        WHERE NEW.touch AND flow_id = NEW.flow_id;
-END;
-"""
+_PRAGMAS = "PRAGMA synchronous=NORMAL;"
+"""Per connection: a commit survives a crash of the process without an fsync (WAL)."""
 
-# Up to 256 rows (3072 parameters) where SQLite allows 32766 parameters (3.32+), else 64
-# (768, under the old limit of 999).
+# Up to 256 rows (2304 parameters) where SQLite allows 32766 parameters (3.32+), else 64
+# (576, under the old limit of 999).
 _ONE_STATEMENT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 64
-"""Batches up to this size are committed by one multi-row INSERT."""
-
-_WIDTH = 12
+"""The most rows one multi-row INSERT takes."""
 
 _INLINE_ROWS = 256
 """Commits are made on the event loop's thread in transactions of up to this many rows
@@ -122,20 +94,6 @@ _UPDATE_FLOW = (
 )
 
 
-def _statement_size(n: int) -> int:
-    """The row count of the statement that commits ``n`` rows (padded with NULL rows).
-
-    Statements are prepared once per size and kept in the connection's cache; one per
-    possible size would take ~40 MB, so above 16 rows sizes go in steps of 16.
-    """
-    return n if n <= 16 else -(-n // 16) * 16
-
-
-_INSERT_ROWS = {
-    size: "INSERT INTO aioflow_ingest VALUES " + ", ".join([f"({', '.join('?' * _WIDTH)})"] * size)
-    for size in sorted({_statement_size(n) for n in range(1, _ONE_STATEMENT + 1)})
-}
-
 _PAGE = 1000
 """Events read per query by :meth:`SqliteJournal.events`."""
 
@@ -155,23 +113,6 @@ _Row: TypeAlias = EventRow
 _Steps: TypeAlias = list[tuple[str, Sequence[Sequence[Any]]]]
 """Statements with the values of each of their executions, for ``executemany``."""
 _Fetch: TypeAlias = Callable[[str, Iterable[Any]], Awaitable[Iterable[Any]]]
-
-
-def _small_statement(batch: list[_Row]) -> tuple[str, list[Any]]:
-    """The multi-row INSERT into the ingest view that commits ``batch``, and its values."""
-    highest: dict[str, tuple[int, int]] = {}
-    for i, row in enumerate(batch):
-        seen = highest.get(row[0])
-        if seen is None or row[1] > seen[1]:
-            highest[row[0]] = (i, row[1])
-    marked = {i for i, _ in highest.values()}
-    values: list[Any] = []
-    for i, row in enumerate(batch):
-        values += row
-        values.append(1 if row[3] == "FLOW" or i in marked else 0)
-    size = _statement_size(len(batch))
-    values += [None] * (_WIDTH * (size - len(batch)))  # padding rows the trigger skips
-    return _INSERT_ROWS[size], values
 
 
 def _event_steps(batch: list[_Row]) -> _Steps:
@@ -292,7 +233,7 @@ class SqliteJournal(WriterJournal):
             if not await self._check_schema(db):
                 await self._create_schema(db)
             await set_wal(db)
-            await db.executescript(_INGEST)
+            await db.executescript(_PRAGMAS)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await db.close()
@@ -333,7 +274,7 @@ class SqliteJournal(WriterJournal):
             cached_statements=len(_INSERT_EVENTS) + 8,
         )
         try:
-            inline.executescript(_INGEST + "PRAGMA wal_autocheckpoint=0;")
+            inline.executescript(_PRAGMAS + "PRAGMA wal_autocheckpoint=0;")
             for statement in _INSERT_EVENTS.values():
                 # Compiled here, in a worker thread, and kept in the connection's cache;
                 # without values it is then refused: nothing is written.
@@ -368,7 +309,7 @@ class SqliteJournal(WriterJournal):
                 uri=True,
                 isolation_level=None,  # autocommit: we say where transactions are
                 timeout=self._busy_timeout,  # sets SQLite's busy_timeout
-                cached_statements=len(_INSERT_ROWS) + len(_INSERT_EVENTS) + 32,
+                cached_statements=len(_INSERT_EVENTS) + 32,
             )
         except sqlite3.Error as exc:
             if create:
@@ -453,21 +394,12 @@ class SqliteJournal(WriterJournal):
                 await self._maintain()
             if not rest:
                 return
-            if self._fences and any(row[0] in self._fences for row in rest):
-                await self._commit_large(db, rest, fenced=True)
-            elif len(rest) <= _ONE_STATEMENT:
-                await self._commit_small(db, rest)
-            else:
-                await self._commit_large(db, rest)
+            fenced = bool(self._fences) and any(row[0] in self._fences for row in rest)
+            await self._commit_threaded(db, rest, fenced=fenced)
         except sqlite3.IntegrityError as exc:
             raise await self._conflict(db, rest, exc) from exc
         except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError when closed
             raise self._error(f"cannot commit {len(rest)} events", exc) from exc
-
-    @staticmethod
-    async def _commit_small(db: aiosqlite.Connection, batch: list[_Row]) -> None:
-        """One multi-row INSERT into the ingest view: one statement, one transaction, one hop."""
-        await db.execute(*_small_statement(batch))
 
     def _commit_now(self, batch: list[_Row]) -> bool:
         """The writer's fast path, run by a waiter for durability: commit a small,
@@ -529,13 +461,11 @@ class SqliteJournal(WriterJournal):
         self._inline_rows += len(batch)
         return True
 
-    async def _commit_large(
+    async def _commit_threaded(
         self, db: aiosqlite.Connection, batch: list[_Row], *, fenced: bool = False
     ) -> None:
-        """A transaction of plain inserts plus one summary update per flow.
-
-        Two or three hops more than :meth:`_commit_small`, but no trigger per row, which
-        is cheaper from a few hundred rows on. With ``fenced``, the transaction first
+        """Commit ``batch`` in aiosqlite's thread, which waits for the file's lock: one
+        transaction of the same statements as an inline commit. With ``fenced``, it first
         checks the fences of the batch's flows and drops the rows of those it finds lost.
         """
         lost: dict[str, Fence] = {}
