@@ -25,6 +25,7 @@ from aioflow.journal import (
     SqliteJournal,
     open_journal,
 )
+from aioflow.journal import sqlite as sqlite_journal
 from aioflow.journal._writer import GroupWriter
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -416,6 +417,46 @@ async def test_a_commit_waits_in_a_thread_while_another_process_holds_the_file(
         assert j.durable == 300
         assert [e.seq for e in await j.load("f")] == list(range(1, 301))
         assert [(f.flow_id, f.last_seq) for f in await j.flows()] == [("f", 300)]
+
+
+async def test_the_wal_is_checkpointed_and_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_journal, "_CHECKPOINT_EVERY", 200)
+    monkeypatch.setattr(sqlite_journal, "_CATCH_UP_AFTER", 0.0)
+    path = tmp_path / "j.db"
+    wal = tmp_path / "j.db-wal"
+    sizes = []
+    async with SqliteJournal(path) as j:
+        for round_ in range(20):
+            for e in a_flow(f"f{round_}", 300):
+                j.append(e)
+            await j.flush()
+            sizes.append(wal.stat().st_size)
+            await anyio.sleep(0.02)  # a pause: a checkpoint copies the whole WAL
+        # 6,000 rows went through it; each round's could fill it again from the start.
+        assert sizes[-1] <= 2 * max(sizes[:3])
+        assert len(await j.load("f19")) == 300
+
+
+async def test_commits_do_not_wait_for_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_journal, "_CHECKPOINT_EVERY", 100)
+    async with SqliteJournal(tmp_path / "j.db") as j:
+        async with j._worker_lock:  # a checkpoint that takes long: it waits here
+            for e in a_flow("f", 200):
+                j.append(e)
+            await j.flush()
+            with anyio.fail_after(5):
+                while not j._checkpointing:  # the writer starts one when next idle
+                    await anyio.sleep(0.001)
+            for e in a_flow("g", 200):
+                j.append(e)
+            with anyio.fail_after(5):
+                await j.flush()
+            assert j.durable == 400
+        assert len(await j.load("g")) == 200
 
 
 def interleaved_flows(n: int) -> list[Event]:
