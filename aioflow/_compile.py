@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ._errors import InvalidFlowError, MissingInputsError
 from ._flow import Checkpoint, Decider, Flow, Graph, Linear, Member, Unordered
+from ._replay import UNPACK_ONE
 from ._retry import Retry
 from ._task import Task
 
@@ -307,6 +308,11 @@ class _Builder:
         # Tuples of plain values, which the garbage collector stops tracking: a flow of
         # 100k tasks must not make it traverse a million short-lived lists.
         needs = tuple([(r.param, r.symbol, r.optional) for r in requires]) if requires else ()
+        if len(provided) == 1 and isinstance(task.provides, tuple):
+            # provides=("x",) unpacks a one-item result, provides="x" keeps it whole: the
+            # structure (and so the fingerprint) tells them apart. Only here, so that the
+            # fingerprints of every other flow stay what journals already hold.
+            return [i], ("task", task.name, needs, provided, UNPACK_ONE)
         return [i], ("task", task.name, needs, provided)
 
     def linear(self, flow: Linear, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
@@ -549,7 +555,8 @@ def _flatten(structure: list[Any], parent: str, out: dict[str, str]) -> None:
     kind, name = structure[0], structure[1]
     path = f"{parent}/{name}" if parent else name
     if kind == "task":
-        out[name] = f"task at {path} requiring {structure[2]} providing {structure[3]}"
+        unpacked = " (unpacked)" if structure[4:] == [UNPACK_ONE] else ""
+        out[name] = f"task at {path} requiring {structure[2]} providing {structure[3]}{unpacked}"
     elif kind == "checkpoint":
         out[name] = f"checkpoint at {path}"
     else:

@@ -237,6 +237,11 @@ def compaction_cut(events: list[Event], keep: int | None, before: float | None) 
     return cut if cut > 1 else 0
 
 
+UNPACK_ONE = "unpack"
+"""Marks, in a flow's recorded structure, a task that provides a tuple of one symbol
+(written by compile, read here)."""
+
+
 def atom_names(structure: list[Any]) -> list[tuple[str, str]]:
     """Every atom of a recorded flow structure as (name, kind), in definition order;
     kind is "task", "checkpoint" or "retry"."""
@@ -259,26 +264,29 @@ def atom_names(structure: list[Any]) -> list[tuple[str, str]]:
 
 def published(state: FlowState) -> dict[str, Any]:
     """The symbols the flow's finished tasks published, read from the recorded structure
-    (a task that provides several symbols unpacks its result, from a mapping or a
+    (a task that provides a tuple of symbols unpacks its result, from a mapping or a
     sequence; a symbol provided twice takes the later provider's value)."""
     out: dict[str, Any] = {}
     stack = [state.structure] if state.structure else []
-    order: list[tuple[str, list[str]]] = []
+    order: list[tuple[str, list[str], bool]] = []
     while stack:
         node = stack.pop()
         if not isinstance(node, list) or not node:
             continue
         kind = node[0]
         if kind == "task":
-            order.append((str(node[1]), [str(p) for p in node[3]]))
+            provides = [str(p) for p in node[3]]
+            # One symbol is unpacked only when marked so (provides=("x",)), see compile.
+            unpack = len(provides) > 1 or node[4:] == [UNPACK_ONE]
+            order.append((str(node[1]), provides, unpack))
         elif kind in ("linear", "unordered", "graph") and len(node) > 2:
             stack.extend(reversed([m for m in node[2] if isinstance(m, list)]))
-    for name, provides in order:
+    for name, provides, unpack in order:
         record = state.atoms.get(name)
         if record is None or record.state is not AtomState.SUCCESS or not provides:
             continue
         result = record.result
-        if len(provides) == 1:
+        if not unpack:
             out[provides[0]] = result
         elif isinstance(result, Mapping):
             out.update({p: result[p] for p in provides if p in result})

@@ -261,6 +261,10 @@ async def extra_step() -> None:
         ),
         pytest.param(lambda: make_flow(extra=(extra_step,)), "extra_step", id="extra-task"),
         pytest.param(lambda: make_flow(c=step_c.using(provides="w")), "step_c", id="provides"),
+        # provides=("z",) unpacks a one-item result where provides="z" keeps it whole.
+        pytest.param(
+            lambda: make_flow(c=step_c.using(provides=("z",))), "(unpacked)", id="unpacking"
+        ),
     ],
 )
 async def test_resuming_with_a_different_structure_is_refused(

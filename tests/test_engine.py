@@ -450,6 +450,27 @@ async def test_an_error_inside_an_entered_engine_is_not_wrapped_in_a_group() -> 
             raise KeyError("the caller's own error")
 
 
+async def test_the_outcome_read_back_tells_a_one_symbol_tuple_from_a_symbol(
+    sqlite_url: str,
+) -> None:
+    @aioflow.task(provides=("x",))
+    async def unpacked() -> list[int]:
+        return [5]
+
+    @aioflow.task(provides="y")
+    async def whole() -> list[int]:
+        return [6]
+
+    @aioflow.task(provides=("z",))
+    async def by_name() -> dict[str, int]:
+        return {"z": 7, "other": 8}
+
+    live = await aioflow.Engine(sqlite_url).run(aioflow.Unordered("ones", unpacked, whole, by_name))
+    read = await aioflow.Engine(sqlite_url).outcome(live.flow_id)
+
+    assert dict(read.results) == dict(live.results) == {"x": 5, "y": [6], "z": 7}
+
+
 async def test_the_outcome_read_back_from_the_journal_has_the_results_and_open_waits(
     sqlite_url: str,
 ) -> None:
