@@ -670,11 +670,7 @@ class Run(WaitingAtoms, Reverting):
                     async with self.limiter:
                         result = await self.attempt(task, args, injections)
                 elif task.timeout is None:
-                    direct = task._direct  # async, nothing injected: just call it
-                    if direct is not None:
-                        result = await direct(**args)
-                    else:
-                        result = await task._call_execute(args, injections)
+                    result = await task._call_execute(args, injections)
                 else:
                     result = await self.attempt(task, args, injections)
                 if isinstance(result, WaitRequest):

@@ -57,8 +57,8 @@ _ONE_STATEMENT = 256 if sqlite3.sqlite_version_info >= (3, 32, 0) else 64
 
 _INLINE_ROWS = 256
 """Commits are made on the event loop's thread in transactions of up to this many rows
-(about 50 us plus 2 us a row: under a millisecond), with a checkpoint of the loop between
-two of them."""
+(about 50 us plus 2 us a row: under a millisecond), yielding to the loop between two of
+them."""
 
 _LINGER = 0.002
 """Seconds that rows nobody waits for yet may gather before the writer commits them (a
@@ -72,12 +72,12 @@ commits wait for it: a passive checkpoint takes no lock that a writer needs."""
 
 _CATCH_UP_AFTER = 0.1
 """Seconds between two tries to catch up with a WAL that checkpoints left behind (see
-:meth:`SqliteJournal._idle`)."""
+:meth:`SqliteJournal._maintain`)."""
 
-# The statements of the plain path (inline commits and large batches); the same effect
-# as the trigger's. Events go in by multi-row INSERTs of a power of two rows each, up to
-# _ONE_STATEMENT: one statement of 256 rows costs a third less a row than 256 executions
-# of a one-row INSERT, and nine sizes are few enough to stay prepared.
+# The statements of every commit (inline or in aiosqlite's thread). Events go in by
+# multi-row INSERTs of a power of two rows each, up to _ONE_STATEMENT: one statement of
+# 256 rows costs a third less a row than 256 executions of a one-row INSERT, and nine
+# sizes are few enough to stay prepared.
 # A NULL is bound as '' and turned back by NULLIF: the sqlite3 module binds None through
 # its adapter lookup (an AttributeError made and cleared), a fifth of a row's whole cost;
 # no stored text is ever ''.
@@ -266,7 +266,7 @@ class SqliteJournal(WriterJournal):
             self._commit,
             name=self.url,
             commit_now=self._commit_now,
-            idle=self._idle,
+            idle=self._maintain,
             linger=_LINGER,
             linger_rows=_INLINE_ROWS,
         )
@@ -429,22 +429,17 @@ class SqliteJournal(WriterJournal):
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
 
     async def _maintain(self) -> None:
-        """After inline commits: start a WAL checkpoint once :data:`_CHECKPOINT_EVERY`
-        rows were committed inline since the last one began. Nothing waits for it.
+        """Start a WAL checkpoint, which nothing waits for (the writer's idle callback,
+        and after inline commits): once :data:`_CHECKPOINT_EVERY` rows were committed
+        inline since the last one began, and, at most every :data:`_CATCH_UP_AFTER`
+        seconds, when the last one met commits.
 
         Awaiting it held the writer up for the checkpoint and then for the busy loop to
-        take its result back: 3-4 us a task over a 100k-task flow.
+        take its result back: 3-4 us a task over a 100k-task flow. The WAL starts over
+        from its beginning only at a commit that follows a checkpoint which copied all of
+        it; one that met commits did not, and under a steady stream of rows none does. A
+        catch-up in a pause of the stream does.
         """
-        if self._inline_rows >= _CHECKPOINT_EVERY:
-            self._start_checkpoint()
-
-    async def _idle(self) -> None:
-        """The writer's idle callback: as :meth:`_maintain`, and also when the last
-        checkpoint met commits, at most every :data:`_CATCH_UP_AFTER` seconds.
-
-        The WAL starts over from its beginning only at a commit that follows a
-        checkpoint which copied all of it; one that met commits did not, and under a
-        steady stream of rows none does. A catch-up in a pause of the stream does."""
         if self._inline_rows >= _CHECKPOINT_EVERY:
             self._start_checkpoint()
         elif self._wal_behind and not self._checkpointing:
@@ -555,8 +550,8 @@ class SqliteJournal(WriterJournal):
 
     @classmethod
     def _inserts(cls, batch: list[_Row]) -> _Steps:
-        """The plain statements that commit ``batch`` (the trigger's effect without it):
-        its events, the flows it creates, and the summary update of each flow it touches."""
+        """The statements that commit ``batch``: its events, the flows it creates, and
+        the summary update of each flow it touches."""
         created, updates = cls._summaries(batch)
         steps = _event_steps(batch)
         if created:
