@@ -13,6 +13,7 @@ from ._engine import FlowHandle as FlowHandle
 from ._errors import AioflowError as AioflowError
 from ._errors import AmbiguousError as AmbiguousError
 from ._errors import ExternalTimeoutError as ExternalTimeoutError
+from ._errors import FlowBusyError as FlowBusyError
 from ._errors import FlowFailedError as FlowFailedError
 from ._errors import FlowMismatchError as FlowMismatchError
 from ._errors import InvalidFlowError as InvalidFlowError
@@ -70,6 +71,7 @@ __all__ = [
     "ExternalTimeoutError",
     "Failure",
     "Flow",
+    "FlowBusyError",
     "FlowFailedError",
     "FlowHandle",
     "FlowMismatchError",

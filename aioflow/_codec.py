@@ -14,6 +14,9 @@ A dict of the caller's that itself holds the tag key is written in the ``"dict"`
 so it is never mistaken for a tagged value. :class:`PickleCodec` stores any picklable
 value as base64 text, for those who ask for it by name; :func:`get_codec` turns a
 codec spec (``None``, ``"json"``, ``"pickle"`` or a codec object) into a codec.
+:func:`size_hint` estimates cheaply how large a value's text will be, and
+:func:`encode_in_pieces` makes the text of a large one in short steps, for a worker
+thread (see :mod:`aioflow._values`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import json
 import json.encoder
 import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import SerializationError
@@ -56,6 +59,126 @@ handed to listeners (they get a copy), never changed."""
 _NO_RESULT_JSON = '{"result":null}'
 
 
+class Encoded(Mapping[str, Any]):
+    """Event details already encoded by the journal's codec (a large value encoded off
+    the event loop): reads as the details themselves, and a journal stores ``text``
+    as it is instead of encoding them again."""
+
+    __slots__ = ("details", "text")
+
+    def __init__(self, details: Mapping[str, Any], text: str) -> None:
+        self.details = details
+        self.text = text
+
+    def __getitem__(self, key: str) -> Any:
+        return self.details[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.details)
+
+    def __len__(self) -> int:
+        return len(self.details)
+
+    def __repr__(self) -> str:  # never the value: it is large
+        return f"Encoded({len(self.text):,} characters)"
+
+
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def size_hint(value: object, nodes: int = 256) -> int | None:
+    """A quick estimate of how many bytes ``value`` takes once encoded, or None when
+    telling would mean looking at more than ``nodes`` of its parts.
+
+    Cheap for small values (an int or a short string costs a type check). Bytes and
+    strings count by their length (bytes as base64), containers by what they hold, and
+    other objects by their own size (``sys.getsizeof``) and their attributes. The
+    :class:`JsonCodec` never encodes JSON types, bytes and containers of them to fewer
+    bytes than the estimate.
+    """
+    if type(value) is str:
+        return len(value) + 2
+    if type(value) is int:
+        return (value.bit_length() >> 2) + 1  # bits / 4: fewer than its decimal digits
+    total = 0
+    stack = [value]
+    # Scalars are counted in place, as cheaply as can be (a number as the one character
+    # it takes at least): most results are small containers of them, and every result
+    # is estimated.
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            nodes -= 2 * len(v)
+            if nodes < 0:
+                return None
+            total += 1 + 2 * len(v)  # braces, and a colon and a comma each
+            for k, x in v.items():
+                if type(k) is str:
+                    total += len(k) + 2
+                else:
+                    stack.append(k)
+                t = type(x)
+                if t is str:
+                    total += len(x) + 2
+                elif t is int or t is float or t is bool or x is None:
+                    total += 1
+                else:
+                    stack.append(x)
+        elif isinstance(v, _SEQUENCES):
+            nodes -= len(v)
+            if nodes < 0:
+                return None
+            total += 1 + len(v)
+            for x in v:
+                t = type(x)
+                if t is str:
+                    total += len(x) + 2
+                elif t is int or t is float or t is bool or x is None:
+                    total += 1
+                else:
+                    stack.append(x)
+        else:
+            size, attrs = _leaf_hint(v)
+            nodes -= 1 + len(attrs)
+            if nodes < 0:
+                return None
+            total += size
+            stack.extend(attrs)
+    return total
+
+
+_NO_ATTRS: tuple[object, ...] = ()
+
+
+def _leaf_hint(v: object) -> tuple[int, Collection[object]]:
+    """:func:`size_hint` of ``v``, neither a dict nor a sequence, without its attributes,
+    and the attributes still to look into."""
+    if isinstance(v, str):
+        return len(v) + 2, _NO_ATTRS
+    if isinstance(v, int):  # bool too
+        return (v.bit_length() >> 2) + 1, _NO_ATTRS
+    if isinstance(v, float) or v is None:
+        return 3, _NO_ATTRS
+    if isinstance(v, bytes | bytearray):
+        return (len(v) + 2) // 3 * 4, _NO_ATTRS  # as base64
+    if isinstance(v, memoryview):
+        return (v.nbytes + 2) // 3 * 4, _NO_ATTRS
+    # Datetimes, enums, dataclasses, anything a custom codec stores.
+    try:
+        size = sys.getsizeof(v, 64)
+        attrs = getattr(v, "__dict__", None)
+        if type(attrs) is dict:
+            return size, attrs.values()
+        return size, [getattr(v, name, None) for name in _dataclass_slots(type(v))]
+    except Exception:  # an odd object's own doing: the codec will judge it
+        return 64, _NO_ATTRS
+
+
+def _dataclass_slots(t: type) -> tuple[str, ...]:
+    """The fields of a dataclass without ``__dict__`` (slots=True); () for other types."""
+    return _dataclass_fields(t) if dataclasses.is_dataclass(t) else ()
+
+
 class Codec(Protocol):
     """Turns values into text for the journal and back."""
 
@@ -70,6 +193,8 @@ class Codec(Protocol):
 
 
 def _refuse(o: object) -> object:
+    if type(o) is _Base64:  # a large bytes value written whole (see _write for pieces)
+        return "".join(o.pieces())
     raise TypeError(f"not JSON: {type(o).__name__}")
 
 
@@ -248,10 +373,11 @@ def _walk(value: object, depth: int, active: set[int]) -> object:
         finally:
             active.discard(key)
 
-    if t is bytes:
-        return _tagged("bytes", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
-    if t is bytearray:
-        return _tagged("bytearray", base64.b64encode(value).decode("ascii"))  # type: ignore[arg-type]
+    if t is bytes or t is bytearray:
+        data: bytes | bytearray = value  # type: ignore[assignment]
+        if len(data) >= _PIECE_BYTES:
+            return _tagged(t.__name__, _Base64(data))
+        return _tagged(t.__name__, base64.b64encode(data).decode("ascii"))
     # A value of a datetime, uuid or decimal type exists only once its module is
     # loaded, so these imports find it in sys.modules; other values never load them.
     module = t.__module__
@@ -492,6 +618,100 @@ _plain_scan: Callable[[str, int], tuple[object, int]] = _plain_decoder.scan_once
 _tagged_decoder = json.JSONDecoder(object_hook=_object_hook)
 
 
+# --------------------------------------------------------------------------- in pieces
+
+_PIECE = 256 * 1024
+"""About how many characters of text one call into C makes when a large value is
+encoded in pieces: a few milliseconds of work, after which a worker thread lets the
+event loop's thread have the GIL."""
+_PIECE_BYTES = _PIECE // 4 * 3  # as many bytes as make _PIECE characters of base64
+
+
+class _Base64:
+    """A large bytes value in a walked tree: its base64 text is made when written, in
+    pieces by :func:`_write`, whole by the JSON encoder."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def pieces(self) -> list[str]:
+        view = memoryview(self.data)
+        return [
+            base64.b64encode(view[i : i + _PIECE_BYTES]).decode("ascii")
+            for i in range(0, len(view), _PIECE_BYTES)
+        ]
+
+    def __sizeof__(self) -> int:  # what size_hint counts: the length of its text
+        return (len(self.data) + 2) // 3 * 4
+
+
+def _write(tree: object, out: list[str]) -> None:
+    """Append the JSON text of ``tree`` (a tree :func:`_walk` made) to ``out``, in
+    pieces of about :data:`_PIECE` characters."""
+    hint = size_hint(tree, 64)
+    if hint is not None and hint <= _PIECE:
+        out.append(_text(tree))
+        return
+    if type(tree) is str:
+        out.append('"')
+        for i in range(0, len(tree), _PIECE):
+            out.append(_text(tree[i : i + _PIECE])[1:-1])
+        out.append('"')
+    elif type(tree) is _Base64:
+        out.append('"')
+        out.extend(tree.pieces())
+        out.append('"')
+    elif type(tree) is dict:  # its keys are str: _walk tagged any other dict
+        sep = "{"
+        for key, item in tree.items():
+            out.append(sep + _text(key) + ":")
+            _write(item, out)
+            sep = ","
+        out.append("}")
+    elif type(tree) is list:
+        # Small items go to C together, a piece's worth at a time; large ones alone.
+        sep = "["
+        batch: list[object] = []
+        size = 0
+        for item in tree:
+            hint = size_hint(item, 64)
+            if hint is not None and hint <= _PIECE:
+                batch.append(item)
+                size += hint
+                if size < _PIECE:
+                    continue
+            if batch:
+                out.append(sep + _text(batch)[1:-1])
+                sep = ","
+                batch, size = [], 0
+            if hint is None or hint > _PIECE:
+                out.append(sep)
+                _write(item, out)
+                sep = ","
+        if batch:
+            out.append(sep + _text(batch)[1:-1])
+        elif sep == "[":
+            out.append(sep)
+        out.append("]")
+    else:
+        out.append(_text(tree))
+
+
+def _refusal(exc: BaseException) -> SerializationError:
+    """The error :class:`JsonCodec` raises for what stopped the walk of a value."""
+    if isinstance(exc, _Unencodable):
+        where = _format_path(exc.segments)
+        return SerializationError(f"cannot encode {exc.subject} at {where}: {exc.reason}")
+    if isinstance(exc, RecursionError):
+        return SerializationError(
+            f"cannot encode value: nested too deeply (more than {MAX_DEPTH} levels "
+            "or close to the interpreter's recursion limit)"
+        )
+    return SerializationError(f"cannot encode value: {exc}")  # e.g. an int too long
+
+
 # --------------------------------------------------------------------------- codecs
 
 
@@ -541,17 +761,18 @@ class JsonCodec:
     def _encode_walk(self, value: object) -> str:
         try:
             return _text(_walk(value, 0, set()))
-        except _Unencodable as exc:
-            where = _format_path(exc.segments)
-            message = f"cannot encode {exc.subject} at {where}: {exc.reason}"
-            raise SerializationError(message) from None
-        except RecursionError:
-            raise SerializationError(
-                f"cannot encode value: nested too deeply (more than {MAX_DEPTH} levels "
-                "or close to the interpreter's recursion limit)"
-            ) from None
-        except ValueError as exc:  # e.g. an int too long to write as decimal digits
-            raise SerializationError(f"cannot encode value: {exc}") from exc
+        except (_Unencodable, RecursionError, ValueError) as exc:
+            raise _refusal(exc) from (exc if isinstance(exc, ValueError) else None)
+
+    def encode_pieces(self, value: object) -> list[str]:
+        """The text :meth:`encode` makes of ``value``, in pieces to be joined, each made
+        by a short call into C (see :func:`encode_in_pieces`)."""
+        out: list[str] = []
+        try:
+            _write(_walk(value, 0, set()), out)
+        except (_Unencodable, RecursionError, ValueError) as exc:
+            raise _refusal(exc) from (exc if isinstance(exc, ValueError) else None)
+        return out
 
     def decode(self, data: str) -> object:
         """Return the value that :meth:`encode` turned into ``data``.
@@ -591,19 +812,12 @@ class PickleCodec:
 
     def encode(self, value: object) -> str:
         """Pickle ``value``; a value pickle refuses raises SerializationError."""
-        import pickle  # here, not at the top: most programs never pickle
+        return base64.b64encode(_pickled(value)).decode("ascii")
 
-        try:
-            raw = pickle.dumps(value, protocol=5)
-        except RecursionError:
-            raise SerializationError(
-                f"cannot pickle a value of type {_type_name(type(value))}: nested too deeply"
-            ) from None
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot pickle a value of type {_type_name(type(value))}: {exc}"
-            ) from exc
-        return base64.b64encode(raw).decode("ascii")
+    def encode_pieces(self, value: object) -> list[str]:
+        """The text :meth:`encode` makes of ``value``, in pieces to be joined, each made
+        by a short call into C (see :func:`encode_in_pieces`)."""
+        return _Base64(_pickled(value)).pieces()
 
     def decode(self, data: str) -> object:
         """Unpickle what :meth:`encode` wrote; bad text raises SerializationError."""
@@ -620,6 +834,32 @@ class PickleCodec:
 
     def __repr__(self) -> str:
         return "PickleCodec()"
+
+
+def _pickled(value: object) -> bytes:
+    import pickle  # here, not at the top: most programs never pickle
+
+    try:
+        return pickle.dumps(value, protocol=5)
+    except RecursionError:
+        raise SerializationError(
+            f"cannot pickle a value of type {_type_name(type(value))}: nested too deeply"
+        ) from None
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot pickle a value of type {_type_name(type(value))}: {exc}"
+        ) from exc
+
+
+def encode_in_pieces(codec: Codec, value: object) -> list[str]:
+    """What ``codec.encode(value)`` returns, as pieces to be joined: for a large value,
+    in a worker thread. The built-in codecs make each piece by a short call into C, so
+    the thread lets the event loop's thread run between two (one call for the whole
+    value would hold the GIL, and stop the loop, until it ends). The text of another
+    codec is one piece."""
+    if type(codec) is JsonCodec or type(codec) is PickleCodec:
+        return codec.encode_pieces(value)
+    return [codec.encode(value)]
 
 
 def _preview(data: object) -> str:

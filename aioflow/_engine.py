@@ -6,8 +6,8 @@ import importlib
 import inspect
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -19,10 +19,12 @@ from ._codec import Codec
 from ._compile import ExecGraph, compile_flow, describe_differences
 from ._errors import (
     AioflowError,
+    FlowBusyError,
     FlowFailedError,
     FlowMismatchError,
     InvalidFlowError,
     JournalError,
+    LeaseLostError,
     NotFoundError,
     SerializationError,
 )
@@ -33,11 +35,14 @@ from ._external import ExternalWork
 from ._flow import Flow
 from ._log import get_logger
 from ._outcome import AtomOutcome, Outcome, Waiting
+from ._owner import Ownership, check_lease, new_engine_id
 from ._progress import FlowProgress
 from ._replay import FlowState, published, replay
 from ._run import Run
 from ._states import AtomState, FlowStatus
-from .journal import Journal, open_journal
+from ._values import DEFAULT_MAX_VALUE_BYTES, check_limit
+from .journal import FlowSummary, Journal, open_journal
+from .journal._base import Fence
 
 Listener = Callable[[Event], Any]
 FlowRef = Flow | str
@@ -86,6 +91,33 @@ def _checkpoint_index(graph: ExecGraph, name: str, label: str = "") -> int:
             atoms=[name],
         )
     return index
+
+
+class _Moved(Exception):
+    """A flow changed its status between being read and being taken."""
+
+
+class _Slot:
+    """A flow this engine is taking or running: what a second caller in the engine joins
+    instead of running it twice."""
+
+    __slots__ = ("done", "error", "outcome")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.outcome: Outcome | None = None
+        self.error: Exception | None = None
+
+    async def join(self) -> Outcome | None:
+        """The run's outcome once it ends (None when it was cancelled); raises what the
+        run raised (a new :class:`FlowFailedError` for a failed flow)."""
+        await self.done.wait()
+        error = self.error
+        if isinstance(error, FlowFailedError):
+            raise FlowFailedError(error.outcome) from error.__cause__
+        if error is not None:
+            raise error
+        return self.outcome
 
 
 class FlowHandle:
@@ -141,12 +173,15 @@ class Engine:
         max_concurrency: int | None = None,
         listeners: Iterable[Listener] = (),
         codec: Codec | str | None = None,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
         secret: str | bytes | None = None,
         registry: Any = None,
         durability: Literal["strict", "batched"] = "strict",
         progress_interval: float = 0.5,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        lease: float = 30.0,
+        recover: bool = False,
     ) -> None:
         if durability not in ("strict", "batched"):
             raise ValueError(f"durability must be 'strict' or 'batched', not {durability!r}")
@@ -158,10 +193,17 @@ class Engine:
             raise ValueError(f"max_concurrency must be a positive integer, not {max_concurrency!r}")
         if not progress_interval >= 0:
             raise ValueError(f"progress_interval must be >= 0, not {progress_interval!r}")
+        self.lease = check_lease(lease)
+        self.recover = bool(recover)
+        self.id = new_engine_id()
+        """This engine's id: the owner the journal records for the flows it runs."""
         self.journal: Journal = open_journal(journal, codec=codec)
+        self.journal.clock = clock
         self.max_concurrency = max_concurrency
         self.durability = durability
         self.progress_interval = float(progress_interval)
+        self.max_value_bytes = check_limit(max_value_bytes)
+        """The most bytes of encoded text an atom's result may take (None: no limit)."""
         self.secret = secret
         self.registry = registry
         self._clock = clock
@@ -176,6 +218,11 @@ class Engine:
             )
             (self._async_listeners if is_async else self._sync_listeners).append(fn)
         self._live: dict[str, Run] = {}
+        self._slots: dict[str, _Slot] = {}
+        # Renewed in real time (an injected sleep that returns at once must not make the
+        # heartbeat spin); its expiry is on the engine's clock, so a clock that jumps
+        # ahead lets other engines take this one's flows over, as a real pause would.
+        self._ownership = Ownership(self.journal, self.id, self.lease, clock, anyio.sleep)
         self._histories: dict[str, tuple[float, History | None]] = {}
         # progress() of flows that can no longer change by themselves: flow id ->
         # (last seq, report); a later event makes progress() read the journal again.
@@ -203,6 +250,12 @@ class Engine:
             await stack.aclose()
             raise
         self._stack = stack
+        self._tg.start_soon(
+            self._ownership.run,
+            self._busy,
+            self._recover_orphans if self.recover else None,
+            name="aioflow heartbeat",
+        )
         return self
 
     async def __aexit__(
@@ -280,6 +333,7 @@ class Engine:
             strict=self.durability == "strict",
             progress_interval=self.progress_interval,
             seq=seq,
+            max_value_bytes=self.max_value_bytes,
         )
 
     def _prepare(
@@ -331,12 +385,41 @@ class Engine:
         """
         run, start = self._prepare(flow, inputs, flow_id, stop_at)
         async with self._session():
-            await self._begin(run, start, explicit_id=flow_id is not None)
-            return await self._drive(run)
+            with self._holding(run.flow_id) as slot:
+                await self._begin(run, start, explicit_id=flow_id is not None)
+                slot.outcome = await self._drive(run)
+                return slot.outcome
+
+    def _hold(self, flow_id: str) -> _Slot:
+        """Reserve ``flow_id`` for one run in this engine (before anything awaits)."""
+        if flow_id in self._slots:
+            raise AioflowError(f"flow {flow_id} is already running in this engine")
+        slot = self._slots[flow_id] = _Slot()
+        return slot
+
+    @contextmanager
+    def _holding(self, flow_id: str) -> Iterator[_Slot]:
+        """Hold ``flow_id`` for one run in this engine; what the block raises is what a
+        joining caller gets."""
+        slot = self._hold(flow_id)
+        try:
+            yield slot
+        except Exception as exc:
+            slot.error = exc
+            raise
+        finally:
+            self._let_go(flow_id, slot)
+
+    def _let_go(self, flow_id: str, slot: _Slot) -> None:
+        if self._slots.get(flow_id) is slot:
+            del self._slots[flow_id]
+        slot.done.set()
+
+    def _busy(self) -> bool:
+        """True while this engine runs (or takes) flows: its heartbeat is renewed."""
+        return bool(self._slots)
 
     async def _begin(self, run: Run, start: dict[str, Any], *, explicit_id: bool) -> None:
-        if run.flow_id in self._live:
-            raise AioflowError(f"flow {run.flow_id} is already running in this engine")
         if explicit_id:
             try:
                 await self.journal.load(run.flow_id)
@@ -346,12 +429,62 @@ class Engine:
                 raise AioflowError(
                     f"flow {run.flow_id} already exists in the journal; resume it instead"
                 )
+        await self._ownership.ensure()
+        # A new flow is made owned by this engine, generation 1, by its first commit.
+        self._fence(run, 1)
         try:
             run.set_flow(FlowStatus.RUNNING, start)
         except SerializationError as exc:
+            self.journal.set_fence(run.flow_id, None)
             raise SerializationError(
                 f"the inputs of flow {run.flow_id} cannot be stored: {exc}"
             ) from exc
+
+    def _fence(self, run: Run, generation: int) -> None:
+        fence = run.fence = Fence(self.id, generation)
+        self.journal.set_fence(run.flow_id, fence)
+
+    async def _take(
+        self,
+        flow_id: str,
+        flow: FlowRef | None = None,
+        *,
+        graph: ExecGraph | None = None,
+        only: FlowStatus | None = None,
+    ) -> Run | None:
+        """The restored run of ``flow_id``, taken by this engine unless the flow is final.
+
+        With ``only``, a flow in another status is left as it is (None). Raises
+        :class:`FlowBusyError` when a live engine owns the flow elsewhere.
+        """
+        state = replay(flow_id, await self.journal.load(flow_id))
+        if only is not None and state.status is not only:
+            return None
+        if state.status.is_final:
+            return self._restore(state, flow, graph)
+        await self._ownership.ensure()
+        generation, last_seq = await self.journal.take(flow_id, self.id)
+        try:
+            if last_seq != state.last_seq:  # it moved between our read and our taking
+                state = replay(flow_id, await self.journal.load(flow_id))
+                if only is not None and state.status is not only:
+                    raise _Moved
+            run = self._restore(state, flow, graph)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._give_up(flow_id, generation)
+            if isinstance(exc, _Moved):
+                return None
+            raise
+        self._fence(run, generation)
+        return run
+
+    async def _give_up(self, flow_id: str, generation: int) -> None:
+        """Give up a flow taken for nothing (or whose run could not write its end)."""
+        try:
+            await self.journal.disown(flow_id, self.id, generation)
+        except JournalError:
+            self._ownership.give_up(flow_id, generation)  # when the journal is back
 
     async def start(
         self,
@@ -364,19 +497,32 @@ class Engine:
         """Start ``flow`` in the entered engine's background and return a handle at once."""
         tg = self._require_entered("start")
         run, start = self._prepare(flow, inputs, flow_id, stop_at)
-        await self._begin(run, start, explicit_id=flow_id is not None)
+        slot = self._hold(run.flow_id)
+        try:
+            await self._begin(run, start, explicit_id=flow_id is not None)
+        except BaseException:
+            self._let_go(run.flow_id, slot)
+            raise
         handle = FlowHandle(self, run.flow_id)
-        work = self._external.through(self._drive(run), run.flow_id)
-        tg.start_soon(self._background, handle, work, name=f"flow {run.flow_id}")
+        tg.start_soon(self._background, handle, run, slot, name=f"flow {run.flow_id}")
         return handle
 
-    async def _background(self, handle: FlowHandle, work: Any) -> None:
+    async def _background(self, handle: FlowHandle, run: Run, slot: _Slot) -> None:
+        drive = self._drive(run)
         try:
             with handle._scope:
-                handle._outcome = await work
+                try:
+                    outcome = slot.outcome = await drive
+                except Exception as exc:
+                    slot.error = exc
+                    raise
+                finally:
+                    self._let_go(run.flow_id, slot)
+                handle._outcome = await self._external.through(outcome, run.flow_id)
         except Exception as exc:
             handle._error = exc
         finally:
+            drive.close()  # never awaited when cancelled before it started
             if handle._outcome is None and handle._error is None:
                 handle._error = anyio.get_cancelled_exc_class()("the flow run was cancelled")
             handle._done.set()
@@ -392,12 +538,15 @@ class Engine:
         """Continue flow ``flow_id`` from its journal: finished atoms keep their results,
         atoms that were running run again, a flow that was reverting goes on reverting."""
         async with self._session():
-            if flow_id in self._live:
-                raise AioflowError(
-                    f"flow {flow_id} is running in this engine; it cannot be resumed"
-                )
-            run = self._restore(replay(flow_id, await self.journal.load(flow_id)), flow)
-            return await self._continue(run, stop_at)
+            slot = self._slots.get(flow_id)
+            if slot is not None:  # it runs here: join that run
+                joined = await slot.join()
+                return joined if joined is not None else await self.outcome(flow_id)
+            with self._holding(flow_id) as slot:
+                run = await self._take(flow_id, flow)
+                assert run is not None
+                slot.outcome = await self._continue(run, stop_at)
+                return slot.outcome
 
     async def _continue(self, run: Run, stop_at: str | None) -> Outcome:
         """Drive a restored run on from where its journal left it."""
@@ -410,9 +559,7 @@ class Engine:
             i = _checkpoint_index(run.graph, run.revert_to)
             run.set_flow(FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to})
             return await self._drive(run, lambda tg: run.rewind(i, tg))
-        run.set_flow(
-            FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True}
-        )
+        run.set_flow(FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True})
         run.resume_events()
         return await self._drive(run)
 
@@ -428,14 +575,21 @@ class Engine:
         REVERT_FAILURE and the flow FAILED, as in any failure.
         """
         async with self._session():
-            run = await self._suspended(flow_id, flow, "revert_to")
-            i = _checkpoint_index(run.graph, checkpoint)
-            if run.states[i] is not AtomState.SUCCESS:
-                raise AioflowError(
-                    f"flow {flow_id} has not reached checkpoint {checkpoint!r}, so it cannot"
-                    " be reverted to it; goto() moves a flow forward to a checkpoint"
-                )
-            return await self._move_back(run, i)
+            with self._holding(flow_id) as slot:
+                run = await self._suspended(flow_id, flow, "revert_to")
+                try:
+                    i = _checkpoint_index(run.graph, checkpoint)
+                    if run.states[i] is not AtomState.SUCCESS:
+                        raise AioflowError(
+                            f"flow {flow_id} has not reached checkpoint {checkpoint!r}, so it"
+                            " cannot be reverted to it; goto() moves a flow forward to a"
+                            " checkpoint"
+                        )
+                except AioflowError:
+                    await self._give_back(run)
+                    raise
+                slot.outcome = await self._move_back(run, i)
+                return slot.outcome
 
     async def _move_back(self, run: Run, i: int) -> Outcome:
         checkpoint = run.nodes[i].name
@@ -447,42 +601,58 @@ class Engine:
         """Move suspended flow ``flow_id`` to ``checkpoint``: back (as :meth:`revert_to`)
         when it was reached, else forward (as :meth:`resume` with ``stop_at``)."""
         async with self._session():
-            run = await self._suspended(flow_id, flow, "goto")
-            i = _checkpoint_index(run.graph, checkpoint)
-            if run.states[i] is AtomState.SUCCESS:
-                return await self._move_back(run, i)
-            return await self._continue(run, checkpoint)
+            with self._holding(flow_id) as slot:
+                run = await self._suspended(flow_id, flow, "goto")
+                try:
+                    i = _checkpoint_index(run.graph, checkpoint)
+                except InvalidFlowError:
+                    await self._give_back(run)
+                    raise
+                if run.states[i] is AtomState.SUCCESS:
+                    slot.outcome = await self._move_back(run, i)
+                else:
+                    slot.outcome = await self._continue(run, checkpoint)
+                return slot.outcome
 
     async def _suspended(self, flow_id: str, flow: FlowRef | None, what: str) -> Run:
-        """The restored run of ``flow_id``, which must rest SUSPENDED and not be half
-        way through a revert."""
-        if flow_id in self._live:
-            raise AioflowError(
-                f"flow {flow_id} is running in this engine; suspend it before {what}"
-            )
+        """The restored run of ``flow_id``, taken by this engine, which must rest
+        SUSPENDED and not be half way through a revert."""
         state = replay(flow_id, await self.journal.load(flow_id))
         if state.status is not FlowStatus.SUSPENDED:
             raise AioflowError(
                 f"flow {flow_id} is {state.status.value}; {what} moves only a SUSPENDED flow"
                 " (stop it at a checkpoint with stop_at, or cancel it, first)"
             )
-        run = self._restore(state, flow)
+        run = await self._take(flow_id, flow, only=FlowStatus.SUSPENDED)
+        if run is None:
+            raise AioflowError(f"flow {flow_id} was resumed elsewhere meanwhile; {what} refused")
         if run.failing or run.revert_to is not None:
+            await self._give_back(run)
             raise AioflowError(
                 f"flow {flow_id} was interrupted while reverting; resume() it to finish that first"
             )
         return run
 
-    def _restore(self, state: FlowState, flow: FlowRef | None) -> Run:
-        if flow is None:
-            if state.ref is None:
-                raise AioflowError(
-                    f"flow {state.flow_id} was not started from a reference; pass the flow object"
-                    " to resume it"
-                )
-            flow = state.ref
-        flow_obj, _ = self._resolve(flow)
-        graph = compile_flow(flow_obj, state.inputs.keys())
+    async def _give_back(self, run: Run) -> None:
+        """Give up a flow taken for a move that turned out not to be possible."""
+        if run.fence is not None:
+            self.journal.set_fence(run.flow_id, None)
+            with anyio.CancelScope(shield=True):
+                await self._give_up(run.flow_id, run.fence.generation)
+
+    def _restore(
+        self, state: FlowState, flow: FlowRef | None, graph: ExecGraph | None = None
+    ) -> Run:
+        if graph is None:
+            if flow is None:
+                if state.ref is None:
+                    raise AioflowError(
+                        f"flow {state.flow_id} was not started from a reference; pass the flow"
+                        " object to resume it"
+                    )
+                flow = state.ref
+            flow_obj, _ = self._resolve(flow)
+            graph = compile_flow(flow_obj, state.inputs.keys())
         if graph.fingerprint != state.fingerprint:
             raise FlowMismatchError(
                 state.flow_id, describe_differences(state.structure, graph.structure)
@@ -497,6 +667,11 @@ class Engine:
                 self._limiter = anyio.CapacityLimiter(self.max_concurrency)
             run.limiter = self._limiter
         self._live[run.flow_id] = run
+        # A refused or lost write of this flow stops this run, and only it.
+        lost = anyio.CancelScope()
+        fence = run.fence
+        if fence is not None:
+            fence.on_lost = lambda _error: lost.cancel()
         # After registering: a completion must find the run live. Only a flow whose
         # tasks can hand out a token needs the signer (reading it may cost a commit).
         if run.signer is None and run.graph.issues_tokens:
@@ -506,39 +681,59 @@ class Engine:
                 self._live.pop(run.flow_id, None)
                 raise
         send = None
+        heartbeat: anyio.CancelScope | None = None
         try:
             if self.durability == "strict":
                 # The flow's start (its inputs) is what its first atoms build on: commit it
                 # before they run, or a crash could leave their work done for a flow the
                 # journal does not know.
-                await self.journal.flush()
+                await self._settle(run)
             async with anyio.create_task_group() as outer:
+                if self._tg is None:  # not entered: this call renews the heartbeat
+                    heartbeat = anyio.CancelScope()
+                    outer.start_soon(self._beat, heartbeat)
                 if self._async_listeners:
                     send, receive = anyio.create_memory_object_stream[Event](math.inf)
                     self._async_streams[run.flow_id] = send
                     outer.start_soon(self._dispatch, receive)
                 try:
-                    async with anyio.create_task_group() as tg:
-                        (begin or run.begin)(tg)
+                    with lost:
+                        async with anyio.create_task_group() as tg:
+                            (begin or run.begin)(tg)
                 except BaseExceptionGroup as group:
-                    journal_errors = group.subgroup(JournalError)
-                    if journal_errors is not None and len(journal_errors.exceptions) == len(
-                        group.exceptions
-                    ):
-                        raise journal_errors.exceptions[0] from None
-                    raise
-                run.set_flow(run.final_status())
-                await self.journal.flush()
+                    if fence is None or not fence.lost:
+                        journal_errors = group.subgroup((JournalError, LeaseLostError))
+                        if journal_errors is not None and len(journal_errors.exceptions) == len(
+                            group.exceptions
+                        ):
+                            raise journal_errors.exceptions[0] from None
+                        raise
+                except (JournalError, LeaseLostError):
+                    if fence is None or not fence.lost:
+                        raise
+                if fence is None or not fence.lost:
+                    run.set_flow(run.final_status())
+                    await self._settle(run)
                 if send is not None:
                     send.close()
+                if heartbeat is not None:
+                    heartbeat.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                if not run.status.is_resting:
+                if not run.status.is_resting and (fence is None or not fence.lost):
                     details: dict[str, Any] = {"cancelled": True}
                     if run.revert_to is not None:  # resume() finishes the move back
                         details["revert_to"] = run.revert_to
-                    run.set_flow(FlowStatus.SUSPENDED, details)
-                await self.journal.flush()
+                    with suppress(JournalError, LeaseLostError):  # the fence says why
+                        run.set_flow(FlowStatus.SUSPENDED, details)
+                with suppress(JournalError, LeaseLostError):
+                    await self._settle(run)
+                if fence is not None and fence.lost:
+                    self._lost(run, fence)
+            raise
+        except BaseException as exc:
+            if fence is not None and fence.lost and isinstance(exc, Exception):
+                raise self._lost(run, fence) from None
             raise
         finally:
             self._live.pop(run.flow_id, None)
@@ -547,12 +742,46 @@ class Engine:
                 send.close()
             for stream in self._watchers.pop(run.flow_id, []):
                 stream.close()
+            if fence is not None and self.journal.fence_of(run.flow_id) is fence:
+                self.journal.set_fence(run.flow_id, None)
             run.ended.set()
+        if fence is not None and fence.lost:
+            raise self._lost(run, fence)
         if run.status is FlowStatus.WAITING:
             if run.signer is None:  # the outcome lists the open waits with their tokens
                 run.signer = await self._external.signer()
             self._external.rest(run)
         return self._finish(run)
+
+    async def _settle(self, run: Run) -> None:
+        """Wait until this run's events so far are committed (or refused: its fence says
+        so); another flow's failed write is none of this run's business."""
+        if run.last_ticket:
+            try:
+                await self.journal.wait_durable(run.last_ticket)
+            except (JournalError, LeaseLostError):
+                if run.fence is None or not run.fence.lost:
+                    raise
+
+    async def _beat(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._ownership.run(self._busy)
+
+    def _lost(self, run: Run, fence: Fence) -> Exception:
+        """The error a run whose fence was lost ends with. A flow that lost events to a
+        failing store is given up (so it is orphaned, and recovery takes it) as soon as
+        the journal can take that write; one that was taken over is not ours to touch."""
+        error = fence.failure
+        assert error is not None
+        if not isinstance(error, LeaseLostError):
+            self._ownership.give_up(run.flow_id, fence.generation)
+        _LOG.warning(
+            "aioflow.flow_run_lost",
+            flow_id=run.flow_id,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+        return error if isinstance(error, Exception) else JournalError(str(error))
 
     def _finish(self, run: Run) -> Outcome:
         outcome = run.outcome()
@@ -560,6 +789,54 @@ class Engine:
             error = FlowFailedError(outcome)
             raise error from run.first_error
         return outcome
+
+    # Ownership ---------------------------------------------------------------------------
+
+    async def _recover_orphans(self) -> None:
+        """Resume, in the background, each orphaned flow this engine can build (one that
+        was started from a reference or a registry name). Another engine recovering at
+        the same time takes some of them first: those are left to it."""
+        tg = self._tg
+        if tg is None:
+            return
+        for summary in await self.journal.orphans():
+            if summary.flow_id in self._slots or summary.ref is None:
+                continue
+            _LOG.info("aioflow.recovering", flow_id=summary.flow_id, owner=summary.owner)
+            tg.start_soon(self._recover, summary.flow_id, name=f"recover flow {summary.flow_id}")
+
+    async def _recover(self, flow_id: str) -> None:
+        try:
+            await self.resume(flow_id)
+        except FlowBusyError:
+            pass  # another engine took it first
+        except FlowFailedError as exc:
+            _LOG.info("aioflow.recovered", flow_id=flow_id, status=exc.outcome.status.value)
+        except Exception as exc:
+            _LOG.warning("aioflow.recovery_failed", flow_id=flow_id, error=str(exc))
+
+    async def wait(self, flow_id: str, timeout: float | None = None) -> Outcome:  # noqa: ASYNC109
+        """Wait until flow ``flow_id`` rests (SUCCESS, REVERTED, FAILED, SUSPENDED or
+        WAITING), wherever it runs: here, in another process, or in a later resume.
+
+        Returns its outcome, or raises :class:`FlowFailedError` as ``run`` would;
+        :class:`TimeoutError` once ``timeout`` seconds have passed;
+        :class:`NotFoundError` for a flow the journal does not know.
+        """
+        with anyio.fail_after(timeout):
+            while True:
+                slot = self._slots.get(flow_id)
+                if slot is not None:
+                    await slot.done.wait()
+                    continue
+                async with self._session():
+                    summary = await self.journal.summary(flow_id)
+                if summary.status.is_resting:
+                    outcome = await self.outcome(flow_id)
+                    if outcome.status in (FlowStatus.REVERTED, FlowStatus.FAILED):
+                        raise FlowFailedError(outcome)
+                    return outcome
+                await anyio.sleep(_WATCH_POLL)
 
     # Events ----------------------------------------------------------------------------
 
@@ -603,7 +880,8 @@ class Engine:
             run.publish = self._publish
             last = 0
             async with receive:
-                await self.journal.flush()
+                with suppress(JournalError, LeaseLostError):  # what was refused is not read
+                    await self.journal.flush()
                 async for event in self.journal.events(flow_id):
                     last = event.seq
                     yield event
@@ -708,9 +986,26 @@ class Engine:
         )
         results = dict(state.inputs)
         results.update(published(state))
+        summary = await self._summary(flow_id)
         return Outcome(
-            flow_id, state.status, results, failures, atoms, state.checkpoint, waiting
+            flow_id,
+            state.status,
+            results,
+            failures,
+            atoms,
+            state.checkpoint,
+            waiting,
+            owner=summary.owner if summary is not None else None,
+            orphaned=summary.orphaned if summary is not None else False,
         )
+
+    async def _summary(self, flow_id: str) -> FlowSummary | None:
+        """The journal's summary of the flow (None if it has no summary row yet)."""
+        async with self._session():
+            try:
+                return await self.journal.summary(flow_id)
+            except NotFoundError:
+                return None
 
     # External work ------------------------------------------------------------------------
 

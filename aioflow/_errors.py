@@ -13,6 +13,7 @@ Every one derives from :class:`AioflowError`; where a builtin fits, it is a base
     ├── InvalidTokenError
     ├── ExternalTimeoutError (TimeoutError)
     ├── LeaseLostError
+    ├── FlowBusyError
     ├── JournalError
     └── SerializationError (TypeError)
 
@@ -117,7 +118,38 @@ class ExternalTimeoutError(AioflowError, TimeoutError):
 
 
 class LeaseLostError(AioflowError):
-    """Raised when a conductor writes for a job whose lease another conductor now holds."""
+    """Raised when an engine (or a conductor) writes for a flow (or job) that another
+    owner has taken over since: its lease expired and the ownership moved on.
+
+    ``flow_id`` names the flow when one is concerned.
+    """
+
+    def __init__(self, message: str, *, flow_id: str | None = None) -> None:
+        super().__init__(message)
+        self.flow_id = flow_id
+
+
+class FlowBusyError(AioflowError):
+    """Raised when a flow cannot be taken because a live engine owns it elsewhere.
+
+    ``flow_id``, ``owner`` (that engine's id) and ``expires`` (when its lease ends, in
+    seconds since the epoch, unless it renews it) say which and until when.
+    """
+
+    def __init__(self, flow_id: str, owner: str, expires: float | None) -> None:
+        self.flow_id = flow_id
+        self.owner = owner
+        self.expires = expires
+        until = ""
+        if expires is not None:
+            import datetime as _dt
+
+            when = _dt.datetime.fromtimestamp(expires, _dt.UTC).isoformat(timespec="seconds")
+            until = f" (its lease ends at {when} unless renewed)"
+        super().__init__(
+            f"flow {flow_id} is being run by engine {owner}{until}; it cannot be resumed "
+            "here while that engine lives (wait for it with engine.wait(flow_id))"
+        )
 
 
 class JournalError(AioflowError):

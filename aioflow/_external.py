@@ -10,13 +10,21 @@ task-facing half (:class:`External`, :class:`WaitRequest`), the run's half
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import AioflowError, ExternalTimeoutError, InvalidTokenError, NotFoundError
+from ._codec import Encoded, size_hint
+from ._errors import (
+    AioflowError,
+    ExternalTimeoutError,
+    FlowBusyError,
+    InvalidTokenError,
+    NotFoundError,
+)
 from ._events import Event, EventKind
 from ._failure import Failure
 from ._log import get_logger
@@ -24,6 +32,7 @@ from ._outcome import Waiting
 from ._replay import AtomRecord, replay
 from ._states import AtomState, FlowStatus
 from ._tokens import SECRET_META_KEY, Claim, Signer, new_nonce, new_secret, secret_from
+from ._values import encode_large, measure_from
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -32,7 +41,7 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._outcome import Outcome
     from ._run import Run
-    from .journal import Journal
+    from .journal import FlowSummary, Journal
 
 _S = AtomState
 _LOG = get_logger("aioflow")
@@ -135,7 +144,7 @@ class WaitingAtoms:
         self.nonces: list[tuple[int, str] | None] = [None] * n
         self.deadlines: dict[int, float | None] = {}
         self.infos: dict[int, dict[str, Any]] = {}
-        self.early: dict[int, tuple[Any, BaseException | None]] = {}
+        self.early: dict[int, tuple[Any, BaseException | None, Encoded | None]] = {}
         self.wakes: list[tuple[int, int, BaseException | None]] = []
         self.expired: list[int] = []
         self._by_name: dict[str, int] | None = None
@@ -229,10 +238,17 @@ class WaitingAtoms:
             self._by_name = {node.name: node.index for node in self.nodes}
         return self._by_name.get(atom)
 
-    def complete_wait(self, claim: Claim, result: Any, error: BaseException | None) -> int:
+    def complete_wait(
+        self,
+        claim: Claim,
+        result: Any,
+        error: BaseException | None,
+        encoded: Encoded | None = None,
+    ) -> int:
         """Close the wait ``claim`` names, live, and return the ticket of its journal event
         (0 when it is kept until the task returns its wait). Raises
-        :class:`InvalidTokenError`, changing nothing, unless it is open in that attempt."""
+        :class:`InvalidTokenError`, changing nothing, unless it is open in that attempt.
+        ``encoded``: the details of a success, already encoded (a large result)."""
         i = self.index_of(claim.atom)
         if i is None:
             raise InvalidTokenError(f"flow {self.flow_id} has no atom {claim.atom!r}")
@@ -244,7 +260,7 @@ class WaitingAtoms:
         state = self.states[i]
         if state is _S.RUNNING and i not in self.early:
             # The outside system was faster than the task's return: close at once after.
-            self.early[i] = (result, error)
+            self.early[i] = (result, error, encoded)
             return 0
         if state is not _S.WAITING:
             raise InvalidTokenError(f"the wait of atom {claim.atom!r} is closed (token used)")
@@ -253,11 +269,14 @@ class WaitingAtoms:
             raise InvalidTokenError(
                 f"the wait of atom {claim.atom!r} passed its deadline; the completion is refused"
             )
-        return self.close_wait(i, result, error)
+        return self.close_wait(i, result, error, encoded)
 
-    def close_wait(self, i: int, result: Any, error: BaseException | None) -> int:
+    def close_wait(
+        self, i: int, result: Any, error: BaseException | None, encoded: Encoded | None = None
+    ) -> int:
         """Journal the end of wait ``i`` now (a result the codec refuses raises and leaves
-        the wait open) and schedule what follows; return the event's ticket."""
+        the wait open) and schedule what follows; return the event's ticket. ``encoded``:
+        the details of a success, already encoded (see :meth:`ExternalWork.close`)."""
         node = self.nodes[i]
         if error is None:
             try:
@@ -265,7 +284,8 @@ class WaitingAtoms:
             except Exception as exc:
                 error = exc
             else:
-                ticket = self.set_atom(i, _S.SUCCESS, {"result": result})
+                details = {"result": result} if encoded is None else encoded
+                ticket = self.set_atom(i, _S.SUCCESS, details)
                 self.results[i] = result
                 self.values[i] = value
                 self.after_wait(i, ticket, None)
@@ -398,7 +418,6 @@ class ExternalWork:
         self._signer: Signer | None = None
         self._lock = anyio.Lock()
         self.parked: dict[str, _Parked] = {}
-        self.waking: set[str] = set()
 
     async def signer(self) -> Signer:
         """The engine's signer: its ``secret``, ``AIOFLOW_SECRET``, or the journal's own."""
@@ -413,26 +432,41 @@ class ExternalWork:
     # Completing ------------------------------------------------------------------------
 
     async def close(self, token: str, result: Any, error: BaseException | str | None) -> None:
-        """Complete (``error`` None) or fail the wait ``token`` names, once."""
+        """Complete (``error`` None) or fail the wait ``token`` names, once. A result
+        beyond the engine's ``max_value_bytes`` raises SerializationError and leaves the
+        wait open, as one the codec refuses does."""
         exc = None if error is None else as_failure(error)[1]
         engine = self.engine
         async with engine._session():
             claim = (await self.signer()).verify(token)
+            encoded = None
+            if exc is None:
+                hint = size_hint(result)
+                limit = engine.max_value_bytes
+                if hint is None or hint >= measure_from(limit):
+                    codec = engine.journal.codec
+                    details = {"result": result}
+                    encoded = await encode_large(
+                        codec, claim.flow_id, claim.atom, details, hint, limit, completion=True
+                    )
             async with self._lock:
                 while True:
                     run = engine._live.get(claim.flow_id)
                     if run is None:
                         break
                     if not run.status.is_resting:
-                        ticket = run.complete_wait(claim, result, exc)
+                        ticket = run.complete_wait(claim, result, exc, encoded)
                         if ticket:
                             await engine.journal.wait_durable(ticket)
                         return
                     await run.ended.wait()  # the run is ending: its last events commit
-                await self._close_resting(claim, result, exc)
+                await self._close_resting(claim, result, exc, encoded)
 
-    async def _close_resting(self, claim: Claim, result: Any, exc: BaseException | None) -> None:
+    async def _close_resting(
+        self, claim: Claim, result: Any, exc: BaseException | None, encoded: Encoded | None
+    ) -> None:
         journal = self.engine.journal
+        busy: FlowSummary | None = None
         for _ in range(_CONFLICT_RETRIES):
             try:
                 events = await journal.load(claim.flow_id)
@@ -461,8 +495,11 @@ class ExternalWork:
                     f"flow {claim.flow_id} is running in another engine; complete its wait"
                     " once it rests (or in that engine)"
                 )
+            if busy is not None and busy.owner is not None:
+                # Another engine has taken the flow to run it: complete the wait there.
+                raise FlowBusyError(claim.flow_id, busy.owner, busy.lease_expires)
             if exc is None:
-                details: dict[str, Any] = {"result": result}
+                details: Mapping[str, Any] = {"result": result} if encoded is None else encoded
                 new_state, progress = _S.SUCCESS, 1.0
             else:
                 details = {"failure": Failure.from_exception(exc).to_dict()}
@@ -479,10 +516,16 @@ class ExternalWork:
                 details,
             )
             if await journal.append_after(claim.flow_id, state.last_seq, [event]):
+                if encoded is not None:  # the journal took the text, listeners get the value
+                    event = dataclasses.replace(event, details=encoded.details)
                 self.engine._publish(event)
                 if state.status is FlowStatus.WAITING:
                     self.wake(claim.flow_id, state.ref)
                 return
+            summary = await journal.summary(claim.flow_id)
+            expires = summary.lease_expires
+            if summary.owner is not None and expires is not None and expires > journal.clock():
+                busy = summary  # unless the reload finds the wait closed meanwhile
         raise AioflowError(f"flow {claim.flow_id} keeps changing; could not complete its wait")
 
     # Resting and waking ----------------------------------------------------------------
@@ -512,26 +555,31 @@ class ExternalWork:
                 self.wake(flow_id, None)
 
     def wake(self, flow_id: str, ref: str | None) -> None:
-        """Resume a resting flow in the entered engine's background, once."""
-        tg = self.engine._tg
-        if tg is None or flow_id in self.waking:
+        """Resume a resting flow in the entered engine's background, once: the flow is
+        held in the engine at once, so a ``resume`` called meanwhile joins this run."""
+        engine = self.engine
+        tg = engine._tg
+        if tg is None or flow_id in engine._slots:
             return
         parked = self.parked.get(flow_id)
         if parked is None and ref is None:
             return  # nothing here can build the flow: ``resume`` will
-        self.waking.add(flow_id)
-        tg.start_soon(self._wake, flow_id, parked, name=f"wake flow {flow_id}")
+        slot = engine._hold(flow_id)
+        tg.start_soon(self._wake, flow_id, parked, slot, name=f"wake flow {flow_id}")
 
-    async def _wake(self, flow_id: str, parked: _Parked | None) -> None:
+    async def _wake(self, flow_id: str, parked: _Parked | None, slot: Any) -> None:
         outcome: Outcome | None = None
-        error: BaseException | None = None
+        error: Exception | None = None
         try:
             outcome = await self._resume(flow_id, parked)
+        except FlowBusyError as exc:
+            _LOG.info("aioflow.wake_skipped", flow_id=flow_id, owner=exc.owner)
         except Exception as exc:
             error = exc
             _LOG.warning("aioflow.wake_failed", flow_id=flow_id, error=str(exc))
         finally:
-            self.waking.discard(flow_id)
+            slot.outcome, slot.error = outcome, error
+            self.engine._let_go(flow_id, slot)
             if parked is not None:
                 parked.outcome, parked.error = outcome, error
                 parked.settled.set()
@@ -539,21 +587,15 @@ class ExternalWork:
     async def _resume(self, flow_id: str, parked: _Parked | None) -> Outcome | None:
         engine = self.engine
         async with self._lock:
-            self.waking.discard(flow_id)
-            if flow_id in engine._live:
-                return None
             if self.parked.get(flow_id) is parked and parked is not None:
                 del self.parked[flow_id]
                 if parked.watchdog is not None:
                     parked.watchdog.cancel()
-            state = replay(flow_id, await engine.journal.load(flow_id))
-            if state.status is not FlowStatus.WAITING:
+            run = await engine._take(
+                flow_id, graph=None if parked is None else parked.graph, only=FlowStatus.WAITING
+            )
+            if run is None:
                 return await engine.outcome(flow_id)  # resumed or finished elsewhere
-            if parked is not None:
-                run = engine._new_run(parked.graph, flow_id, state.inputs, seq=state.last_seq)
-                run.restore(state)
-            else:
-                run = engine._restore(state, None)
             run.signer = await self.signer()
             run.set_flow(
                 FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING,
@@ -563,9 +605,8 @@ class ExternalWork:
             engine._live[flow_id] = run
         return await engine._drive(run)
 
-    async def through(self, work: Coroutine[Any, Any, Outcome], flow_id: str) -> Outcome:
-        """Run ``work`` (a started flow's drive) and follow the flow through its waits."""
-        outcome = await work
+    async def through(self, outcome: Outcome, flow_id: str) -> Outcome:
+        """Follow a started flow that ended with ``outcome`` through its waits."""
         while outcome.status is FlowStatus.WAITING:
             parked = self.parked.get(flow_id)
             if parked is None:

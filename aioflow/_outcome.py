@@ -75,7 +75,8 @@ class Waiting:
 class Outcome:
     """The result of a run: ``status``, the published ``results`` (``outcome[symbol]``),
     ``failures`` (atom -> :class:`Failure`), every atom's :class:`AtomOutcome`, the last
-    ``checkpoint`` reached and the open external ``waiting`` list."""
+    ``checkpoint`` reached, the open external ``waiting`` list, and who runs the flow
+    (``owner``, ``orphaned``)."""
 
     flow_id: str
     status: FlowStatus
@@ -84,6 +85,10 @@ class Outcome:
     atoms: Mapping[str, AtomOutcome] = field(default_factory=dict)
     checkpoint: str | None = None
     waiting: tuple[Waiting, ...] = ()
+    owner: str | None = None
+    """The engine that owns the flow now (None once it rests: a resting flow has none)."""
+    orphaned: bool = False
+    """True for a RUNNING or REVERTING flow that no live engine owns (see ``resume``)."""
 
     def __getitem__(self, symbol: str) -> Any:
         try:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ._codec import NO_RESULT
+from ._codec import NO_RESULT, Encoded, size_hint
 from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
 from ._errors import SerializationError
 from ._eta import AtomTiming, History, summarize
@@ -42,11 +42,13 @@ from ._revert import TO_REVERT, Reverting
 from ._scope import ScopeMembership, membership
 from ._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
 from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
+from ._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from .journal import Journal
+    from .journal._base import Fence
 
 _S = AtomState
 _LOG = get_logger("aioflow")
@@ -94,6 +96,7 @@ class Run(WaitingAtoms, Reverting):
         strict: bool,
         progress_interval: float,
         seq: int = 0,
+        max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.graph = graph
         self.nodes = graph.nodes
@@ -106,6 +109,11 @@ class Run(WaitingAtoms, Reverting):
         self.strict = strict
         self.progress_interval = progress_interval
         self.seq = seq
+        self.max_value_bytes = max_value_bytes
+        # Results estimated from this size on are measured (see encode_large).
+        self.measure_from = measure_from(max_value_bytes)
+        self.last_ticket = 0  # the journal's ticket of this run's last event
+        self.fence: Fence | None = None  # this run's ownership of its flow
         n = len(self.nodes)
         self.states = [_S.PENDING] * n
         self.attempts = [0] * n
@@ -179,19 +187,30 @@ class Run(WaitingAtoms, Reverting):
         seq = self.seq + 1
         time = self.clock() if now is None else now
         if tell and self.publish is not None:
+            encoded = None
             if details is None:
                 details = {}
             elif details is NO_RESULT:  # shared: a listener gets one of its own
                 details = dict(details)
+            elif type(details) is Encoded:  # the journal takes its text, listeners the value
+                encoded, details = details, details.details
             event = Event(self.flow_id, seq, time, kind, atom, state, attempt, progress, details)
-            ticket = self.journal.append(event)
+            ticket = (
+                self.journal.append(event)
+                if encoded is None
+                else self.journal.record(
+                    self.flow_id, seq, time, kind, atom, state, attempt, progress, encoded
+                )
+            )
             self.seq = seq
+            self.last_ticket = ticket
             self.publish(event)
             return ticket
         ticket = self.journal.record(
             self.flow_id, seq, time, kind, atom, state, attempt, progress, details
         )
         self.seq = seq
+        self.last_ticket = ticket
         return ticket
 
     def set_flow(self, status: FlowStatus, details: Mapping[str, Any] | None = None) -> int:
@@ -677,9 +696,13 @@ class Run(WaitingAtoms, Reverting):
                     self.open_wait(i, result)
                     return
                 value = self.published(node, result)
-                ticket = self.set_atom(
-                    i, _S.SUCCESS, {"result": result} if result is not None else NO_RESULT
-                )
+                details: Mapping[str, Any] = NO_RESULT
+                if result is not None:
+                    details = {"result": result}
+                    hint = size_hint(result)
+                    if hint is None or hint >= self.measure_from:  # no coroutine for small ones
+                        details = await self.encode_large(node, details, hint)
+                ticket = self.set_atom(i, _S.SUCCESS, details)
             except anyio.get_cancelled_exc_class():
                 self.set_atom(i, _S.PENDING)
                 raise
@@ -706,6 +729,16 @@ class Run(WaitingAtoms, Reverting):
                     return
                 await self.journal.wait_durable(ticket)
             self.release(i)
+
+    async def encode_large(
+        self, node: Node, details: Mapping[str, Any], hint: int | None
+    ) -> Encoded:
+        """The details of ``node``'s success, which :func:`~aioflow._codec.size_hint`
+        estimates at ``hint`` bytes, encoded (off the loop when large) and measured;
+        beyond ``max_value_bytes`` SerializationError (see :mod:`aioflow._values`)."""
+        return await encode_large(
+            self.journal.codec, self.flow_id, node.name, details, hint, self.max_value_bytes
+        )
 
     def plan_retry(self, i: int, exc: BaseException) -> float | None:
         """When atom ``i``'s task retries after ``exc`` (its policy agrees and nothing

@@ -247,7 +247,8 @@ async def main(argv: list[str]) -> None:
     command, url, flow_id, durability = argv[:4]
     assert durability in ("strict", "batched")
     outcome: Any
-    async with aioflow.Engine(url, durability=durability) as engine:
+    # A short lease: a killed run's flow is orphaned, and may be resumed, soon after.
+    async with aioflow.Engine(url, durability=durability, lease=_LEASE) as engine:
         # A flow first, as a long-lived process would have run: the engine is warm.
         await engine.run(aioflow.Linear("warm-up", warm_up))
         try:
@@ -257,12 +258,26 @@ async def main(argv: list[str]) -> None:
                     ref, {"seed": int(seed), "ledger": ledger}, flow_id=flow_id
                 )
             elif command == "resume":
-                outcome = await engine.resume(flow_id)
+                outcome = await resume_orphan(engine, flow_id)
             else:
                 raise SystemExit(f"unknown command {command!r}")
         except aioflow.FlowFailedError as exc:
             outcome = exc.outcome
     print(outcome.status.value, flush=True)
+
+
+_LEASE = 0.25
+"""Seconds of the engines' lease here: a killed process's flow is orphaned that soon."""
+
+
+async def resume_orphan(engine: aioflow.Engine, flow_id: str) -> aioflow.Outcome:
+    """Resume a flow whose process was killed, once its lease has run out."""
+    while True:
+        try:
+            return await engine.resume(flow_id)
+        except aioflow.FlowBusyError as busy:
+            # The killed process owned it: its lease has yet to run out.
+            await anyio.sleep(max((busy.expires or 0) - time.time(), 0) + 0.01)
 
 
 if __name__ == "__main__":

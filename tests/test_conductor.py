@@ -201,8 +201,9 @@ async def test_a_conductor_that_lost_its_lease_stops_writing(
     shared_url: str, tmp_path: Path
 ) -> None:
     """Conductor A's renewals never happen (its sleep never returns, as if paused); the
-    lease runs out on the injected clock, B claims and finishes the job; A's flow is then
-    stopped by the fence without one more event. (Each conductor has its own journal
+    lease, and its engine's, run out on the injected clock, B claims the job and its
+    engine takes the flow over and finishes it; A's flow is then stopped by the fence
+    without one more event. (Each conductor has its own journal
     object, as conductors in different processes do.)"""
     url = shared_url
     clock = Clock()
@@ -213,8 +214,10 @@ async def test_a_conductor_that_lost_its_lease_stops_writing(
 
     board_a = JobBoard.open(url, clock=clock, sleep=frozen, poll=0.01)
     board_b = JobBoard.open(url, clock=clock, poll=0.01)
-    engine_a = Engine(url)
-    engine_b = Engine(url)
+    # The engines' leases (their ownership of the flow) run on the same clock, and
+    # A's heartbeat, like its renewals, never comes again.
+    engine_a = Engine(url, clock=clock, sleep=frozen, lease=10)
+    engine_b = Engine(url, clock=clock, lease=10)
     job = await board_a.post(FLOW, {"workdir": str(tmp_path), "tag": "j", "hold": True})
     a = Conductor(board_a, engine_a, name="A", lease=10)
     b = Conductor(board_b, engine_b, name="B", lease=10)
@@ -255,7 +258,8 @@ CONDUCTOR = textwrap.dedent(
     async def main():
         url, name, lease = sys.argv[1], sys.argv[2], float(sys.argv[3])
         board = JobBoard.open(url, poll=0.05)
-        async with Conductor(board, Engine(url), name=name, lease=lease, capacity=4) as c:
+        engine = Engine(url, lease=lease)  # the flows' ownership lapses with the claims
+        async with Conductor(board, engine, name=name, lease=lease, capacity=4) as c:
             print("ready", flush=True)
             await c.run()
 

@@ -39,7 +39,7 @@ import pytest
 import aioflow
 from aioflow import AtomState, Event, EventKind, FlowStatus
 from aioflow._replay import FlowState, replay
-from tests.crash_child import HANG_ENV, PREDECESSORS, Boom, expected
+from tests.crash_child import HANG_ENV, PREDECESSORS, Boom, expected, resume_orphan
 
 pytestmark = pytest.mark.slow
 
@@ -227,7 +227,7 @@ async def run_trial(trial: Trial, tmp: Path) -> Result:
     async with aioflow.Engine(url, durability=trial.durability) as engine:  # type: ignore[arg-type]
         try:
             if events:
-                result.outcome = await engine.resume(trial.name)
+                result.outcome = await resume_orphan(engine, trial.name)
             else:  # killed before the flow's first event was committed: the run never was
                 result.outcome = await engine.run(
                     trial.ref, {"seed": trial.seed, "ledger": str(ledger)}, flow_id=trial.name

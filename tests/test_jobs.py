@@ -11,6 +11,7 @@ import aioflow
 from aioflow import Failure, FlowStatus, LeaseLostError, NotFoundError
 from aioflow.jobs import Job, JobBoard, JobState, MemoryJobBoard, SqliteJobBoard
 from aioflow.journal import open_journal
+from aioflow.journal._base import Fence
 
 from .pg import pg_schema, pg_url
 from .test_journal import atom_event, flow_start
@@ -270,44 +271,51 @@ async def test_sqlite_board_of_another_version_is_refused(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- fencing
 
 
-async def test_a_stale_claim_cannot_append_a_single_event(board_url: str, clock: Clock) -> None:
-    """Fencing: once another conductor holds the job, the old holder's appends are refused
-    (in the commit's own transaction when the journal shares the board's database)."""
-    await check_fencing(board_url, board_url, clock)
-
-
-async def test_a_memory_board_fences_a_sqlite_journal(tmp_path: Path, clock: Clock) -> None:
-    await check_fencing("memory://", f"sqlite:///{tmp_path}/j.db", clock)
-
-
-async def check_fencing(board_url: str, journal_url: str, clock: Clock) -> None:
-    async with open_board(board_url, clock) as board, open_journal(journal_url) as journal:
-        assert board.shares_database(journal)
-        job = await board.post("m:f")
-        held = await board.claim("c1", 10.0)
-        assert held is not None
-        lost: list[bool] = []
-        journal.set_fence(job.id, board.fence(held, on_lost=lambda: lost.append(True)))
-        journal.append(flow_start(job.id))
+async def test_a_flow_taken_over_refuses_its_old_owners_events(board_url: str) -> None:
+    """Fencing: once another engine takes a flow, its old owner's appends are refused, in
+    the commit's own transaction, and only those: another flow of the same batch is kept."""
+    async with open_journal(board_url) as journal:
+        lost: list[BaseException] = []
+        fence = Fence("engine-a", 1, on_lost=lost.append)
+        journal.set_fence("f", fence)
+        journal.append(flow_start("f"))
         journal.append(flow_start("unfenced"))
         await journal.flush()
-        clock.now += 11
-        assert await board.claim("c2", 10.0) is not None
+        assert (await journal.summary("f")).owner == "engine-a"
+        # Engine A has no heartbeat: B may take its flow (generation 2).
+        assert await journal.take("f", "engine-b") == (2, 1)
         try:
-            journal.append(atom_event(job.id, 2))
+            journal.append(atom_event("f", 2))
         except LeaseLostError:
-            assert journal_url == "memory://"  # refused at once; others at the commit
+            assert board_url == "memory://"  # refused at once; others at the commit
         journal.append(atom_event("unfenced", 2))
         await journal.flush()
-        assert lost == [True]
-        with pytest.raises(LeaseLostError, match=job.id):
-            journal.append(atom_event(job.id, 3))
-        assert [e.seq for e in await journal.load(job.id)] == [1]
+        assert len(lost) == 1 and isinstance(lost[0], LeaseLostError)
+        with pytest.raises(LeaseLostError, match="taken over by engine engine-b"):
+            journal.append(atom_event("f", 3))
+        assert [e.seq for e in await journal.load("f")] == [1]
         assert [e.seq for e in await journal.load("unfenced")] == [1, 2]
+        summary = await journal.summary("f")
+        assert (summary.owner, summary.generation) == ("engine-b", 2)
 
 
-async def test_conductor_refuses_a_journal_that_cannot_check_claims(tmp_path: Path) -> None:
-    board = JobBoard.open(f"sqlite:///{tmp_path}/jobs.db")
+async def test_a_conductor_may_keep_its_journal_apart_from_its_board(tmp_path: Path) -> None:
+    """Fencing is the flow's ownership, checked by the journal alone: the board and the
+    journal need not share a database."""
+    board = JobBoard.open(f"sqlite:///{tmp_path}/jobs.db", poll=0.01)
     engine = aioflow.Engine(f"sqlite:///{tmp_path}/other.db")
-    with pytest.raises(aioflow.AioflowError, match="same SQLite file"):
-        aioflow.Conductor(board, engine)
+    job = await board.post("tests.test_jobs:one_step_flow")
+    async with board, aioflow.Conductor(board, engine) as conductor:
+        with anyio.fail_after(20):
+            await conductor.run(max_jobs=1)
+    done = await board.get(job.id)
+    assert done.state is JobState.COMPLETE
+
+
+@aioflow.task
+async def one_step() -> str:
+    return "done"
+
+
+def one_step_flow() -> aioflow.Linear:
+    return aioflow.Linear("one-step", one_step)

@@ -19,6 +19,7 @@ import pytest
 import aioflow
 from aioflow import AtomState, Checkpoint, EventKind, FlowStatus, Linear, Retry, Unordered
 from aioflow._replay import replay
+from tests.crash_child import resume_orphan
 
 LOG: list[str] = []
 """``name`` for an execution, ``undo name`` for a revert, in order."""
@@ -329,7 +330,9 @@ async def test_a_resume_continues_the_attempt_count_and_the_backoff_owed(sqlite_
 
 CHILD = """
 import sys, anyio, aioflow
-anyio.run(lambda: aioflow.Engine(sys.argv[1]).run("tests.test_retries:flaky_flow", flow_id="k"))
+anyio.run(
+    lambda: aioflow.Engine(sys.argv[1], lease=0.5).run("tests.test_retries:flaky_flow", flow_id="k")
+)
 """
 
 
@@ -382,7 +385,7 @@ async def test_retries_resumed_after_a_real_sigkill_continue_their_attempt_count
     assert before.atoms["flaky_in_child"].attempt == 4
     os.environ["AIOFLOW_RETRY_DIR"] = str(tmp_path)
     try:
-        outcome = await aioflow.Engine(url).resume("k")
+        outcome = await resume_orphan(aioflow.Engine(url), "k")
     finally:
         del os.environ["AIOFLOW_RETRY_DIR"]
 

@@ -4,7 +4,8 @@ A job is a flow reference plus inputs, posted by a producer and run by whichever
 conductor claims it. A claim is a lease: the job is CLAIMED until ``available_at``, and
 each claim gives the job a new ``generation``. A lease that runs out makes the job
 claimable again (no reaper); the old holder's generation is then stale, so its renewals,
-completions and, through a :class:`~aioflow.journal.Fence`, its journal appends are refused.
+completions are refused. (Its flow's journal appends are fenced by the flow's own
+ownership, which the engine running the job holds: see ``aioflow._owner``.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from .._codec import Codec, get_codec
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
-from ..journal._base import Fence
 
 __all__ = ["Job", "JobBoard", "JobState"]
 
@@ -263,9 +263,9 @@ class JobBoard(abc.ABC):
         """Extend the claim to now + ``lease``; False if ``job.generation`` is stale."""
 
     @abc.abstractmethod
-    async def release(self, job: Job) -> bool:
-        """Give a claimed job back at once, UNCLAIMED, without counting the attempt.
-        False if the claim is stale."""
+    async def release(self, job: Job, delay: float = 0.0) -> bool:
+        """Give a claimed job back, UNCLAIMED, claimable again after ``delay`` seconds,
+        without counting the attempt. False if the claim is stale."""
 
     @abc.abstractmethod
     async def finish(
@@ -288,14 +288,10 @@ class JobBoard(abc.ABC):
         """Make a WAITING job claimable again (its wait was completed); False if it was
         not WAITING."""
 
-    def fence(self, job: Job, on_lost: Callable[[], object] | None = None) -> Fence:
-        """The fence a journal checks for ``job``'s current claim."""
-        return Fence(job.id, job.generation, on_lost=on_lost)
-
     @abc.abstractmethod
     def shares_database(self, journal: Journal) -> bool:
-        """True when ``journal`` can check this board's claims in its commits (it is in
-        the same SQLite file or PostgreSQL database and schema)."""
+        """True when ``journal`` is in the same SQLite file or PostgreSQL database and
+        schema as this board."""
 
     async def wait_for_work(self, seconds: float) -> None:
         """Return when a job may have become claimable, or after ``seconds``."""

@@ -1,10 +1,17 @@
 """The Conductor: claims jobs from a board and runs their flows in an engine.
 
-Each job runs in the conductor's task group under a lease that a companion task renews
-every third of its length. The flow's journal appends carry a fence on the job's claim,
-so once the lease is lost (the conductor was paused, or cut off, past its lease and
-another conductor claimed the job) not one more event of it is accepted, and the flow is
-stopped here with :class:`~aioflow.LeaseLostError`.
+Each job runs in the conductor's task group under a claim that a companion task renews
+every third of its lease. The claim says which conductor should run the job; the flow
+itself is owned by the engine that runs it (see ``aioflow._owner``), and the journal
+fences the flow's writes on that ownership. So a conductor paused past its lease finds,
+on waking, that another conductor has claimed the job and its engine has taken the
+flow over: not one more event of it is accepted, and the flow is stopped here with
+:class:`~aioflow.LeaseLostError`. A claimed job whose flow a live engine still runs
+elsewhere is given back until that engine's lease ends (:class:`~aioflow.FlowBusyError`).
+
+Faults of the store are never the job's: a claim that fails, or a run that ends with a
+:class:`~aioflow.JournalError`, gives the job back and makes the conductor wait, backing
+off, until the store takes writes again; it never marks a job FAILED for them.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-from contextlib import AsyncExitStack
+from collections.abc import Callable
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,6 +29,7 @@ import anyio
 from .._engine import Engine
 from .._errors import (
     AioflowError,
+    FlowBusyError,
     FlowFailedError,
     JournalError,
     LeaseLostError,
@@ -42,6 +51,9 @@ CONDUCTOR = "<conductor>"
 
 _WAKE_EVERY = 1.0
 """Seconds between two checks of the parked (WAITING) jobs by an idle conductor."""
+
+_BACKOFF = (0.05, 5.0)
+"""The first and the longest pause of a conductor whose store fails (doubling between)."""
 
 
 class Conductor:
@@ -71,12 +83,6 @@ class Conductor:
         for label, value in (("capacity", capacity), ("max_attempts", max_attempts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive integer, not {value!r}")
-        if not board.shares_database(engine.journal):
-            raise AioflowError(
-                f"the conductor's journal ({engine.journal.url}) cannot check the claims of "
-                f"jobboard {board.url}: put both in the same SQLite file or PostgreSQL "
-                "database and schema (fencing needs them in one transaction)"
-            )
         self.board = board
         self.engine = engine
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
@@ -88,6 +94,7 @@ class Conductor:
         """The jobs this conductor holds now, by id."""
         self._stack: AsyncExitStack | None = None
         self._log = _LOG.bind(conductor=self.name)
+        self._backoff = 0.0  # > 0 while the store fails: claims wait that long first
 
     def __repr__(self) -> str:
         return f"Conductor({self.name!r}, {len(self.running)}/{self.capacity} jobs)"
@@ -127,7 +134,13 @@ class Conductor:
                 while max_jobs is None or claimed < max_jobs:
                     await slots.acquire()
                     try:
+                        if self._backoff:
+                            await self._store_back()
                         job = await self.board.claim(self.name, self.lease)
+                    except JournalError as exc:
+                        slots.release()
+                        self._trouble(exc)  # no claim while the store is away
+                        continue
                     except BaseException:
                         slots.release()
                         raise
@@ -188,42 +201,74 @@ class Conductor:
             self.running.pop(job.id, None)
             slots.release()
 
-    async def _run_claimed(self, job: Job, log: Any) -> None:
-        journal = self.engine.journal
-        async with anyio.create_task_group() as tg:
-            fence = self.board.fence(job, on_lost=tg.cancel_scope.cancel)
-            journal.set_fence(job.id, fence)
-            tg.start_soon(self._renew, job, fence)
-            outcome: Outcome | None = None
-            error: Exception | None = None
+    def _trouble(self, exc: BaseException) -> None:
+        """The store failed: wait longer before the next claim (see :meth:`_store_back`)."""
+        self._backoff = min(max(self._backoff * 2, _BACKOFF[0]), _BACKOFF[1])
+        self._log.warning("aioflow.store_unavailable", error=str(exc), retry_in=self._backoff)
+
+    async def _store_back(self) -> None:
+        """Wait until the store takes writes again (a heartbeat of the engine is written),
+        backing off between two tries."""
+        while True:
+            await self.board._sleep(self._backoff)
             try:
-                outcome = await self._drive(job)
-            except LeaseLostError:
-                pass
+                await self.engine._ownership.renew()
+            except AioflowError as exc:
+                self._trouble(exc)
+                continue
+            self._backoff = 0.0
+            self._log.info("aioflow.store_available")
+            return
+
+    async def _run_claimed(self, job: Job, log: Any) -> None:
+        claim_lost = anyio.Event()
+        outcome: Outcome | None = None
+        error: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            run_scope = anyio.CancelScope()
+
+            def lose() -> None:
+                claim_lost.set()
+                run_scope.cancel()
+
+            tg.start_soon(self._renew, job, lose)
+            try:
+                with run_scope:
+                    outcome = await self._drive(job)
+            except LeaseLostError as exc:
+                # Another engine took the flow over: the job is no longer this one's.
+                log.warning("aioflow.job_lease_lost", error=str(exc))
+                tg.cancel_scope.cancel()
+                return
+            except FlowBusyError as exc:
+                # The flow still runs in a live engine elsewhere (its conductor's claim
+                # lapsed first): give the job back until that engine's lease ends.
+                delay = max((exc.expires or 0.0) - self.engine.journal.clock(), self.lease / 3)
+                with anyio.CancelScope(shield=True):
+                    with suppress(JournalError):
+                        await self.board.release(job, delay=delay)
+                log.info("aioflow.job_busy_elsewhere", owner=exc.owner, retry_in=delay)
+                tg.cancel_scope.cancel()
+                return
             except anyio.get_cancelled_exc_class():
-                if not fence.lost:
-                    with anyio.CancelScope(shield=True):
+                if not claim_lost.is_set():
+                    with anyio.CancelScope(shield=True), suppress(JournalError):
                         # Graceful shutdown: give the job back now, not after the lease.
                         await self.board.release(job)
                         log.info("aioflow.job_released")
                 raise
             except Exception as exc:
-                if not fence.lost:
-                    error = exc
-            finally:
-                journal.set_fence(job.id, None)
-            if fence.lost:
-                tg.cancel_scope.cancel()
+                error = exc
+            if claim_lost.is_set():
+                log.warning("aioflow.job_lease_lost")
             else:
                 with anyio.CancelScope(shield=True):
                     await self._settle(job, outcome, error, log)
-                tg.cancel_scope.cancel()
-        if fence.lost:
-            log.warning("aioflow.job_lease_lost")
+            tg.cancel_scope.cancel()
 
     async def _drive(self, job: Job) -> Outcome:
         try:
-            await self.engine.journal.load(job.id)
+            await self.engine.journal.summary(job.id)
         except NotFoundError:
             return await self._outcome_of(self.engine.run(job.flow, job.inputs, flow_id=job.id))
         return await self._outcome_of(self.engine.resume(job.id))
@@ -240,10 +285,14 @@ class Conductor:
         self, job: Job, outcome: Outcome | None, error: Exception | None, log: Any
     ) -> None:
         board = self.board
-        if outcome is None and isinstance(error, JournalError):
+        if outcome is None and isinstance(error, JournalError | OSError):
             # The storage failed, not the flow: let another conductor (or a later try of
-            # this one) resume it from what the journal kept.
-            done = await board.release(job)
+            # this one) resume it from what the journal kept, once the store is back.
+            self._trouble(error)
+            try:
+                done = await board.release(job, delay=self._backoff)
+            except JournalError:
+                done = True  # the claim lapses by itself
             log.error("aioflow.job_journal_error", error=str(error))
         elif outcome is None:
             failure = Failure.from_exception(error or AioflowError("the flow did not end"))
@@ -264,9 +313,11 @@ class Conductor:
         if not done:
             log.warning("aioflow.job_lease_lost", when="settling")
 
-    async def _renew(self, job: Job, fence: Any) -> None:
-        """Renew the lease every third of it; lose the fence once renewal is refused or
-        the lease ran out without one succeeding."""
+    async def _renew(self, job: Job, lose: Callable[[], None]) -> None:
+        """Renew the claim every third of the lease; call ``lose`` once renewal is
+        refused (another conductor claimed the job) or the lease ran out without one
+        succeeding. The run is then stopped here (SUSPENDED, when the journal still
+        takes its last events), and the job's new holder resumes it."""
         board = self.board
         expires = board._now() + self.lease
         while True:
@@ -280,5 +331,5 @@ class Conductor:
             if renewed:
                 expires = now + self.lease
             elif renewed is False or now >= expires:
-                fence.lose()
+                lose()
                 return

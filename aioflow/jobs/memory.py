@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -13,7 +13,6 @@ from .._errors import NotFoundError
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
-from ..journal._base import Fence
 from ._board import Job, JobBoard, JobState, check_post
 
 __all__ = ["MemoryJobBoard"]
@@ -22,7 +21,7 @@ _CLAIMABLE = (JobState.UNCLAIMED, JobState.CLAIMED)
 
 
 class MemoryJobBoard(JobBoard):
-    """A :class:`JobBoard` in memory; fences work with any journal of the same process."""
+    """A :class:`JobBoard` in memory, for tests and one process."""
 
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
@@ -120,7 +119,7 @@ class MemoryJobBoard(JobBoard):
         self._put(stored, available_at=self._now() + lease)
         return True
 
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: Job, delay: float = 0.0) -> bool:
         stored = self._held(job)
         if stored is None:
             return False
@@ -130,7 +129,7 @@ class MemoryJobBoard(JobBoard):
             owner=None,
             generation=stored.generation + 1,
             attempts=max(stored.attempts - 1, 0),
-            available_at=self._now(),
+            available_at=self._now() + max(delay, 0.0),
         )
         self._notify()
         return True
@@ -164,13 +163,6 @@ class MemoryJobBoard(JobBoard):
         self._put(stored, state=JobState.UNCLAIMED, available_at=self._now())
         self._notify()
         return True
-
-    def fence(self, job: Job, on_lost: Callable[[], object] | None = None) -> Fence:
-        def current() -> int | None:
-            stored = self._jobs.get(job.id)
-            return None if stored is None else stored.generation
-
-        return Fence(job.id, job.generation, current=current, on_lost=on_lost)
 
     def shares_database(self, journal: Journal) -> bool:
         return True  # its fences are checked in the process, whatever the journal

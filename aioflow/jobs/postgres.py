@@ -211,16 +211,18 @@ class PostgresJobBoard(JobBoard):
             self._now(),
         )
 
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: Job, delay: float = 0.0) -> bool:
+        now = self._now()
         released = await self._update(
             "WITH n AS (SELECT pg_notify($4, $1))"
             " UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
             " generation = generation + 1, attempts = GREATEST(attempts - 1, 0),"
-            " available_at = $3, updated = $3 FROM n" + _HELD,
+            " available_at = $5, updated = $3 FROM n" + _HELD,
             job.id,
             job.generation,
-            self._now(),
+            now,
             CHANNEL,
+            now + max(delay, 0.0),
         )
         return released
 

@@ -201,13 +201,13 @@ class SqliteJobBoard(JobBoard):
             (now + lease, now, job.id, job.generation),
         )
 
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: Job, delay: float = 0.0) -> bool:
         now = self._now()
         return await self._update(
             "UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
             " generation = generation + 1, attempts = max(attempts - 1, 0), available_at = ?,"
             " updated = ?" + _HELD,
-            (now, now, job.id, job.generation),
+            (now + max(delay, 0.0), now, job.id, job.generation),
         )
 
     async def finish(

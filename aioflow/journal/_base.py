@@ -11,21 +11,32 @@ it).
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from .._codec import Codec
-from .._errors import JournalError, LeaseLostError, SerializationError
+from .._codec import Codec, Encoded
+from .._errors import JournalError, LeaseLostError, NotFoundError, SerializationError
 from .._events import Event, EventKind
 from .._replay import compaction_cut, replay, snapshot
 from .._states import AtomState, FlowStatus
 
+ACTIVE = frozenset({FlowStatus.RUNNING, FlowStatus.REVERTING})
+"""The statuses in which a flow has an owner running it (else it rests, or is PENDING)."""
+
 
 @dataclass(frozen=True, slots=True)
 class FlowSummary:
-    """One row of :meth:`Journal.flows`: what a flow is and how it stands."""
+    """One row of :meth:`Journal.flows`: what a flow is, how it stands and who runs it.
+
+    ``owner`` is the id of the engine that took the flow last (None once it rests or was
+    given up), ``generation`` counts the takings, ``lease_expires`` is when the owner's
+    heartbeat runs out unless renewed, and ``orphaned`` is true for a RUNNING or
+    REVERTING flow that no live engine owns: its process died (or lost its journal), and
+    a resume, or an engine with ``recover=True``, may take it over.
+    """
 
     flow_id: str
     name: str
@@ -34,70 +45,111 @@ class FlowSummary:
     created: float
     updated: float
     last_seq: int
+    owner: str | None = None
+    generation: int = 0
+    lease_expires: float | None = None
+    orphaned: bool = False
 
     @classmethod
-    def from_row(cls, row: Sequence[Any]) -> FlowSummary:
+    def from_row(cls, row: Sequence[Any], now: float) -> FlowSummary:
         """The summary a stored row (flow_id, name, status, ref, created, updated,
-        last_seq) holds; a flow with no status yet is PENDING."""
-        flow_id, name, status, ref, created, updated, last_seq = row
+        last_seq, owner, generation, lease_expires) holds at time ``now``; a flow with no
+        status yet is PENDING."""
+        flow_id, name, status, ref, created, updated, last_seq, owner, generation, expires = row
+        status = FlowStatus.PENDING if status is None else FlowStatus(status)
         return cls(
             flow_id=flow_id,
             name=name,
-            status=FlowStatus.PENDING if status is None else FlowStatus(status),
+            status=status,
             ref=ref,
             created=created,
             updated=updated,
             last_seq=last_seq,
+            owner=owner,
+            generation=generation or 0,
+            lease_expires=expires,
+            orphaned=is_orphaned(status, owner, expires, now),
         )
+
+
+def is_orphaned(status: FlowStatus, owner: str | None, expires: float | None, now: float) -> bool:
+    """True when a flow in ``status`` needs an owner and none is alive at ``now``."""
+    return status in ACTIVE and (owner is None or expires is None or expires <= now)
 
 
 class Fence:
-    """A job's claim that a journal checks before it keeps a flow's events (fencing).
+    """A run's ownership of a flow, which the journal checks before it keeps the flow's
+    events (fencing).
 
-    A conductor gives one to the journal for the flow of each job it runs
-    (:meth:`Journal.set_fence`). Every commit holding that flow's events first checks, in
-    the same transaction, that the job's claim generation is still ``generation``: in the
-    ``aioflow_jobs`` table of the journal's own database (so the jobboard and the journal
-    must share it), or by calling ``current`` when it is given (an in-process board). If
-    the claim moved on, the flow's events are dropped, the fence is lost for good, every
-    later append for the flow raises :class:`~aioflow.LeaseLostError`, and ``on_lost`` is
-    called (the conductor stops the flow).
+    An engine takes a flow (:meth:`Journal.take`, or by creating it) and gives the
+    journal a fence with the generation it got (:meth:`Journal.set_fence`). Every commit
+    holding that flow's events checks, in the same transaction, that the flow's
+    generation is still ``generation``. If it moved on (another engine took the flow over
+    because this one's lease expired), or the commit met a conflicting event, the
+    flow's events are dropped, and only them: the other flows of the batch are committed.
+    The fence is then lost for good: every later append for the flow raises
+    :attr:`failure`, and ``on_lost`` is called (the engine stops that run). A commit
+    that fails for everyone (a lost connection, a full disk) loses the fences of the
+    flows whose events it held, with the storage error as their failure.
     """
 
-    __slots__ = ("current", "generation", "job_id", "lost", "on_lost")
+    __slots__ = ("failure", "generation", "on_lost", "owner")
 
     def __init__(
         self,
-        job_id: str,
+        owner: str,
         generation: int,
         *,
-        current: Callable[[], int | None] | None = None,
-        on_lost: Callable[[], object] | None = None,
+        on_lost: Callable[[BaseException], object] | None = None,
     ) -> None:
-        self.job_id = job_id
+        self.owner = owner
         self.generation = generation
-        self.current = current
         self.on_lost = on_lost
-        self.lost = False
+        self.failure: BaseException | None = None
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else "held"
-        return f"Fence(job {self.job_id}, generation {self.generation}, {state})"
+        return f"Fence({self.owner}, generation {self.generation}, {state})"
 
-    def lose(self) -> None:
-        """Mark the claim lost (once) and tell ``on_lost``."""
-        if not self.lost:
-            self.lost = True
+    @property
+    def lost(self) -> bool:
+        """True once the journal refused (or failed to keep) the flow's events."""
+        return self.failure is not None
+
+    def lose(self, error: BaseException) -> None:
+        """Mark the ownership lost (once) with ``error`` and tell ``on_lost``."""
+        if self.failure is None:
+            self.failure = error
             if self.on_lost is not None:
-                self.on_lost()
+                self.on_lost(error)
 
-    def error(self, flow_id: str) -> LeaseLostError:
+    def error(self, flow_id: str) -> BaseException:
         """The error an append for ``flow_id`` raises once the fence is lost."""
-        return LeaseLostError(
-            f"job {self.job_id} is no longer claimed with generation {self.generation} (its "
-            f"lease expired and another conductor claimed it); flow {flow_id} may not be "
-            "written by this conductor"
-        )
+        if self.failure is not None:
+            return self.failure
+        return lease_lost(flow_id, self.owner, self.generation)
+
+
+def taken_over(flow_id: str, fence: Fence, by: str | None) -> LeaseLostError:
+    """The error of a fence whose flow another owner (``by``, when known) took over."""
+    if by is None or by == fence.owner:
+        return lease_lost(flow_id, fence.owner, fence.generation)
+    return LeaseLostError(
+        f"flow {flow_id} was taken over by engine {by} (the lease of engine {fence.owner}, "
+        f"generation {fence.generation}, had expired); this engine may not write one more "
+        "event of it",
+        flow_id=flow_id,
+    )
+
+
+def lease_lost(flow_id: str, owner: str, generation: int) -> LeaseLostError:
+    """The error of an owner whose flow was taken over."""
+    return LeaseLostError(
+        f"flow {flow_id} is no longer owned by engine {owner} (generation {generation}): "
+        "its lease expired and another engine took the flow over; this engine may not "
+        "write one more event of it",
+        flow_id=flow_id,
+    )
 
 
 class Journal(abc.ABC):
@@ -106,6 +158,8 @@ class Journal(abc.ABC):
     url: str
     codec: Codec
     _fences: dict[str, Fence]
+    clock: Callable[[], float] = time.time
+    """The time leases are measured with (an engine gives the journal its own clock)."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -156,7 +210,11 @@ class Journal(abc.ABC):
     ) -> int:
         """:meth:`append` the event with these fields. The engine calls this when no
         listener needs the :class:`~aioflow.Event` itself; a backend may store the fields
-        without making one (the built-in ones do)."""
+        without making one (the built-in ones do). Details may come
+        :class:`~aioflow._codec.Encoded`: a backend that does not store their text
+        encodes them again."""
+        if type(details) is Encoded:
+            details = details.details
         return self.append(
             Event(flow_id, seq, time, kind, atom, state, attempt, progress, details or {})
         )
@@ -212,17 +270,57 @@ class Journal(abc.ABC):
         raise JournalError(f"journal {self.url} cannot compact flows")
 
     def set_fence(self, flow_id: str, fence: Fence | None) -> None:
-        """Check ``fence`` before committing any event of ``flow_id`` (None removes it).
-
-        Raises :class:`~aioflow.JournalError` for a journal that cannot fence writes.
-        """
-        fences = getattr(self, "_fences", None)
-        if fences is None:
-            raise JournalError(f"journal {self.url} cannot fence the writes of jobs")
+        """Check ``fence`` before committing any event of ``flow_id``; None retires the
+        flow's fence once the events appended so far are settled (committed or refused),
+        so events still queued are checked all the same."""
         if fence is None:
-            fences.pop(flow_id, None)
+            self._fences.pop(flow_id, None)
         else:
-            fences[flow_id] = fence
+            self._fences[flow_id] = fence
+
+    def fence_of(self, flow_id: str) -> Fence | None:
+        """The fence the journal checks for ``flow_id`` now, if any."""
+        return self._fences.get(flow_id)
+
+    # Ownership ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def take(self, flow_id: str, owner: str) -> tuple[int, int]:
+        """Make ``owner`` the owner of flow ``flow_id`` and return (its new generation,
+        the flow's last committed seq), in one atomic step for every process sharing
+        the journal.
+
+        A flow is taken when nobody owns it (it rests, or its run was given up), when
+        ``owner`` owns it already, or when its owner's lease has expired. A flow that
+        rests has no owner: a run gives its flow up in the commit that rests it.
+        Otherwise raises :class:`~aioflow.FlowBusyError` naming the owner and
+        changes nothing. Raises :class:`~aioflow.NotFoundError` for an unknown flow.
+        Once taken, the previous owner's fence no longer matches: its next commit of the
+        flow is refused.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, owner: str, expires: float) -> None:
+        """Record that engine ``owner`` is alive until ``expires`` (seconds since the
+        epoch, on the journal's :attr:`clock`); its flows are not orphaned before then."""
+
+    @abc.abstractmethod
+    async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
+        """Give up ``owner``'s ownership of ``flow_id`` (generation ``generation``), so
+        that the flow is orphaned now rather than when the owner's lease runs out (its
+        run ended without being able to write its last events). False when the flow's
+        ownership had moved on already."""
+
+    async def summary(self, flow_id: str) -> FlowSummary:
+        """The summary of one flow; :class:`~aioflow.NotFoundError` when unknown."""
+        for found in await self.flows():
+            if found.flow_id == flow_id:
+                return found
+        raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+
+    async def orphans(self) -> list[FlowSummary]:
+        """The flows that are RUNNING or REVERTING with no live owner, oldest first."""
+        return [s for s in await self.flows() if s.orphaned]
 
     @abc.abstractmethod
     async def get_meta(self, key: str) -> str | None:
@@ -278,10 +376,13 @@ def encode_details(
     atom: str | None,
     details: Mapping[str, Any] | None,
 ) -> str | None:
-    """An event's details as the codec's text (None when empty). A value the codec
-    refuses raises the error every backend raises: SerializationError naming the atom."""
+    """An event's details as the codec's text (None when empty; the text itself when
+    they are :class:`~aioflow._codec.Encoded`). A value the codec refuses raises the
+    error every backend raises: SerializationError naming the atom."""
     if not details:
         return None
+    if type(details) is Encoded:
+        return details.text
     try:
         return codec.encode(details)
     except (TypeError, ValueError) as exc:  # SerializationError is a TypeError

@@ -6,36 +6,53 @@ commits it as one transaction through the backend's callback and then advances
 ``durable``. Waiters for the same commit share one :class:`anyio.Event`, so a thousand
 atoms waiting on one commit cost one wake-up each and nothing per ticket.
 
-The log stays in order: batches are committed in append order, and after a failed
-commit nothing more is committed, so storage always holds a prefix of the appends.
+The log stays in order: batches are committed in append order, so storage always
+holds a prefix of each flow's appends. A commit may keep some flows' rows and refuse
+others' (a fence that no longer holds, a conflicting event): the refused flows' rows are
+dropped, with every row of theirs still queued, and only those flows fail. A commit that
+fails as a whole (a lost connection, a locked or full disk) fails the flows whose rows
+it held the same way; the writer waits a moment (backing off) and goes on with the rest.
+It never stops for everyone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._codec import Codec
+from .._codec import Codec, Encoded
 from .._errors import JournalError
 from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
 from ._base import Fence, Journal, encode_details
 
-__all__ = ["EventRow", "GroupWriter", "WriterJournal", "encode_row"]
+__all__ = ["CommitError", "EventRow", "GroupWriter", "WriterJournal", "encode_row"]
 
 Row = TypeVar("Row")
+
+
+class CommitError(JournalError):
+    """Raised by a backend's commit that failed after keeping the first ``committed``
+    rows of its batch (in transactions of their own)."""
+
+    def __init__(self, message: str, *, committed: int = 0) -> None:
+        super().__init__(message)
+        self.committed = committed
 
 
 class GroupWriter(Generic[Row]):
     """Batches rows handed over by ``append`` and commits each batch in one transaction.
 
-    ``commit`` receives the whole pending batch and must commit it in order: all of it,
-    or raise having committed at most a prefix of it (one transaction, or several in a
-    row). ``name`` says which journal this is, for error messages.
+    ``commit`` receives the whole pending batch and must commit it in order. It returns
+    the flows (by ``key`` of their rows) whose rows it refused and left out, each with
+    its error, or None; or it raises, having committed nothing of the batch but a prefix
+    of ``committed`` rows (an attribute of the exception; 0 when absent). ``on_refused``
+    hears of every flow whose rows were dropped, refused or lost with a failed commit.
+    ``name`` says which journal this is, for error messages.
 
     With ``linger`` (seconds), rows that nobody waits for yet are left to gather for up
     to that long, or until ``linger_rows`` are pending, before the writer commits them:
@@ -45,15 +62,19 @@ class GroupWriter(Generic[Row]):
 
     def __init__(
         self,
-        commit: Callable[[list[Row]], Awaitable[None]],
+        commit: Callable[[list[Row]], Awaitable[Mapping[str, BaseException] | None]],
         *,
         name: str,
+        key: Callable[[Row], str] | None = None,
+        on_refused: Callable[[Mapping[str, BaseException]], None] | None = None,
         commit_now: Callable[[list[Row]], bool] | None = None,
         idle: Callable[[], Awaitable[None]] | None = None,
         linger: float = 0.0,
         linger_rows: int = 0,
     ) -> None:
         self._commit = commit
+        self._key = key
+        self._on_refused = on_refused
         self._commit_now = commit_now
         self._idle = idle
         self._linger = linger
@@ -62,7 +83,8 @@ class GroupWriter(Generic[Row]):
         self._hurry: anyio.Event | None = None
         self._busy = False
         self._name = name
-        self._pending: list[Row] = []
+        self._pending: list[Row | None] = []
+        self._holes = False  # some pending rows were dropped (are None)
         self.appended = 0
         """The last ticket handed out."""
         self.durable = 0
@@ -78,6 +100,16 @@ class GroupWriter(Generic[Row]):
         self._current: anyio.Event | None = None
         self._next: anyio.Event | None = None
         self._error: JournalError | None = None
+        # Tickets whose rows were dropped (refused, or lost with a failed commit), with
+        # the error their waiters get; bounded (see _forget).
+        self._dropped: dict[int, BaseException] = {}
+        # Flows dropped for good: later rows of theirs are refused at once.
+        self.broken: dict[str, BaseException] = {}
+        self._backoff = 0.0
+        self.failures = 0
+        """How many commits failed as a whole (tests and monitoring)."""
+        self.last_failure: JournalError | None = None
+        """The error of the last commit, while commits fail."""
         self._closing = False
         self._running = False
         self._stopped = anyio.Event()
@@ -85,8 +117,13 @@ class GroupWriter(Generic[Row]):
 
     @property
     def error(self) -> JournalError | None:
-        """The failure that stopped the writer, if any."""
+        """The failure that closed the writer for good, if any (never a commit's own)."""
         return self._error
+
+    @property
+    def healthy(self) -> bool:
+        """False from a commit that failed as a whole until one succeeds again."""
+        return self._backoff == 0.0
 
     def append(self, row: Row) -> int:
         """Queue ``row`` for the next commit and return its ticket; never waits."""
@@ -111,6 +148,10 @@ class GroupWriter(Generic[Row]):
             if self._error is not None:
                 raise self._error
             if ticket <= self.durable:
+                if self._dropped:
+                    dropped = self._dropped.get(ticket)
+                    if dropped is not None:
+                        raise dropped
                 return
             if ticket > self.appended:
                 raise ValueError(f"ticket {ticket} was never handed out (last is {self.appended})")
@@ -171,6 +212,8 @@ class GroupWriter(Generic[Row]):
                 # outcome must be known before the log may go on.
                 with anyio.CancelScope(shield=True):
                     await self._commit_pending()
+                if self._backoff and not self._closing:
+                    await anyio.sleep(self._backoff)  # the storage failed: let it recover
         finally:
             self._running = False
             self._stopped.set()
@@ -211,18 +254,24 @@ class GroupWriter(Generic[Row]):
                 await self._commit_pending()
         if self._error is not None:
             raise self._error
+        if self.last_failure is not None:
+            # The last rows could not be kept: say so (each flow's run was told already).
+            raise self.last_failure
 
     def _commit_sync(self) -> bool:
         """Let the backend commit everything pending at once, in the waiter, without a
         trip through the writer task; False when it declined (the writer will do it)."""
         assert self._commit_now is not None
+        if self._holes:
+            return False  # rows were dropped from it: the writer's path skips them
         try:
-            if not self._commit_now(self._pending):
+            if not self._commit_now(self._pending):  # type: ignore[arg-type]
                 return False
-        except Exception as exc:
-            self._fail(exc)
-            return True
+        except Exception:
+            return False  # the writer's path commits it, or fails only its flows
         self._pending = []
+        self._backoff = 0.0
+        self.last_failure = None
         # Nothing was in flight (the writer is not busy): every waiter is served.
         self._committed(self.appended)
         return True
@@ -244,17 +293,12 @@ class GroupWriter(Generic[Row]):
         if all_of_them:
             self._next = None
 
-    def _fail(self, exc: Exception) -> None:
+    def _error_of(self, exc: Exception) -> JournalError:
         if isinstance(exc, JournalError):
-            error = exc
-        else:
-            error = JournalError(f"journal {self._name}: commit failed: {exc}")
-            error.__cause__ = exc
-        self._error = error
-        # Rows queued after the failed batch are dropped with it: committing them
-        # would leave a gap in the log.
-        self._pending = []
-        self._wake_waiters(all_of_them=True)
+            return exc
+        error = JournalError(f"journal {self._name}: commit failed: {exc}")
+        error.__cause__ = exc
+        return error
 
     async def _commit_pending(self) -> None:
         batch = self._pending
@@ -264,17 +308,79 @@ class GroupWriter(Generic[Row]):
         self._current = self._next
         self._next = None
         self._busy = True
+        rows = [row for row in batch if row is not None] if self._holes else batch
+        self._holes = False
+        refused: Mapping[str, BaseException] | None = None
         try:
-            await self._commit(batch)
+            refused = await self._commit(rows) if rows else None  # type: ignore[arg-type]
         except Exception as exc:
-            self._fail(exc)
-            return
+            error = self._error_of(exc)
+            committed = getattr(exc, "committed", 0)
+            key = self._key
+            if key is None:
+                # Rows that name no flow cannot be told apart: the writer stops.
+                self._error = error
+                self._pending = []
+                self._wake_waiters(all_of_them=True)
+                return
+            self.failures += 1
+            self.last_failure = error
+            self._backoff = min(max(self._backoff * 2, 0.05), 2.0)
+            refused = {key(row): error for row in rows[committed:]}  # type: ignore[arg-type]
+        else:
+            self._backoff = 0.0
+            self.last_failure = None
         finally:
             self._busy = False
+        if refused:
+            self._drop(batch, high, refused)
         self._committed(high)
+
+    def _drop(
+        self, batch: list[Row | None], high: int, refused: Mapping[str, BaseException]
+    ) -> None:
+        """Drop the rows of the ``refused`` flows: those of ``batch`` (tickets up to
+        ``high``) and those queued since. Their waiters get their flow's error."""
+        key = self._key
+        assert key is not None
+        dropped = self._dropped
+        first = high - len(batch) + 1
+        for j, row in enumerate(batch):
+            if row is not None:
+                error = refused.get(key(row))
+                if error is not None:
+                    dropped[first + j] = error
+        pending = self._pending
+        first = self.appended - len(pending) + 1
+        for j, row in enumerate(pending):
+            if row is not None:
+                error = refused.get(key(row))
+                if error is not None:
+                    dropped[first + j] = error
+                    pending[j] = None
+                    self._holes = True
+        if len(dropped) > _DROPPED_KEPT:
+            for ticket in sorted(dropped)[: len(dropped) - _DROPPED_KEPT // 2]:
+                del dropped[ticket]
+        self.broken.update(refused)
+        if len(self.broken) > _DROPPED_KEPT:
+            for flow in list(self.broken)[: len(self.broken) - _DROPPED_KEPT // 2]:
+                del self.broken[flow]
+        if self._on_refused is not None:
+            self._on_refused(refused)
+
+
+_DROPPED_KEPT = 100_000
+"""How many dropped tickets (and broken flows) a writer remembers; older ones are
+forgotten (their waiters were woken long ago)."""
 
 
 _FLOW = EventKind.FLOW
+
+
+def _flow_of(row: EventRow) -> str:
+    return row[0]
+
 
 # flow_id, seq, time, kind, atom, state, attempt, progress, details, name, ref
 EventRow: TypeAlias = tuple[
@@ -344,6 +450,10 @@ class WriterJournal(Journal):
     _writer: GroupWriter[EventRow] | None = None
     _tg: TaskGroup | None = None
     _fences: dict[str, Fence]
+    _retiring: dict[str, tuple[int, Fence]]
+    large_until = 0
+    """The ticket of the last row holding a large value (encoded off the loop): a backend
+    should not write such a row on the loop's thread."""
 
     @property
     def label(self) -> str:
@@ -392,33 +502,48 @@ class WriterJournal(Journal):
     def is_open(self) -> bool:
         return self._tg is not None
 
-    async def _lost_fences(
+    def _new_writer(
         self,
-        flow_ids: set[str],
-        generations: Callable[[list[str]], Awaitable[Iterable[Sequence[Any]]]],
-    ) -> dict[str, Fence]:
-        """The fences (by flow id) of ``flow_ids`` whose job's claim generation moved on.
+        commit: Callable[[list[EventRow]], Awaitable[Mapping[str, BaseException] | None]],
+        **options: Any,
+    ) -> GroupWriter[EventRow]:
+        """The journal's writer: rows are told apart by flow, and a flow whose rows are
+        dropped loses its fence (its run is stopped)."""
+        return GroupWriter(commit, key=_flow_of, on_refused=self._refused, **options)
 
-        ``generations`` reads the (job id, generation) rows of the given jobs inside the
-        commit's transaction, in a way that keeps them from changing before the commit.
-        """
-        lost: dict[str, Fence] = {}
-        by_table: dict[str, Fence] = {}
-        for flow_id in flow_ids:
+    def _refused(self, refused: Mapping[str, BaseException]) -> None:
+        for flow_id, error in refused.items():
             fence = self._fences.get(flow_id)
-            if fence is None:
-                continue
-            if fence.lost or (fence.current is not None and fence.current() != fence.generation):
-                lost[flow_id] = fence
-            elif fence.current is None:
-                by_table[flow_id] = fence
-        if by_table:
-            rows = await generations([fence.job_id for fence in by_table.values()])
-            current: dict[str, int] = {row[0]: row[1] for row in rows}
-            for flow_id, fence in by_table.items():
-                if current.get(fence.job_id) != fence.generation:
-                    lost[flow_id] = fence
-        return lost
+            if fence is not None:
+                fence.lose(error)
+
+    def set_fence(self, flow_id: str, fence: Fence | None) -> None:
+        retiring = self._retiring
+        writer = self._writer
+        if retiring and writer is not None:
+            durable = writer.durable
+            for flow, (ticket, retired) in list(retiring.items()):
+                if ticket <= durable:
+                    del retiring[flow]
+                    if self._fences.get(flow) is retired:
+                        del self._fences[flow]
+        if fence is not None:
+            retiring.pop(flow_id, None)
+            self._fences[flow_id] = fence
+            return
+        old = self._fences.get(flow_id)
+        if old is None:
+            return
+        if writer is None or writer.durable >= writer.appended:
+            del self._fences[flow_id]
+        else:
+            # Rows of the flow may still be queued: they are checked all the same.
+            retiring[flow_id] = (writer.appended, old)
+
+    @property
+    def healthy(self) -> bool:
+        """False while the journal's commits fail (the storage is unavailable)."""
+        return self._writer is None or self._writer.healthy
 
     def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
         """The event a stored row (seq, time, kind, atom, state, attempt, progress,
@@ -459,10 +584,15 @@ class WriterJournal(Journal):
             fence = self._fences.get(flow_id)
             if fence is not None and fence.lost:
                 raise fence.error(flow_id)
+        if writer.broken and flow_id in writer.broken:
+            raise writer.broken[flow_id]
         row = fields_row(
             self.codec, flow_id, seq, time, kind, atom, state, attempt, progress, details
         )
-        return writer.append(row)
+        ticket = writer.append(row)
+        if details.__class__ is Encoded:  # a large value, encoded off the loop
+            self.large_until = ticket
+        return ticket
 
     @property
     def durable(self) -> int:

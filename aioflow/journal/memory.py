@@ -17,10 +17,19 @@ from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
 
 from .._codec import Codec, get_codec
-from .._errors import JournalError, NotFoundError
+from .._errors import FlowBusyError, JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
-from ._base import Fence, FlowSummary, Journal, check_keep, encode_details, plan_compaction
+from ._base import (
+    Fence,
+    FlowSummary,
+    Journal,
+    check_keep,
+    encode_details,
+    is_orphaned,
+    plan_compaction,
+    taken_over,
+)
 
 __all__ = ["MemoryJournal"]
 
@@ -48,9 +57,21 @@ def _row(
 class _Flow:
     """One flow's events and the running summary :meth:`MemoryJournal.flows` reports."""
 
-    __slots__ = ("created", "events", "last_seq", "name", "ref", "status", "updated")
+    __slots__ = (
+        "created",
+        "events",
+        "generation",
+        "last_seq",
+        "name",
+        "owner",
+        "ref",
+        "status",
+        "updated",
+    )
 
     def __init__(self, seq: int, time: float) -> None:
+        self.owner: str | None = None
+        self.generation = 0
         self.events: list[_Row] = []
         self.last_seq = seq - 1
         self.name: str | None = None
@@ -77,6 +98,7 @@ class MemoryJournal(Journal):
         self._count = 0
         self._open = False
         self._fences: dict[str, Fence] = {}
+        self._heartbeats: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"MemoryJournal({self._count} events, {len(self._flows)} flows)"
@@ -110,12 +132,19 @@ class MemoryJournal(Journal):
     ) -> int:
         if not self._open:
             raise JournalError("the memory journal is not open")
-        if self._fences:
-            _check_fence(self._fences.get(flow_id), flow_id)
-        text = encode_details(self.codec, flow_id, kind, atom, details) if details else None
         flow = self._flows.get(flow_id)
+        fence = self._fences.get(flow_id) if self._fences else None
+        if fence is not None:
+            if fence.lost:
+                raise fence.error(flow_id)
+            if flow is not None and flow.generation != fence.generation:
+                fence.lose(taken_over(flow_id, fence, flow.owner))
+                raise fence.error(flow_id)
+        text = encode_details(self.codec, flow_id, kind, atom, details) if details else None
         if flow is None:
             flow = self._flows[flow_id] = _Flow(seq, time)
+            if fence is not None:
+                flow.owner, flow.generation = fence.owner, fence.generation
         elif seq <= flow.last_seq:
             raise JournalError(
                 f"conflicting write to flow {flow_id} at seq {seq}: the journal "
@@ -133,6 +162,8 @@ class MemoryJournal(Journal):
             if isinstance(state, FlowStatus):
                 flow.status = state
                 flow.updated = time
+                if state.is_resting:
+                    flow.owner = None
         self._count += 1
         return self._count
 
@@ -156,21 +187,62 @@ class MemoryJournal(Journal):
             raise ValueError(f"ticket {ticket} was never handed out (last is {self._count})")
 
     async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
+        now = self.clock()
         found = [
-            FlowSummary(
-                flow_id=flow_id,
-                name=flow.name,
-                status=flow.status,
-                ref=flow.ref,
-                created=flow.created,
-                updated=flow.updated,
-                last_seq=flow.last_seq,
-            )
+            self._summary(flow_id, flow, now)
             for flow_id, flow in self._flows.items()
             if flow.name is not None and (status is None or flow.status is status)
         ]
         found.sort(key=attrgetter("created"))
         return found
+
+    def _summary(self, flow_id: str, flow: _Flow, now: float) -> FlowSummary:
+        expires = None if flow.owner is None else self._heartbeats.get(flow.owner)
+        return FlowSummary(
+            flow_id=flow_id,
+            name=flow.name or "",
+            status=flow.status,
+            ref=flow.ref,
+            created=flow.created,
+            updated=flow.updated,
+            last_seq=flow.last_seq,
+            owner=flow.owner,
+            generation=flow.generation,
+            lease_expires=expires,
+            orphaned=is_orphaned(flow.status, flow.owner, expires, now),
+        )
+
+    async def summary(self, flow_id: str) -> FlowSummary:
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.name is None:
+            raise NotFoundError(f"no flow {flow_id} in the memory journal")
+        return self._summary(flow_id, flow, self.clock())
+
+    async def take(self, flow_id: str, owner: str) -> tuple[int, int]:
+        flow = self._flows.get(flow_id)
+        if flow is None:
+            raise NotFoundError(f"no flow {flow_id} in the memory journal")
+        expires = None if flow.owner is None else self._heartbeats.get(flow.owner)
+        if (
+            flow.owner is not None
+            and flow.owner != owner
+            and expires is not None
+            and expires > self.clock()
+        ):
+            raise FlowBusyError(flow_id, flow.owner, expires)
+        flow.owner = owner
+        flow.generation += 1
+        return flow.generation, flow.last_seq
+
+    async def heartbeat(self, owner: str, expires: float) -> None:
+        self._heartbeats[owner] = expires
+
+    async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
+        flow = self._flows.get(flow_id)
+        if flow is None or flow.owner != owner or flow.generation != generation:
+            return False
+        flow.owner = None
+        return True
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         flow = self._flows.get(flow_id)
@@ -209,16 +281,6 @@ class MemoryJournal(Journal):
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)
 
-    def set_fence(self, flow_id: str, fence: Fence | None) -> None:
-        """As :meth:`Journal.set_fence`; only fences of in-process boards (``current``) can
-        be checked here, so another fence raises :class:`~aioflow.JournalError`."""
-        if fence is not None and fence.current is None:
-            raise JournalError(
-                "the memory journal can only fence jobs of a memory:// jobboard; use a "
-                "journal in the jobboard's database"
-            )
-        super().set_fence(flow_id, fence)
-
     async def set_meta_default(self, key: str, value: str) -> str:
         return self._meta.setdefault(key, value)
 
@@ -228,18 +290,10 @@ class MemoryJournal(Journal):
         flow = self._flows.get(flow_id)
         if (0 if flow is None else flow.last_seq) != last_seq:
             return False
+        if flow is not None and flow.owner is not None:
+            return False  # an engine has taken the flow: it may be about to write it
         for event in events:  # all encodable, or none is kept
             encode_details(self.codec, flow_id, event.kind, event.atom, event.details)
         for event in events:
             self.append(event)
         return True
-
-
-def _check_fence(fence: Fence | None, flow_id: str) -> None:
-    """Refuse an append for a job whose claim moved on (the memory journal commits at once)."""
-    if fence is None:
-        return
-    if not fence.lost and fence.current is not None and fence.current() != fence.generation:
-        fence.lose()
-    if fence.lost:
-        raise fence.error(flow_id)

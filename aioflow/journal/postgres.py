@@ -11,8 +11,7 @@ flows (jobs run by a conductor) is a transaction of three: the claim check
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from functools import partial
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias, cast
 
 import anyio
@@ -21,18 +20,33 @@ import anyio.lowlevel
 import asyncpg
 
 from .._codec import Codec, get_codec
-from .._errors import JournalError, NotFoundError
+from .._errors import FlowBusyError, JournalError, NotFoundError
 from .._events import Event, EventKind
+from .._log import get_logger
 from .._states import FlowStatus
-from ._base import Fence, FlowSummary, check_keep, plan_compaction
+from ._base import ACTIVE, Fence, FlowSummary, check_keep, plan_compaction, taken_over
 from ._writer import EventRow, GroupWriter, WriterJournal, encode_row
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal", "dsn_from_url"]
 
-SCHEMA_VERSION = 1
-"""The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``)."""
+_LOG = get_logger("aioflow.journal")
+
+SCHEMA_VERSION = 2
+"""The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``).
+
+Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows``, and the
+engines' heartbeats in ``aioflow_owners``); a version 1 schema is migrated when opened."""
 
 _TABLES = ("aioflow_meta", "aioflow_events", "aioflow_flows")
+_OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL)"
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
+    "ALTER TABLE aioflow_flows ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+    _OWNERS,
+    "UPDATE aioflow_meta SET value = '2' WHERE key = 'schema_version'",
+)
+_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What asyncpg raises when the server, the connection or the statement fails."""
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
@@ -41,42 +55,62 @@ _SCHEMA = (
     " PRIMARY KEY(flow_id, seq))",
     "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
     " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
-    " ord BIGSERIAL)",
+    " ord BIGSERIAL, owner TEXT, generation BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX aioflow_flows_status ON aioflow_flows(status)",
+    _OWNERS,
 )
 
-# One statement commits a batch: the events, then one upsert per flow it touches. A flow's
-# summary row is made by the event that names it (as in SQLite); a flow with no row and no
-# naming event in the batch keeps having none.
+# One statement commits a batch: it locks the summary rows of the fenced flows that hold
+# their fence's generation ($20, $21: flows the batch does not create), and only when all
+# of them do, inserts the events and upserts one summary per flow it touches. A flow's
+# summary row is made by the event that names it (as in SQLite); a flow with no row and
+# no naming event in the batch keeps having none. A flow that comes to rest gives up its
+# owner. The statement returns whether the fences held; when they did not, it wrote
+# nothing and the commit finds which flows to leave out.
 _COMMIT = """
-WITH events AS (
+WITH owned AS (
+    SELECT f.flow_id FROM aioflow_flows f
+    JOIN unnest($20::text[], $21::bigint[]) AS x(flow_id, generation) USING (flow_id)
+    WHERE f.generation = x.generation
+    FOR UPDATE OF f
+), held AS (
+    SELECT count(*) = cardinality($20::text[]) AS ok FROM owned
+), events AS (
     INSERT INTO aioflow_events
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[],
                          $6::text[], $7::int[], $8::float8[], $9::text[])
+    WHERE (SELECT ok FROM held)
+), flows AS (
+    INSERT INTO aioflow_flows AS f
+        (flow_id, name, status, ref, created, updated, last_seq, owner, generation)
+    SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.last_seq, u.owner,
+           u.generation
+    FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::float8[],
+                $15::float8[], $16::bigint[], $17::text[], $18::bigint[])
+         AS u(flow_id, name, status, ref, created, updated, last_seq, owner, generation)
+    WHERE (SELECT ok FROM held) AND (u.name IS NOT NULL
+           OR EXISTS (SELECT 1 FROM aioflow_flows g WHERE g.flow_id = u.flow_id))
+    ON CONFLICT (flow_id) DO UPDATE SET
+        last_seq = GREATEST(f.last_seq, EXCLUDED.last_seq),
+        status = COALESCE(EXCLUDED.status, f.status),
+        updated = COALESCE(EXCLUDED.updated, f.updated),
+        owner = CASE WHEN EXCLUDED.status = ANY($19::text[]) THEN NULL ELSE f.owner END
 )
-INSERT INTO aioflow_flows AS f (flow_id, name, status, ref, created, updated, last_seq)
-SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.last_seq
-FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::float8[], $15::float8[],
-            $16::bigint[]) AS u(flow_id, name, status, ref, created, updated, last_seq)
-WHERE u.name IS NOT NULL OR EXISTS (SELECT 1 FROM aioflow_flows g WHERE g.flow_id = u.flow_id)
-ON CONFLICT (flow_id) DO UPDATE SET
-    last_seq = GREATEST(f.last_seq, EXCLUDED.last_seq),
-    status = COALESCE(EXCLUDED.status, f.status),
-    updated = COALESCE(EXCLUDED.updated, f.updated)
+SELECT ok FROM held
 """
-
-FENCED_COMMIT_TIMEOUT = 5.0
-"""Seconds a fenced commit may sit idle inside its transaction (a paused process) before
-PostgreSQL ends the session, releasing the job rows it locked."""
-_FENCED_TIMEOUT = (
-    f"SET LOCAL idle_in_transaction_session_timeout = {int(FENCED_COMMIT_TIMEOUT * 1000)}"
-)
+_RESTING = sorted(status.value for status in FlowStatus if status.is_resting)
+_ACTIVE_VALUES = frozenset(status.value for status in ACTIVE)
 
 _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
     " WHERE flow_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 )
-_SELECT_FLOWS = "SELECT flow_id, name, status, ref, created, updated, last_seq FROM aioflow_flows"
+_SELECT_FLOWS = (
+    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
+    " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+)
+_OWNERS_KEPT = 3600.0
+"""Seconds an expired heartbeat row is kept before a heartbeat deletes it."""
 _PAGE = 1000
 _KINDS = {kind.value: kind for kind in EventKind}
 _FLOW = EventKind.FLOW
@@ -110,6 +144,7 @@ class PostgresJournal(WriterJournal):
         self._writer: GroupWriter[_Row] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._fences: dict[str, Fence] = {}
+        self._retiring: dict[str, tuple[int, Fence]] = {}
 
     def __repr__(self) -> str:
         return f"PostgresJournal({_redact(self.url)!r})"
@@ -121,7 +156,7 @@ class PostgresJournal(WriterJournal):
             raise JournalError(f"journal {_redact(self.url)} is already open")
         try:
             pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ERRORS as exc:
             raise self._error("cannot connect", exc) from exc
         assert pool is not None
         try:
@@ -134,7 +169,7 @@ class PostgresJournal(WriterJournal):
                 raise self._error("cannot open", exc) from exc
             raise
         self._pool = pool
-        await self._start_writer(GroupWriter(self._commit, name=self.label), self._close_pool)
+        await self._start_writer(self._new_writer(self._commit, name=self.label), self._close_pool)
 
     async def close(self) -> None:
         await self._stop_writer(self._close_pool)
@@ -179,11 +214,13 @@ class PostgresJournal(WriterJournal):
             raise JournalError(
                 f"{_redact(self.url)} has an aioflow_meta table without a schema_version"
             )
-        if version != str(SCHEMA_VERSION):
+        if version == "1":
+            await self._migrate(conn)
+        elif version != str(SCHEMA_VERSION):
             raise JournalError(
                 f"{_redact(self.url)} is an aioflow journal with schema version {version}; "
-                f"this version of aioflow reads schema version {SCHEMA_VERSION} and does "
-                "not migrate journals"
+                f"this version of aioflow reads schema version {SCHEMA_VERSION} (and "
+                "migrates version 1); a newer aioflow wrote it: upgrade aioflow to open it"
             )
         missing = set(_TABLES) - names
         if missing:
@@ -191,6 +228,21 @@ class PostgresJournal(WriterJournal):
                 f"{_redact(self.url)} is a damaged aioflow journal: no {sorted(missing)}"
             )
         return True
+
+    async def _migrate(self, conn: Any) -> None:
+        """Bring a version 1 schema to version 2 (flow ownership), once for every process
+        opening it at once."""
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_journal'))"
+            )
+            version = await conn.fetchval(
+                "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
+            )
+            if version == "1":
+                for statement in _MIGRATE_1_TO_2:
+                    await conn.execute(statement)
+                _LOG.info("aioflow.journal_migrated", journal=self.label, schema_version=2)
 
     async def _ensure_schema(self, conn: Any) -> None:
         async with conn.transaction():
@@ -223,6 +275,12 @@ class PostgresJournal(WriterJournal):
             return True
         try:
             async with pool.acquire() as conn, conn.transaction():
+                # The summary row's lock orders this against a take of the flow.
+                owner = await conn.fetchval(
+                    "SELECT owner FROM aioflow_flows WHERE flow_id = $1 FOR UPDATE", flow_id
+                )
+                if owner is not None:
+                    return False  # an engine has taken the flow: it may be about to write it
                 found = await conn.fetchval(
                     "SELECT max(seq) FROM aioflow_events WHERE flow_id = $1", flow_id
                 )
@@ -230,99 +288,112 @@ class PostgresJournal(WriterJournal):
                     return False
                 # Two callers expecting the same last_seq both get here; the primary key
                 # lets one insert and refuses the other.
-                await conn.execute(_COMMIT, *self._arguments(batch))
+                await conn.execute(_COMMIT, *self._arguments(batch, fenced=False))
         except asyncpg.UniqueViolationError:
             return False
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ERRORS as exc:
             raise self._error(f"cannot append to flow {flow_id}", exc) from exc
         return True
 
-    @staticmethod
-    def _arguments(batch: list[_Row]) -> list[list[Any]]:
-        """The 16 array parameters of :data:`_COMMIT` for ``batch``."""
-        columns: list[list[Any]] = [list(column) for column in zip(*batch, strict=True)][:9]
-        # flow_id -> [name, status, ref, created, updated, last_seq]
+    def _arguments(self, batch: list[_Row], *, fenced: bool = True) -> list[Any]:
+        """The 21 parameters of :data:`_COMMIT` for ``batch``."""
+        columns: list[Any] = [list(column) for column in zip(*batch, strict=True)][:9]
+        fences = self._fences if fenced else {}
+        # flow_id -> [name, status, ref, created, updated, last_seq, owner, generation]
         flows: dict[str, list[Any]] = {}
         for row in batch:
             flow_id, seq, when, kind, state, name = row[0], row[1], row[2], row[3], row[5], row[9]
             summary = flows.get(flow_id)
             if summary is None:
-                summary = flows[flow_id] = [None, None, None, None, None, seq]
+                summary = flows[flow_id] = [None, None, None, None, None, seq, None, 0]
             elif seq > summary[5]:
                 summary[5] = seq
             if name is not None and summary[0] is None:
                 summary[0], summary[2], summary[3] = name, row[10], when
             if kind == "FLOW":
                 summary[1], summary[4] = state, when
+        checked: list[str] = []
+        generations: list[int] = []
+        for flow_id, summary in flows.items():
+            fence = fences.get(flow_id)
+            if fence is None:
+                continue
+            if summary[0] is None:  # a flow the batch does not create: check its fence
+                checked.append(flow_id)
+                generations.append(fence.generation)
+            elif summary[1] not in _RESTING:  # a new flow is made with its owner
+                summary[6], summary[7] = fence.owner, fence.generation
+            else:
+                summary[7] = fence.generation
         summaries = [[flow_id, *summary] for flow_id, summary in flows.items()]
         columns += [list(column) for column in zip(*summaries, strict=True)]
+        columns += [_RESTING, checked, generations]
         return columns
 
-    async def _commit(self, batch: list[_Row]) -> None:
-        """Commit ``batch`` in one transaction (the writer's callback)."""
+    async def _commit(self, batch: list[_Row]) -> dict[str, BaseException] | None:
+        """Commit ``batch`` in one statement (the writer's callback), leaving out the
+        flows whose fence no longer holds or whose events conflict."""
         pool = self._pool
         assert pool is not None
-        lost: dict[str, Fence] = {}
+        refused: dict[str, BaseException] = {}
         try:
             async with pool.acquire() as conn:
-                if self._fences and any(row[0] in self._fences for row in batch):
-                    async with conn.transaction():
-                        # The check locks job rows; a writer paused inside this transaction
-                        # must not keep a conductor from taking its job over for long.
-                        await conn.execute(_FENCED_TIMEOUT)
-                        lost = await self._lost_fences(
-                            {row[0] for row in batch}, partial(self._generations, conn)
+                while batch:
+                    try:
+                        if await conn.fetchval(_COMMIT, *self._arguments(batch)):
+                            break
+                        found = await self._lost(conn, batch)
+                    except asyncpg.UniqueViolationError:
+                        # A run that lost its flow meets the new owner's events: say so.
+                        found = await self._lost(conn, batch) or await self._conflicts(conn, batch)
+                    if not found:
+                        raise JournalError(
+                            f"journal {_redact(self.url)}: a commit was refused for no flow"
                         )
-                        if lost:
-                            batch = [row for row in batch if row[0] not in lost]
-                        if batch:
-                            await conn.execute(_COMMIT, *self._arguments(batch))
-                else:
-                    await conn.execute(_COMMIT, *self._arguments(batch))
-        except asyncpg.UniqueViolationError as exc:
-            raise await self._conflict(batch, exc) from exc
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    refused.update(found)
+                    batch = [row for row in batch if row[0] not in found]
+        except _ERRORS as exc:
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
-        for fence in lost.values():
-            fence.lose()
+        return refused or None
 
-    async def _generations(self, conn: Any, job_ids: list[str]) -> Iterable[Sequence[Any]]:
-        """(id, generation) of the given jobs; ``FOR SHARE`` holds the rows until the
-        commit, so no claim, renewal or release can change them before it."""
-        try:
-            rows: Iterable[Sequence[Any]] = await conn.fetch(
-                "SELECT id, generation FROM aioflow_jobs WHERE id = ANY($1::text[]) FOR SHARE",
-                job_ids,
-            )
-        except asyncpg.UndefinedTableError as exc:
-            raise JournalError(
-                f"journal {_redact(self.url)} cannot check job claims ({exc}): fenced "
-                "writes need the jobboard in the journal's database and schema"
-            ) from exc
-        return rows
+    async def _lost(self, conn: Any, batch: list[_Row]) -> dict[str, BaseException]:
+        """The fenced flows of ``batch`` whose generation moved on, with their errors."""
+        fenced = {row[0]: self._fences[row[0]] for row in batch if row[0] in self._fences}
+        if not fenced:
+            return {}
+        rows = await conn.fetch(
+            "SELECT flow_id, generation, owner FROM aioflow_flows WHERE flow_id = ANY($1::text[])",
+            list(fenced),
+        )
+        current = {row[0]: (row[1], row[2]) for row in rows}
+        lost: dict[str, BaseException] = {}
+        created = {row[0] for row in batch if row[9] is not None}
+        for flow_id, fence in fenced.items():
+            if flow_id in created and flow_id not in current:
+                continue
+            generation, owner = current.get(flow_id, (None, None))
+            if generation != fence.generation:
+                lost[flow_id] = taken_over(flow_id, fence, owner)
+        return lost
 
-    async def _conflict(self, batch: list[_Row], exc: BaseException) -> JournalError:
-        """Name the (flow, seq) that made a commit fail on the primary key."""
+    async def _conflicts(self, conn: Any, batch: list[_Row]) -> dict[str, BaseException]:
+        """The flows whose rows in ``batch`` repeat a committed (flow, seq), with errors
+        naming the first such seq of each."""
+        found: dict[str, BaseException] = {}
         seen: set[tuple[str, int]] = set()
         for row in batch:
             if (row[0], row[1]) in seen:
-                return self._conflict_error(row[0], row[1])
+                found.setdefault(row[0], self._conflict_error(row[0], row[1]))
             seen.add((row[0], row[1]))
-        pool = self._pool
-        if pool is not None:
-            try:
-                found = await pool.fetch(
-                    "SELECT e.flow_id, e.seq FROM aioflow_events e JOIN unnest($1::text[],"
-                    " $2::bigint[]) AS u(flow_id, seq) USING (flow_id, seq)"
-                    " ORDER BY e.flow_id, e.seq LIMIT 1",
-                    [row[0] for row in batch],
-                    [row[1] for row in batch],
-                )
-                if found:
-                    return self._conflict_error(found[0][0], found[0][1])
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                pass
-        return self._error("commit refused", exc)
+        rows = await conn.fetch(
+            "SELECT e.flow_id, min(e.seq) FROM aioflow_events e JOIN unnest($1::text[],"
+            " $2::bigint[]) AS u(flow_id, seq) USING (flow_id, seq) GROUP BY e.flow_id",
+            [row[0] for row in batch],
+            [row[1] for row in batch],
+        )
+        for flow_id, seq in rows:
+            found.setdefault(flow_id, self._conflict_error(flow_id, seq))
+        return found
 
     def _conflict_error(self, flow_id: str, seq: int) -> JournalError:
         return JournalError(
@@ -347,17 +418,102 @@ class PostgresJournal(WriterJournal):
             finally:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ERRORS as exc:
             raise self._error("cannot read", exc) from exc
 
     async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
         if status is None:
-            rows = await self._fetch(_SELECT_FLOWS + " ORDER BY created, ord")
+            rows = await self._fetch(_SELECT_FLOWS + " ORDER BY f.created, f.ord")
         else:
             rows = await self._fetch(
-                _SELECT_FLOWS + " WHERE status = $1 ORDER BY created, ord", status.value
+                _SELECT_FLOWS + " WHERE f.status = $1 ORDER BY f.created, f.ord", status.value
             )
-        return [FlowSummary.from_row(row) for row in rows]
+        now = self.clock()
+        return [FlowSummary.from_row(row, now) for row in rows]
+
+    async def summary(self, flow_id: str) -> FlowSummary:
+        rows = await self._fetch(_SELECT_FLOWS + " WHERE f.flow_id = $1", flow_id)
+        if not rows:
+            raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
+        return FlowSummary.from_row(rows[0], self.clock())
+
+    async def orphans(self) -> list[FlowSummary]:
+        now = self.clock()
+        rows = await self._fetch(
+            _SELECT_FLOWS + " WHERE f.status = ANY($1::text[]) AND (f.owner IS NULL"
+            " OR o.expires IS NULL OR o.expires <= $2) ORDER BY f.created, f.ord",
+            sorted(_ACTIVE_VALUES),
+            now,
+        )
+        return [FlowSummary.from_row(row, now) for row in rows]
+
+    # ----------------------------------------------------------------------- ownership
+
+    async def take(self, flow_id: str, owner: str) -> tuple[int, int]:
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        now = self.clock()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT f.owner, f.generation, f.last_seq, o.expires FROM"
+                    " aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+                    " WHERE f.flow_id = $1 FOR UPDATE OF f",
+                    flow_id,
+                )
+                if row is None:
+                    raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
+                current, generation, last_seq, expires = row
+                if (
+                    current is not None
+                    and current != owner
+                    and expires is not None
+                    and expires > now
+                ):
+                    raise FlowBusyError(flow_id, current, expires)
+                await conn.execute(
+                    "UPDATE aioflow_flows SET owner = $2, generation = $3 WHERE flow_id = $1",
+                    flow_id,
+                    owner,
+                    generation + 1,
+                )
+        except _ERRORS as exc:
+            raise self._error(f"cannot take flow {flow_id}", exc) from exc
+        return generation + 1, last_seq
+
+    async def heartbeat(self, owner: str, expires: float) -> None:
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute(
+                    "WITH gone AS (DELETE FROM aioflow_owners WHERE expires < $3)"
+                    " INSERT INTO aioflow_owners(owner, expires) VALUES ($1, $2)"
+                    " ON CONFLICT (owner) DO UPDATE SET expires = EXCLUDED.expires",
+                    owner,
+                    expires,
+                    self.clock() - _OWNERS_KEPT,
+                )
+        except _ERRORS as exc:
+            raise self._error(f"cannot renew the heartbeat of engine {owner}", exc) from exc
+
+    async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
+        pool = self._pool
+        if pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        try:
+            done = await pool.execute(
+                "UPDATE aioflow_flows SET owner = NULL WHERE flow_id = $1 AND owner = $2"
+                " AND generation = $3",
+                flow_id,
+                owner,
+                generation,
+            )
+        except _ERRORS as exc:
+            raise self._error(f"cannot give up flow {flow_id}", exc) from exc
+        return bool(done.endswith(" 1"))
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         while True:
@@ -413,7 +569,7 @@ class PostgresJournal(WriterJournal):
                     folded.kind.value,
                     self.codec.encode(folded.details),
                 )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ERRORS as exc:
             raise self._error(f"cannot compact flow {flow_id}", exc) from exc
         return n - 1
 
@@ -436,7 +592,7 @@ class PostgresJournal(WriterJournal):
                     value,
                 )
                 stored = await conn.fetchval("SELECT value FROM aioflow_meta WHERE key = $1", key)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _ERRORS as exc:
             raise self._error(f"cannot set {key!r}", exc) from exc
         return cast("str", stored)
 

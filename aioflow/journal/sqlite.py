@@ -16,7 +16,6 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from time import monotonic
 from typing import Any, TypeAlias, cast
@@ -27,24 +26,47 @@ import anyio.abc
 import anyio.lowlevel
 
 from .._codec import Codec, get_codec
-from .._errors import JournalError, NotFoundError
+from .._errors import FlowBusyError, JournalError, LeaseLostError, NotFoundError
 from .._events import Event, EventKind, decode_state
+from .._log import get_logger
 from .._states import FlowStatus
-from ._base import Fence, FlowSummary, check_keep, encode_details, plan_compaction
-from ._writer import EventRow, GroupWriter, WriterJournal
+from ._base import (
+    ACTIVE,
+    Fence,
+    FlowSummary,
+    check_keep,
+    encode_details,
+    plan_compaction,
+    taken_over,
+)
+from ._writer import CommitError, EventRow, GroupWriter, WriterJournal
 
 __all__ = ["SqliteJournal"]
 
-SCHEMA_VERSION = 1
-"""The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``)."""
+_LOG = get_logger("aioflow.journal")
 
+SCHEMA_VERSION = 2
+"""The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``).
+
+Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows``, and the
+engines' heartbeats in ``aioflow_owners``); a version 1 file is migrated when opened."""
+
+_OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT NULL)"
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE aioflow_events(flow_id TEXT, seq INTEGER, time REAL, kind TEXT,"
     " atom TEXT, state TEXT, attempt INTEGER, progress REAL, details TEXT,"
     " PRIMARY KEY(flow_id, seq)) WITHOUT ROWID",
     "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
-    " created REAL, updated REAL, last_seq INTEGER)",
+    " created REAL, updated REAL, last_seq INTEGER, owner TEXT,"
+    " generation INTEGER NOT NULL DEFAULT 0)",
+    _OWNERS,
+)
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
+    "ALTER TABLE aioflow_flows ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    _OWNERS,
+    "UPDATE aioflow_meta SET value = '2' WHERE key = 'schema_version'",
 )
 
 _PRAGMAS = "PRAGMA synchronous=NORMAL;"
@@ -90,14 +112,23 @@ _INSERT_EVENTS = {
 }
 _INSERT_EVENT = _INSERT_EVENTS[1]
 _CREATE_FLOW = (
-    "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, last_seq)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
+    "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, last_seq, owner,"
+    " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
 )
-_UPDATE_FLOW = (
+# A flow that comes to rest gives its owner up in the same transaction (?2 = 2).
+_SET_SUMMARY = (
     "UPDATE aioflow_flows SET last_seq = max(last_seq, ?1),"
     " status = CASE WHEN ?2 THEN ?3 ELSE status END,"
-    " updated = CASE WHEN ?2 THEN ?4 ELSE updated END WHERE flow_id = ?5"
+    " updated = CASE WHEN ?2 THEN ?4 ELSE updated END,"
+    " owner = CASE WHEN ?2 = 2 THEN NULL ELSE owner END WHERE flow_id = ?5"
 )
+_UPDATE_FLOW = _SET_SUMMARY
+"""The summary update of an unfenced flow."""
+_UPDATE_FENCED = _SET_SUMMARY + " AND generation = ?6"
+"""The summary update of a fenced flow: it matches no row once the flow's generation
+moved on, which the commit counts (the fence check costs no statement of its own)."""
+_RESTING = frozenset(status.value for status in FlowStatus if status.is_resting)
+_ACTIVE_VALUES = frozenset(status.value for status in ACTIVE)
 
 
 _PAGE = 1000
@@ -110,7 +141,13 @@ _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
     " WHERE flow_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
-_SELECT_FLOWS = "SELECT flow_id, name, status, ref, created, updated, last_seq FROM aioflow_flows"
+_SELECT_FLOWS = (
+    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
+    " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+)
+_OWNERS_KEPT = 3600.0
+"""Seconds an expired heartbeat row is kept before a heartbeat deletes it (a flow whose
+owner has no row is orphaned all the same)."""
 
 _KINDS = {kind.value: kind for kind in EventKind}
 _FLOW = EventKind.FLOW
@@ -184,6 +221,12 @@ async def set_wal(db: aiosqlite.Connection, *, patience: float = 30.0) -> None:
         delay = min(delay * 2, 0.2)
 
 
+def _writable(path: Path, mode: int) -> bool:
+    """Whether this process may write ``path`` (``mode`` for os.access): its user and a
+    read-only file system are asked, as SQLite will meet them."""
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
 def path_from_url(url: str) -> str:
     """The file path in a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL."""
     prefix = "sqlite:///"
@@ -227,6 +270,7 @@ class SqliteJournal(WriterJournal):
         # connection never runs inside that open transaction.
         self._lock = anyio.Lock()
         self._fences: dict[str, Fence] = {}
+        self._retiring: dict[str, tuple[int, Fence]] = {}
         self._inline: sqlite3.Connection | None = None
         # For work in worker threads (compaction, WAL checkpoints), one at a time.
         self._worker: sqlite3.Connection | None = None
@@ -244,6 +288,11 @@ class SqliteJournal(WriterJournal):
     async def open(self) -> None:
         if self._db is not None:
             raise JournalError(f"journal {self.url} is already open")
+        # Asked first: SQLite opens a file it may not write read-only without a word, and
+        # the first commit would fail instead.
+        read_only = await anyio.to_thread.run_sync(self._read_only)
+        if read_only is not None:
+            raise self._read_only_error(read_only)
         db = await self._connect(create=True)
         try:
             if not await self._check_schema(db):
@@ -254,15 +303,15 @@ class SqliteJournal(WriterJournal):
             with anyio.CancelScope(shield=True):
                 await db.close()
             if isinstance(exc, sqlite3.Error):
-                raise self._error("cannot open", exc) from exc
+                raise await self._open_error(exc) from exc
             raise
         self._db = db
         try:
             self._inline = await anyio.to_thread.run_sync(self._connect_inline)
         except sqlite3.Error as exc:
             await self._close_db()
-            raise self._error("cannot open", exc) from exc
-        writer = GroupWriter(
+            raise await self._open_error(exc) from exc
+        writer = self._new_writer(
             self._commit,
             name=self.url,
             commit_now=self._commit_now,
@@ -323,8 +372,8 @@ class SqliteJournal(WriterJournal):
                 cached_statements=len(_INSERT_EVENTS) + 32,
             )
         except sqlite3.Error as exc:
-            if create:
-                raise self._error("cannot open", exc) from exc
+            if create or await anyio.Path(self.path).exists():
+                raise await self._open_error(exc) from exc
             raise JournalError(f"no journal at {self.path} ({self.url}): {exc}") from exc
 
     async def _check_schema(self, db: aiosqlite.Connection) -> bool:
@@ -335,7 +384,9 @@ class SqliteJournal(WriterJournal):
         try:
             rows = await db.execute_fetchall("SELECT type, name FROM sqlite_master")
         except sqlite3.DatabaseError as exc:
-            raise JournalError(f"{self.path} is not a SQLite database ({exc})") from exc
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise JournalError(f"{self.path} is not a SQLite database ({exc})") from exc
+            raise await self._open_error(exc) from exc  # e.g. a read-only file, or its folder
         # A jobboard may share the file (conductors need that for fencing): its tables
         # neither make the file foreign nor make it a journal.
         names = {name for _, name in rows if not name.startswith(_JOBBOARD_NAMES)}
@@ -352,16 +403,37 @@ class SqliteJournal(WriterJournal):
         version = next(iter(found), (None,))[0]
         if version is None:
             raise JournalError(f"{self.path} has an aioflow_meta table without a schema_version")
-        if version != str(SCHEMA_VERSION):
+        if version == "1":
+            await self._migrate(db)
+        elif version != str(SCHEMA_VERSION):
             raise JournalError(
                 f"{self.path} is an aioflow journal with schema version {version}; this "
-                f"version of aioflow reads schema version {SCHEMA_VERSION} and does not "
-                "migrate journals"
+                f"version of aioflow reads schema version {SCHEMA_VERSION} (and migrates "
+                "version 1); a newer aioflow wrote it: upgrade aioflow to open it"
             )
         missing = {"aioflow_events", "aioflow_flows"} - names
         if missing:
             raise JournalError(f"{self.path} is a damaged aioflow journal: no {sorted(missing)}")
         return True
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        """Bring a version 1 journal to version 2 (flow ownership), in one transaction:
+        every process opening it at once migrates it once."""
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            found = await db.execute_fetchall(
+                "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
+            )
+            if next(iter(found), (None,))[0] == "1":
+                for statement in _MIGRATE_1_TO_2:
+                    await db.execute(statement)
+                _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=2)
+            await db.execute("COMMIT")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+            raise
 
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
         # WAL must be set outside a transaction, and only once the file is known to be
@@ -386,16 +458,52 @@ class SqliteJournal(WriterJournal):
     def _error(self, doing: str, exc: BaseException) -> JournalError:
         return JournalError(f"journal {self.url}: {doing}: {exc}")
 
+    async def _open_error(self, exc: sqlite3.Error) -> JournalError:
+        """The error for ``exc``, met opening the file: it says that the journal is
+        read-only when that is what stopped SQLite."""
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # the primary code
+        if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+            read_only = await anyio.to_thread.run_sync(self._read_only)
+            if read_only is None and code == sqlite3.SQLITE_READONLY:
+                read_only = "SQLite may not write to it"
+            if read_only is not None:
+                return self._read_only_error(read_only, exc)
+        return self._error("cannot open", exc)
+
+    def _read_only(self) -> str | None:
+        """What keeps this process from writing the journal: the file, one of the files
+        SQLite keeps beside it, or their folder (None when nothing does)."""
+        path = Path(self.path).absolute()
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists() and not _writable(file, os.W_OK):
+                return f"the file {file} is read-only"
+        folder = path.parent
+        if folder.is_dir() and not _writable(folder, os.W_OK | os.X_OK):
+            return (
+                f"its folder {folder} is read-only (SQLite creates the journal's -wal and "
+                "-shm files there)"
+            )
+        return None
+
+    def _read_only_error(self, why: str, exc: BaseException | None = None) -> JournalError:
+        detail = "" if exc is None else f" ({exc})"
+        return JournalError(
+            f"journal {self.url} is read-only: {why}{detail}. aioflow writes to the "
+            "journal: fix the permissions (or mount the file system read-write), or open "
+            "a journal at another path"
+        )
+
     # ------------------------------------------------------------------------- writing
 
-    async def _commit(self, batch: list[_Row]) -> None:
+    async def _commit(self, batch: list[_Row]) -> dict[str, BaseException] | None:
         """Commit ``batch`` (the writer's callback): on the loop's thread in transactions
-        of at most :data:`_INLINE_ROWS` rows when it can, else in aiosqlite's thread."""
+        of at most :data:`_INLINE_ROWS` rows when it can, else in aiosqlite's thread,
+        which also finds the flows to refuse (a lost fence, a conflicting event)."""
         db = self._db
         assert db is not None
         rest = batch
+        done = 0
         try:
-            done = 0
             while done < len(batch) and self._commit_now(batch[done : done + _INLINE_ROWS]):
                 done += _INLINE_ROWS
                 rest = batch[done:]
@@ -404,27 +512,26 @@ class SqliteJournal(WriterJournal):
             if done:
                 await self._maintain()
             if not rest:
-                return
-            fenced = bool(self._fences) and any(row[0] in self._fences for row in rest)
-            await self._commit_threaded(db, rest, fenced=fenced)
-        except sqlite3.IntegrityError as exc:
-            raise await self._conflict(db, rest, exc) from exc
-        except (sqlite3.Error, ValueError) as exc:  # aiosqlite: ValueError when closed
-            raise self._error(f"cannot commit {len(rest)} events", exc) from exc
+                return None
+            return await self._commit_threaded(db, rest)
+        except (sqlite3.Error, ValueError, JournalError) as exc:  # ValueError: closed
+            raise CommitError(
+                f"journal {self.url}: cannot commit {len(rest)} events: {exc}",
+                committed=min(done, len(batch)),
+            ) from exc
 
     def _commit_now(self, batch: list[_Row]) -> bool:
-        """The writer's fast path, run by a waiter for durability: commit a small,
-        unfenced batch at once on the loop's thread; False to leave it to the writer."""
-        if (
-            self._inline is None
-            or len(batch) > _INLINE_ROWS
-            or (self._fences and any(row[0] in self._fences for row in batch))
-        ):
+        """The writer's fast path, run by a waiter for durability: commit a small batch
+        at once on the loop's thread; False to leave it to the writer (the file is
+        locked, a fence no longer holds, an event conflicts: its path sorts them out)."""
+        if self._inline is None or len(batch) > _INLINE_ROWS:
             return False
+        if self.large_until > self.durable:
+            return False  # a large row: written in aiosqlite's thread, not on the loop's
         try:
             return self._commit_inline(batch)
         except sqlite3.IntegrityError:
-            return False  # the writer's path commits nothing and names the conflict
+            return False  # the writer's path commits the rest and names the conflict
         except sqlite3.Error as exc:
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
 
@@ -495,7 +602,10 @@ class SqliteJournal(WriterJournal):
             raise
         try:
             for statement, rows in self._inserts(batch):
-                inline.executemany(statement, rows)
+                cursor = inline.executemany(statement, rows)
+                if statement is _UPDATE_FENCED and cursor.rowcount != len(rows):
+                    inline.execute("ROLLBACK")  # a fence no longer holds
+                    return False
             inline.execute("COMMIT")
         except BaseException:
             if inline.in_transaction:
@@ -505,106 +615,134 @@ class SqliteJournal(WriterJournal):
         return True
 
     async def _commit_threaded(
-        self, db: aiosqlite.Connection, batch: list[_Row], *, fenced: bool = False
-    ) -> None:
+        self, db: aiosqlite.Connection, batch: list[_Row]
+    ) -> dict[str, BaseException]:
         """Commit ``batch`` in aiosqlite's thread, which waits for the file's lock: one
-        transaction of the same statements as an inline commit. With ``fenced``, it first
-        checks the fences of the batch's flows and drops the rows of those it finds lost.
+        transaction of the same statements as an inline commit. The rows of a flow whose
+        fence no longer holds, or that conflict with committed events, are left out (the
+        transaction is tried again without them); returns those flows with their errors.
         """
-        lost: dict[str, Fence] = {}
+        refused: dict[str, BaseException] = {}
         # Readers on this connection must not see the open transaction.
         async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                if fenced:
-                    lost = await self._lost_fences(
-                        {row[0] for row in batch}, partial(self._generations, db)
-                    )
-                    if lost:
-                        batch = [row for row in batch if row[0] not in lost]
-                for statement, rows in self._inserts(batch) if batch else ():
-                    await db.executemany(statement, rows)
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
+            while batch:
+                found: dict[str, BaseException] = {}
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement, rows in self._inserts(batch):
+                        cursor = await db.executemany(statement, rows)
+                        if statement is _UPDATE_FENCED and cursor.rowcount != len(rows):
+                            # Read in the transaction: no claim can change meanwhile.
+                            found = await self._lost(db, batch)
+                            break
+                    else:
+                        await db.execute("COMMIT")
+                        break
                     await db.execute("ROLLBACK")
-                raise
-        for fence in lost.values():
-            fence.lose()
+                except sqlite3.IntegrityError:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                    # A run that lost its flow meets the new owner's events: say so.
+                    found = await self._lost(db, batch) or await self._conflicts(db, batch)
+                except BaseException:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                    raise
+                if not found:
+                    raise JournalError(f"journal {self.url}: a commit was refused for no flow")
+                refused.update(found)
+                batch = [row for row in batch if row[0] not in found]
+        return refused
 
-    async def _generations(
-        self, db: aiosqlite.Connection, job_ids: list[str]
-    ) -> Iterable[Sequence[Any]]:
-        """(id, generation) of the given jobs, read inside the commit's IMMEDIATE
-        transaction, so no claim can change before the commit."""
-        marks = ", ".join("?" * len(job_ids))
-        try:
-            return await db.execute_fetchall(
-                f"SELECT id, generation FROM aioflow_jobs WHERE id IN ({marks})", job_ids
-            )
-        except sqlite3.OperationalError as exc:
-            raise JournalError(
-                f"journal {self.url} cannot check job claims ({exc}): fenced writes need "
-                "the jobboard in the journal's SQLite file"
-            ) from exc
+    async def _lost(self, db: aiosqlite.Connection, batch: list[_Row]) -> dict[str, BaseException]:
+        """The fenced flows of ``batch`` whose generation moved on, with their errors."""
+        fenced = {row[0]: self._fences[row[0]] for row in batch if row[0] in self._fences}
+        if not fenced:
+            return {}
+        marks = ", ".join("?" * len(fenced))
+        rows = await db.execute_fetchall(
+            f"SELECT flow_id, generation, owner FROM aioflow_flows WHERE flow_id IN ({marks})",
+            list(fenced),
+        )
+        current = {flow_id: (generation, owner) for flow_id, generation, owner in rows}
+        lost: dict[str, BaseException] = {}
+        for flow_id, fence in fenced.items():
+            generation, owner = current.get(flow_id, (None, None))
+            if generation != fence.generation:
+                lost[flow_id] = taken_over(flow_id, fence, owner)
+        return lost
 
-    @classmethod
-    def _inserts(cls, batch: list[_Row]) -> _Steps:
+    def _inserts(self, batch: list[_Row]) -> _Steps:
         """The statements that commit ``batch``: its events, the flows it creates, and
-        the summary update of each flow it touches."""
-        created, updates = cls._summaries(batch)
+        the summary update of each flow it touches (the fenced ones' last)."""
+        created, updates, fenced = self._summaries(batch)
         steps = _event_steps(batch)
         if created:
             steps.append((_CREATE_FLOW, created))
-        steps.append((_UPDATE_FLOW, updates))
+        if updates:
+            steps.append((_UPDATE_FLOW, updates))
+        if fenced:
+            steps.append((_UPDATE_FENCED, fenced))
         return steps
 
-    @staticmethod
-    def _summaries(batch: list[_Row]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The flow rows a batch creates and the summary update of each flow it touches.
+    def _summaries(
+        self, batch: list[_Row]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The flow rows a batch creates, and the summary update of each flow it touches:
+        unfenced, and fenced (which must find the fence's generation).
 
         A flow's rows come in the order of their seq (its run numbers them as it appends
         them), so the last row of a flow in the batch has its highest seq."""
+        fences = self._fences
         last = {row[0]: row[1] for row in batch}
-        flow_rows = [row for row in batch if row[3] == "FLOW"]
-        if not flow_rows:
-            return [], [(seq, 0, None, None, flow_id) for flow_id, seq in last.items()]
-        created = [
-            (row[0], row[9], row[5], row[10], row[2], row[2], row[1])
-            for row in flow_rows
-            if row[9] is not None
-        ]
-        status = {row[0]: (row[5], row[2]) for row in flow_rows}  # the last FLOW event's
-        updates = [
-            (seq, 1, *status[flow_id], flow_id)
-            if flow_id in status
-            else (seq, 0, None, None, flow_id)
-            for flow_id, seq in last.items()
-        ]
-        return created, updates
+        status: dict[str, tuple[int, str | None, float]] = {}
+        created: list[tuple[Any, ...]] = []
+        for row in batch:
+            if row[3] == "FLOW":
+                # The last FLOW event's; a flow that comes to rest gives up its owner.
+                status[row[0]] = (2 if row[5] in _RESTING else 1, row[5], row[2])
+                if row[9] is not None:
+                    fence = fences.get(row[0])
+                    owner, generation = (
+                        (None, 0) if fence is None else (fence.owner, fence.generation)
+                    )
+                    created.append(
+                        (row[0], row[9], row[5], row[10], row[2], row[2], row[1], owner, generation)
+                    )
+        updates: list[tuple[Any, ...]] = []
+        fenced: list[tuple[Any, ...]] = []
+        for flow_id, seq in last.items():
+            flag, state, when = status.get(flow_id, (0, None, None))
+            fence = fences.get(flow_id)
+            if fence is None:
+                updates.append((seq, flag, state, when, flow_id))
+            else:
+                fenced.append((seq, flag, state, when, flow_id, fence.generation))
+        return created, updates, fenced
 
-    async def _conflict(
-        self, db: aiosqlite.Connection, batch: list[_Row], exc: sqlite3.Error
-    ) -> JournalError:
-        """Name the (flow, seq) that made a commit fail on the primary key."""
+    async def _conflicts(
+        self, db: aiosqlite.Connection, batch: list[_Row]
+    ) -> dict[str, BaseException]:
+        """The flows whose rows in ``batch`` repeat a committed (flow, seq), with errors
+        naming it."""
         by_flow: dict[str, set[int]] = {}
+        found: dict[str, BaseException] = {}
         for row in batch:
             seqs = by_flow.setdefault(row[0], set())
             if row[1] in seqs:
-                return self._conflict_error(row[0], row[1])
+                found[row[0]] = self._conflict_error(row[0], row[1])
             seqs.add(row[1])
-        try:
-            for flow_id, seqs in by_flow.items():
-                found = await db.execute_fetchall(
-                    "SELECT seq FROM aioflow_events WHERE flow_id = ? AND seq BETWEEN ? AND ?",
-                    (flow_id, min(seqs), max(seqs)),
-                )
-                taken = seqs & {seq for (seq,) in found}
-                if taken:
-                    return self._conflict_error(flow_id, min(taken))
-        except sqlite3.Error:
-            pass
-        return self._error("commit refused", exc)
+        for flow_id, seqs in by_flow.items():
+            if flow_id in found:
+                continue
+            rows = await db.execute_fetchall(
+                "SELECT seq FROM aioflow_events WHERE flow_id = ? AND seq BETWEEN ? AND ?",
+                (flow_id, min(seqs), max(seqs)),
+            )
+            taken = seqs & {seq for (seq,) in rows}
+            if taken:
+                found[flow_id] = self._conflict_error(flow_id, min(taken))
+        return found
 
     def _conflict_error(self, flow_id: str, seq: int) -> JournalError:
         return JournalError(
@@ -631,7 +769,7 @@ class SqliteJournal(WriterJournal):
         if self._db is not None:
             writer = self._writer
             if writer is not None and writer.error is None and writer.durable < writer.appended:
-                with contextlib.suppress(JournalError):  # the read goes on regardless
+                with contextlib.suppress(JournalError, LeaseLostError):  # the read goes on
                     await writer.wait_durable(writer.appended)
             return self._fetch_shared, None
         db = await self._connect(create=False)
@@ -656,12 +794,102 @@ class SqliteJournal(WriterJournal):
 
     async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
         if status is None:
-            rows = await self._query(_SELECT_FLOWS + " ORDER BY created, rowid")
+            rows = await self._query(_SELECT_FLOWS + " ORDER BY f.created, f.rowid")
         else:
             rows = await self._query(
-                _SELECT_FLOWS + " WHERE status = ? ORDER BY created, rowid", (status.value,)
+                _SELECT_FLOWS + " WHERE f.status = ? ORDER BY f.created, f.rowid", (status.value,)
             )
-        return [FlowSummary.from_row(row) for row in rows]
+        now = self.clock()
+        return [FlowSummary.from_row(row, now) for row in rows]
+
+    async def summary(self, flow_id: str) -> FlowSummary:
+        rows = await self._query(_SELECT_FLOWS + " WHERE f.flow_id = ?", (flow_id,))
+        if not rows:
+            raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+        return FlowSummary.from_row(rows[0], self.clock())
+
+    async def orphans(self) -> list[FlowSummary]:
+        now = self.clock()
+        rows = await self._query(
+            _SELECT_FLOWS + " WHERE f.status IN (?, ?) AND (f.owner IS NULL OR o.expires IS NULL"
+            " OR o.expires <= ?) ORDER BY f.created, f.rowid",
+            (*sorted(status.value for status in ACTIVE), now),
+        )
+        return [FlowSummary.from_row(row, now) for row in rows]
+
+    # ----------------------------------------------------------------------- ownership
+
+    async def _write(
+        self, doing: str, steps: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    ) -> Any:
+        """Run ``steps`` in one IMMEDIATE transaction on the open journal's connection."""
+        db = self._db
+        if db is None:
+            raise JournalError(f"journal {self.url} is not open")
+        try:
+            async with self._lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await steps(db)
+                    await db.execute("COMMIT")
+                    return result
+                finally:
+                    if db.in_transaction:
+                        with anyio.CancelScope(shield=True):
+                            await db.execute("ROLLBACK")
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(doing, exc) from exc
+
+    async def take(self, flow_id: str, owner: str) -> tuple[int, int]:
+        now = self.clock()
+
+        async def steps(db: aiosqlite.Connection) -> tuple[int, int]:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT f.owner, f.generation, f.last_seq, o.expires FROM"
+                    " aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+                    " WHERE f.flow_id = ?",
+                    (flow_id,),
+                )
+            )
+            if not rows:
+                raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+            current, generation, last_seq, expires = rows[0]
+            if current is not None and current != owner and expires is not None and expires > now:
+                raise FlowBusyError(flow_id, current, expires)
+            await db.execute(
+                "UPDATE aioflow_flows SET owner = ?, generation = ? WHERE flow_id = ?",
+                (owner, generation + 1, flow_id),
+            )
+            return generation + 1, last_seq
+
+        result: tuple[int, int] = await self._write(f"cannot take flow {flow_id}", steps)
+        return result
+
+    async def heartbeat(self, owner: str, expires: float) -> None:
+        async def steps(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "INSERT INTO aioflow_owners(owner, expires) VALUES (?, ?)"
+                " ON CONFLICT(owner) DO UPDATE SET expires = excluded.expires",
+                (owner, expires),
+            )
+            await db.execute(
+                "DELETE FROM aioflow_owners WHERE expires < ?", (self.clock() - _OWNERS_KEPT,)
+            )
+
+        await self._write("cannot renew the heartbeat of engine " + owner, steps)
+
+    async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
+        async def steps(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE aioflow_flows SET owner = NULL WHERE flow_id = ? AND owner = ?"
+                " AND generation = ?",
+                (flow_id, owner, generation),
+            )
+            return bool(cursor.rowcount)
+
+        done: bool = await self._write(f"cannot give up flow {flow_id}", steps)
+        return done
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         fetch, temporary = await self._reading()
@@ -716,9 +944,7 @@ class SqliteJournal(WriterJournal):
                 finally:
                     conn.close()
             worker = await self._worker_connection()
-            return await anyio.to_thread.run_sync(
-                self._compact_sync, worker, flow_id, keep, before
-            )
+            return await anyio.to_thread.run_sync(self._compact_sync, worker, flow_id, keep, before)
 
     async def _worker_connection(self) -> sqlite3.Connection:
         """The open journal's connection for worker threads (hold ``_worker_lock``)."""
@@ -809,10 +1035,13 @@ class SqliteJournal(WriterJournal):
             await db.execute("BEGIN IMMEDIATE")
             found = list(
                 await db.execute_fetchall(
-                    "SELECT max(seq) FROM aioflow_events WHERE flow_id = ?", (flow_id,)
+                    "SELECT max(seq), (SELECT owner FROM aioflow_flows WHERE flow_id = ?1)"
+                    " FROM aioflow_events WHERE flow_id = ?1",
+                    (flow_id,),
                 )
             )
-            if (found[0][0] or 0) != last_seq:
+            # Not while an engine has taken the flow: it may be about to write it.
+            if (found[0][0] or 0) != last_seq or found[0][1] is not None:
                 await db.execute("ROLLBACK")
                 return False
             await db.executemany(_INSERT_EVENT, rows)
