@@ -234,8 +234,10 @@ async def test_a_conductor_that_lost_its_lease_stops_writing(
                 clock.now += 11
                 taken = await board_b.claim("B", 10)
                 assert taken is not None and taken.generation == 2
+                tg.start_soon(b.run_one, taken)
+                while (await engine_b.journal.summary(job.id)).owner != engine_b.id:
+                    await anyio.sleep(0.01)  # B's engine took the flow over
                 (tmp_path / "go").touch()  # A's atom ends now: its SUCCESS must be refused
-                await b.run_one(taken)
         events = await engine_a.journal.load(job.id)
     done = await board_b.get(job.id)
     await board_a.close()
