@@ -21,7 +21,16 @@ from aioflow import FlowStatus
 from aioflow.journal import SqliteJournal, open_journal
 from aioflow.journal._base import Fence
 
+from .pg import pg_schema, pg_url  # noqa: F401 - fixtures
 from .test_journal import atom_event, flow_start
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A journal that engines standing for several processes share."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/journal.db"
+    return str(request.getfixturevalue("pg_url"))
 
 RAN: Counter[str] = Counter()
 GATES: dict[str, anyio.Event] = {}
@@ -146,8 +155,8 @@ async def test_resume_in_the_same_engine_joins_the_live_run(journal_url: str) ->
     assert Counter({"j first": 1, "j held": 1, "j last": 1}) == RAN
 
 
-async def test_resume_of_a_flow_a_live_engine_runs_elsewhere_is_busy(sqlite_url: str) -> None:
-    async with aioflow.Engine(sqlite_url) as a, aioflow.Engine(sqlite_url) as b:
+async def test_resume_of_a_flow_a_live_engine_runs_elsewhere_is_busy(shared_url: str) -> None:
+    async with aioflow.Engine(shared_url) as a, aioflow.Engine(shared_url) as b:
         handle = await a.start(GATED, {"tag": "b"})
         await until(lambda: RAN["b held"])
         before = await b.journal.summary(handle.flow_id)
@@ -167,15 +176,15 @@ async def test_resume_of_a_flow_a_live_engine_runs_elsewhere_is_busy(sqlite_url:
 
 
 async def test_an_orphan_is_taken_over_and_its_old_owner_writes_nothing_more(
-    sqlite_url: str,
+    shared_url: str,
 ) -> None:
     """A's clock jumps ahead, as if A had been frozen past its lease: B takes the flow
     over (a new generation) and finishes it; A's run ends with LeaseLostError once its
     task returns, and not one event of A's is kept after the takeover."""
     clock = Clock()
     async with (
-        aioflow.Engine(sqlite_url, lease=5) as a,
-        aioflow.Engine(sqlite_url, lease=5, clock=clock) as b,
+        aioflow.Engine(shared_url, lease=5) as a,
+        aioflow.Engine(shared_url, lease=5, clock=clock) as b,
     ):
         handle = await a.start(GATED, {"tag": "t"})
         await until(lambda: RAN["t held"])
@@ -203,14 +212,14 @@ async def test_an_orphan_is_taken_over_and_its_old_owner_writes_nothing_more(
 
 
 async def test_one_refused_flow_of_twenty_leaves_the_others_and_the_engine_going(
-    sqlite_url: str,
+    shared_url: str,
 ) -> None:
     tags = [f"f{n}" for n in range(20)]
-    async with aioflow.Engine(sqlite_url) as engine:
+    async with aioflow.Engine(shared_url) as engine:
         handles = [await engine.start(GATED, {"tag": tag}) for tag in tags]
         await until(lambda: all(RAN[f"{tag} held"] for tag in tags))
         # Another process, whose clock is far ahead, takes flow f7 from under this engine.
-        intruder = SqliteJournal(sqlite_url)
+        intruder = open_journal(shared_url)
         intruder.clock = lambda: time.time() + 3600
         async with intruder:
             await intruder.take(handles[7].flow_id, "intruder")
@@ -265,8 +274,8 @@ async def test_concurrent_completions_and_a_resume_in_one_engine_run_the_rest_on
 # -------------------------------------------------------------------------- waiting
 
 
-async def test_wait_follows_a_flow_run_by_another_engine(sqlite_url: str) -> None:
-    async with aioflow.Engine(sqlite_url) as a, aioflow.Engine(sqlite_url) as b:
+async def test_wait_follows_a_flow_run_by_another_engine(shared_url: str) -> None:
+    async with aioflow.Engine(shared_url) as a, aioflow.Engine(shared_url) as b:
         handle = await a.start(GATED, {"tag": "w"})
         await until(lambda: RAN["w held"])
         with pytest.raises(TimeoutError):
@@ -320,23 +329,23 @@ async def make_orphans(url: str, count: int) -> list[str]:
     return ids
 
 
-async def test_recover_finishes_the_orphans_of_a_dead_engine(sqlite_url: str) -> None:
-    ids = await make_orphans(sqlite_url, 3)
+async def test_recover_finishes_the_orphans_of_a_dead_engine(shared_url: str) -> None:
+    ids = await make_orphans(shared_url, 3)
     for flow_id in ids:
         gate(flow_id).set()
-    async with aioflow.Engine(sqlite_url, recover=True) as engine:
+    async with aioflow.Engine(shared_url, recover=True) as engine:
         for flow_id in ids:
             assert (await engine.wait(flow_id, timeout=10)).status is FlowStatus.SUCCESS
     assert all(RAN[f"{flow_id} last"] == 1 for flow_id in ids)
 
 
-async def test_two_recovering_engines_take_each_orphan_once(sqlite_url: str) -> None:
-    ids = await make_orphans(sqlite_url, 10)
+async def test_two_recovering_engines_take_each_orphan_once(shared_url: str) -> None:
+    ids = await make_orphans(shared_url, 10)
     for flow_id in ids:
         gate(flow_id).set()
     async with (
-        aioflow.Engine(sqlite_url, recover=True) as a,
-        aioflow.Engine(sqlite_url, recover=True) as b,
+        aioflow.Engine(shared_url, recover=True) as a,
+        aioflow.Engine(shared_url, recover=True) as b,
     ):
         for flow_id in ids:
             assert (await a.wait(flow_id, timeout=10)).status is FlowStatus.SUCCESS
