@@ -19,7 +19,9 @@ Conventions, for this module and for modules that add subcommands:
   No traceback is shown for either.
 
 Exit statuses: 0 done (the flow succeeded, or is resting without failure), 1 a flow that
-was reverted or failed, or an error of the journal, 2 a user's mistake, 130 interrupted.
+was reverted or failed, or an error of the journal, 2 a user's mistake (or a ``resume`` of
+a flow a live engine runs elsewhere), 3 a watched flow is orphaned (no live engine runs
+it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,7 @@ from ._compile import BARRIER, CHECKPOINT, RETRY, ExecGraph, Node, compile_flow
 from ._engine import Engine, load_reference
 from ._errors import (
     AioflowError,
+    FlowBusyError,
     FlowFailedError,
     InvalidFlowError,
     MissingInputsError,
@@ -54,7 +57,8 @@ from ._outcome import Outcome
 from ._progress import AtomProgress, FlowProgress
 from ._replay import atom_names, replay
 from ._states import FlowStatus
-from .journal import open_journal
+from .journal import FlowSummary, open_journal
+from .journal._base import ACTIVE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
 DEFAULT_JOURNAL = "sqlite:///aioflow.db"
 JOURNAL_ENV = "AIOFLOW_JOURNAL"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_ORPHANED = 3
 _REFRESH = 0.1
 _WATCH_REFRESH = 0.2
 
@@ -107,6 +112,63 @@ def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _utc(timestamp: float) -> str:
+    """``timestamp`` in UTC, ISO 8601 to the second (as FlowBusyError says it)."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _status_mark(summary: FlowSummary) -> str:
+    """What to say next to a flow's status: ORPHANED when no live engine runs it."""
+    return "ORPHANED" if summary.orphaned else ""
+
+
+def _owner_line(summary: FlowSummary, now: float) -> str:
+    """Who runs the flow, its generation and the owner's lease, for ``show``."""
+    generation = f"  generation {summary.generation}"
+    if summary.owner is None:
+        return f"owner none{generation}" + (" (no engine runs it)" if summary.orphaned else "")
+    if summary.lease_expires is None:
+        lease = "no heartbeat on record"
+    elif summary.lease_expires <= now:
+        lease = (
+            f"lease expired at {_utc(summary.lease_expires)}"
+            f" ({_duration(now - summary.lease_expires)} ago)"
+        )
+    else:
+        lease = f"lease until {_utc(summary.lease_expires)} unless renewed"
+    return f"owner {summary.owner}{generation}  {lease}"
+
+
+def _orphan_report(args: argparse.Namespace, summary: FlowSummary, now: float) -> list[str]:
+    """What to tell an operator about an orphaned flow: who left it, since when, and how
+    it goes on."""
+    flow_id, status = summary.flow_id, summary.status.value
+    if summary.owner is None:
+        whose = "it has no owner"
+    elif summary.lease_expires is None:
+        whose = f"its owner, engine {summary.owner}, has no heartbeat on record"
+    else:
+        whose = (
+            f"its owner, engine {summary.owner}, stopped renewing its lease, which expired"
+            f" at {_utc(summary.lease_expires)} ({_duration(now - summary.lease_expires)} ago)"
+        )
+    return [
+        f"flow {flow_id} is ORPHANED: it is {status} but no live engine runs it; {whose}.",
+        f"Nothing moves it on until it is taken over: run  {_resume_hint(args, flow_id)}"
+        "  or start an engine with recover=True on this journal.",
+    ]
+
+
+def _busy_message(args: argparse.Namespace, exc: FlowBusyError) -> str:
+    """``resume``'s refusal of a flow a live engine runs elsewhere."""
+    until = f"; its lease ends at {_utc(exc.expires)} unless renewed" if exc.expires else ""
+    return (
+        f"flow {exc.flow_id} is being run by engine {exc.owner}{until}. It cannot be resumed"
+        f" while that engine lives: follow it with  aioflow watch {exc.flow_id}"
+        + ("" if journal_url(args) == DEFAULT_JOURNAL else f" --journal {journal_url(args)}")
+    )
 
 
 def _atom_info(atom: AtomProgress) -> str:
@@ -222,9 +284,12 @@ async def _run_with_bars(
     title: str,
     work: Callable[[], Awaitable[Outcome]],
     console: Console,
+    ready: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[Outcome | None, FlowFailedError | None, bool]:
     """Run ``work`` (a run or resume of ``flow_id``) under live bars.
 
+    With ``ready``, the bars are drawn only once it answers True (or ``work`` has ended
+    without an error), so that a resume refused at once draws nothing before its error.
     SIGINT or SIGTERM cancels the run, which leaves the flow SUSPENDED in the journal.
     Returns (outcome, failure, interrupted).
     """
@@ -254,7 +319,9 @@ async def _run_with_bars(
                 run_scope.cancel()
                 return
 
-    with Bars(console, title) as bars:
+    bars = Bars(console, title)
+    drawing = False
+    try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(run, tg.cancel_scope)
             with contextlib.suppress(NotImplementedError):  # no signals on this platform
@@ -262,10 +329,22 @@ async def _run_with_bars(
                     tg.start_soon(on_signals)
             while True:
                 with contextlib.suppress(NotFoundError):
-                    bars.show(await engine.progress(flow_id))
+                    if not drawing and (ready is None or await ready()):
+                        bars.__enter__()
+                        drawing = True
+                    if drawing:
+                        bars.show(await engine.progress(flow_id))
                 await anyio.sleep(_REFRESH)
-        with contextlib.suppress(NotFoundError):
-            bars.show(await engine.progress(flow_id))
+        if drawing or error is None:
+            with contextlib.suppress(NotFoundError):
+                progress = await engine.progress(flow_id)
+                if not drawing:
+                    bars.__enter__()
+                    drawing = True
+                bars.show(progress)
+    finally:
+        if drawing:
+            bars.__exit__()
     if error is not None:
         raise error
     return outcome, failure, interrupted
@@ -348,29 +427,48 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
-    """Resume a flow from the journal, with live bars."""
+    """Resume a flow from the journal, with live bars; take it over when it is orphaned.
+
+    A flow a live engine runs elsewhere is refused (status 2, naming that engine) before
+    anything is drawn."""
     _set_speed(args)
     url = _existing_journal(args)
     console = _console()
     started = time.monotonic()
-    async with Engine(url) as engine:
-        state = replay(args.flow_id, await engine.journal.load(args.flow_id))
-        args._inputs = state.inputs
-        if state.status.is_final:
-            console.print(f"flow {args.flow_id} has already ended: {state.status.value}")
-            return EXIT_OK if state.status is FlowStatus.SUCCESS else EXIT_FAILED
-        outcome, failure, interrupted = await _run_with_bars(
-            engine,
-            args.flow_id,
-            state.name,
-            lambda: engine.resume(args.flow_id, args.flow),
-            console,
-        )
-    return _report_end(console, args, args.flow_id, outcome, failure, interrupted, started)
+    flow_id = args.flow_id
+    try:
+        async with Engine(url) as engine:
+            state = replay(flow_id, await engine.journal.load(flow_id))
+            args._inputs = state.inputs
+            if state.status.is_final:
+                console.print(f"flow {flow_id} has already ended: {state.status.value}")
+                return EXIT_OK if state.status is FlowStatus.SUCCESS else EXIT_FAILED
+            summary = await engine.journal.summary(flow_id)
+            if summary.status in ACTIVE and summary.owner is not None and not summary.orphaned:
+                raise FlowBusyError(flow_id, summary.owner, summary.lease_expires)
+            if summary.orphaned:
+                left = f" from engine {summary.owner}" if summary.owner else ""
+                console.print(f"flow {flow_id} is orphaned: taking it over{left}", markup=False)
+
+            async def owned() -> bool:
+                return (await engine.journal.summary(flow_id)).owner == engine.id
+
+            outcome, failure, interrupted = await _run_with_bars(
+                engine,
+                flow_id,
+                state.name,
+                lambda: engine.resume(flow_id, args.flow),
+                console,
+                ready=owned,
+            )
+    except FlowBusyError as exc:  # it was taken between our look and our taking, too
+        raise UsageError(_busy_message(args, exc)) from None
+    return _report_end(console, args, flow_id, outcome, failure, interrupted, started)
 
 
 async def cmd_flows(args: argparse.Namespace) -> int:
-    """List the journal's flows, newest last."""
+    """List the journal's flows, newest last, with who runs each (ORPHANED when no live
+    engine runs a RUNNING or REVERTING flow)."""
     from rich.table import Table
 
     url = _existing_journal(args)
@@ -381,18 +479,21 @@ async def cmd_flows(args: argparse.Namespace) -> int:
         except ValueError:
             names = ", ".join(s.value for s in FlowStatus)
             raise UsageError(f"unknown status {args.status!r}; one of {names}") from None
-    table = Table("id", "name", "status", "progress", "started")
+    table = Table("id", "name", "status", "progress", "started", "owner")
     table.columns[0].no_wrap = True
+    table.columns[2].no_wrap = True
     async with Engine(url) as engine:
         summaries = await engine.journal.flows(status)
         for summary in summaries[-args.limit :] if args.limit else summaries:
             progress = await engine.progress(summary.flow_id)
+            mark = _status_mark(summary)
             table.add_row(
                 summary.flow_id,
                 summary.name,
-                summary.status.value,
+                summary.status.value + (f" [bold red]{mark}[/]" if mark else ""),
                 f"{progress.fraction * 100:.0f}%",
                 _when(summary.created),
+                summary.owner or "",
             )
     console = _console()
     if not table.rows:
@@ -403,7 +504,8 @@ async def cmd_flows(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    """Show one flow: its atoms, their states, attempts, progress and durations, and the
+    """Show one flow: who runs it (its owner, generation and lease; ORPHANED when no live
+    engine does), its atoms, their states, attempts, progress and durations, and the
     checkpoints it reached."""
     from rich.table import Table
 
@@ -411,16 +513,25 @@ async def cmd_show(args: argparse.Namespace) -> int:
     async with Engine(url) as engine:
         events = await engine.journal.load(args.flow_id)
         progress = await engine.progress(args.flow_id)
+        summary = await engine.journal.summary(args.flow_id)
     state = replay(args.flow_id, events)
     now = time.time()
     console = _console()
-    console.print(f"flow {state.flow_id}  {state.name}  {state.status.value}", markup=False)
+    mark = _status_mark(summary)
+    console.print(
+        f"flow {state.flow_id}  {state.name}  {state.status.value}" + (f"  {mark}" if mark else ""),
+        markup=False,
+    )
     console.print(
         f"  started {_when(state.created)}  updated {_when(state.updated)}"
         f"  progress {progress.fraction * 100:.0f}%"
-        + (f"  ETA {_duration(progress.eta)}" if progress.eta else ""),
+        + (f"  ETA {_duration(progress.eta)}" if progress.eta and not summary.orphaned else ""),
         markup=False,
     )
+    console.print(f"  {_owner_line(summary, now)}", markup=False, soft_wrap=True)
+    if summary.orphaned:
+        for line in _orphan_report(args, summary, now)[1:]:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
     if state.ref:
         console.print(f"  reference {state.ref}", markup=False)
     table = Table("atom", "kind", "state", "attempts", "progress", "duration", "details")
@@ -458,10 +569,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_watch(args: argparse.Namespace) -> int:
-    """Follow a flow (run by any process on this journal) with live bars until it rests."""
+    """Follow a flow (run by any process on this journal) with live bars until it rests,
+    or until it is orphaned: no live engine runs it, so it would never rest (status 3)."""
     url = _existing_journal(args)
     engine = Engine(url)
     console = _console()
+    orphan: FlowSummary | None = None
     async with engine.journal:
         state = replay(args.flow_id, await engine.journal.load(args.flow_id))
         with Bars(console, state.name) as bars:
@@ -471,7 +584,16 @@ async def cmd_watch(args: argparse.Namespace) -> int:
                 status = FlowStatus(progress.status)
                 if status.is_resting:
                     break
+                # Read after the progress: a flow that rested in between is not orphaned.
+                summary = await engine.journal.summary(args.flow_id)
+                if summary.orphaned:
+                    orphan = summary
+                    break
                 await anyio.sleep(args.interval)
+    if orphan is not None:
+        for line in _orphan_report(args, orphan, time.time()):
+            console.print(line, markup=False, soft_wrap=True)  # a command to copy whole
+        return EXIT_ORPHANED
     console.print(f"flow {args.flow_id} {status.value}", markup=False)
     return EXIT_FAILED if status in (FlowStatus.REVERTED, FlowStatus.FAILED) else EXIT_OK
 
@@ -628,21 +750,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume", default="vol-1", help="the volume to pretend to back up")
     speed_options(p)
 
-    p = add("resume", cmd_resume, "resume a suspended or interrupted flow, with live progress")
+    p = add(
+        "resume",
+        cmd_resume,
+        "resume a suspended, interrupted or orphaned flow, with live progress",
+    )
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.add_argument(
         "--flow", metavar="REF", help="the flow's reference, when it was not started from one"
     )
     speed_options(p)
 
-    p = add("flows", cmd_flows, "list the journal's flows")
+    p = add("flows", cmd_flows, "list the journal's flows, their owners and orphans")
     p.add_argument("--status", help="only flows with this status")
     p.add_argument("--limit", type=int, default=50, help="the latest N flows (0: all)")
 
     p = add("show", cmd_show, "show a flow's atoms, states, attempts, progress, durations")
     p.add_argument("flow_id", metavar="FLOW_ID")
 
-    p = add("watch", cmd_watch, "live progress of a flow another process runs")
+    p = add(
+        "watch",
+        cmd_watch,
+        "live progress of a flow another process runs (exits 3 if it is orphaned)",
+    )
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.add_argument("--interval", type=float, default=_WATCH_REFRESH, help=argparse.SUPPRESS)
 

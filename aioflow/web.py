@@ -4,7 +4,8 @@
 background and speaks JSON:
 
 - ``POST /flows`` ``{"flow": name, "inputs": {...}}`` -> 202 ``{"flow_id": ...}``;
-- ``GET /flows/{flow_id}`` -> status, progress and the open waits (never their tokens);
+- ``GET /flows/{flow_id}`` -> status, who runs it (``owner``, ``orphaned``), progress and
+  the open waits (never their tokens);
 - ``GET /flows/{flow_id}/events`` -> the flow's events as server-sent events, live;
 - ``POST /external/{token}`` ``{"result": ...}`` or ``{"error": "..."}`` -> 200.
 
@@ -164,6 +165,7 @@ def create_app(
         try:
             progress = await engine.progress(flow_id)
             state = replay(flow_id, await engine.journal.load(flow_id))
+            summary = await engine.journal.summary(flow_id)
         except NotFoundError:
             raise _HTTPError(404, f"no flow {flow_id}") from None
         atoms = {}
@@ -180,6 +182,8 @@ def create_app(
                 {
                     "flow_id": flow_id,
                     "status": state.status.value,
+                    "owner": summary.owner,
+                    "orphaned": summary.orphaned,
                     "progress": {
                         "fraction": progress.fraction,
                         "eta": progress.eta,
@@ -229,6 +233,9 @@ def create_app(
                 yield event
             if final:
                 return
+            summary = await engine.journal.summary(flow_id)
+            if summary.orphaned:
+                return  # its owner died; GET /flows/{id} says so ("orphaned": true)
             await anyio.sleep(poll_interval)
 
     async def complete(request: Request) -> Response:
