@@ -164,6 +164,12 @@ class Engine:
     Use it with ``async with`` (one journal connection and one background task group for
     all runs) or without (each call opens and closes what it needs; a ``memory://``
     journal lives as long as the engine object).
+
+    The engine owns the flows it runs (:attr:`id` in the journal), kept alive by one
+    heartbeat renewed every ``lease / 3`` seconds while it runs flows; a flow whose owner
+    stopped renewing for ``lease`` seconds is orphaned and may be taken over. With
+    ``recover=True`` an entered engine resumes such orphans itself (see "Ownership" in
+    docs/concepts.md).
     """
 
     def __init__(
@@ -867,7 +873,8 @@ class Engine:
         """Yield the flow's events, from the first, live, until the flow rests.
 
         Works for a flow this engine runs and for one another process runs against the
-        same journal (then the journal is followed).
+        same journal (then the journal is followed; that ends, too, when the flow is
+        orphaned: ``(await journal.summary(flow_id)).orphaned`` tells it apart).
         """
         async with self._session():
             run = self._live.get(flow_id)
@@ -914,6 +921,9 @@ class Engine:
                 )
             if rested:
                 return
+            summary = await self._summary(flow_id)
+            if summary is not None and summary.orphaned:
+                return  # its owner died: nothing will happen until it is taken over
             await anyio.sleep(_WATCH_POLL)
 
     # Looking at flows --------------------------------------------------------------------
