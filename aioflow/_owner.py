@@ -57,9 +57,16 @@ class Ownership:
         """Flow id -> generation of the flows to give up once the journal is back."""
 
     async def ensure(self) -> None:
-        """Renew the heartbeat unless it still has two thirds of a lease to run."""
-        if self.expires - self.clock() < self.lease * 2 / 3:
-            await self.renew()
+        """Renew the heartbeat unless it still has two thirds of a lease to run: with the
+        journal's next commit (or taking) when it can, which costs no round trip of its
+        own, else now."""
+        now = self.clock()
+        if self.expires - now < self.lease * 2 / 3:
+            expires = now + self.lease
+            if self.journal.beat_on_commit(self.owner, expires):
+                self.expires = expires
+            else:
+                await self.renew()
 
     async def renew(self) -> None:
         expires = self.clock() + self.lease

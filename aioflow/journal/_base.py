@@ -304,6 +304,12 @@ class Journal(abc.ABC):
         """Record that engine ``owner`` is alive until ``expires`` (seconds since the
         epoch, on the journal's :attr:`clock`); its flows are not orphaned before then."""
 
+    def beat_on_commit(self, owner: str, expires: float) -> bool:
+        """Record ``owner``'s heartbeat with the next commit of events, or the next
+        :meth:`take`, in the same transaction; False when this journal cannot (then
+        :meth:`heartbeat` is to be awaited instead)."""
+        return False
+
     @abc.abstractmethod
     async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
         """Give up ``owner``'s ownership of ``flow_id`` (generation ``generation``), so

@@ -122,6 +122,10 @@ _SET_SUMMARY = (
     " updated = CASE WHEN ?2 THEN ?4 ELSE updated END,"
     " owner = CASE WHEN ?2 = 2 THEN NULL ELSE owner END WHERE flow_id = ?5"
 )
+_HEARTBEAT = (
+    "INSERT INTO aioflow_owners(owner, expires) VALUES (?, ?)"
+    " ON CONFLICT(owner) DO UPDATE SET expires = excluded.expires"
+)
 _UPDATE_FLOW = _SET_SUMMARY
 """The summary update of an unfenced flow."""
 _UPDATE_FENCED = _SET_SUMMARY + " AND generation = ?6"
@@ -271,6 +275,7 @@ class SqliteJournal(WriterJournal):
         self._lock = anyio.Lock()
         self._fences: dict[str, Fence] = {}
         self._retiring: dict[str, tuple[int, Fence]] = {}
+        self._beat: tuple[str, float] | None = None  # a heartbeat for the next commit
         self._inline: sqlite3.Connection | None = None
         # For work in worker threads (compaction, WAL checkpoints), one at a time.
         self._worker: sqlite3.Connection | None = None
@@ -600,6 +605,7 @@ class SqliteJournal(WriterJournal):
             if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return False
             raise
+        beat = self._beat
         try:
             for statement, rows in self._inserts(batch):
                 cursor = inline.executemany(statement, rows)
@@ -611,6 +617,7 @@ class SqliteJournal(WriterJournal):
             if inline.in_transaction:
                 inline.execute("ROLLBACK")
             raise
+        self._beat_sent(beat)
         self._inline_rows += len(batch)
         return True
 
@@ -627,6 +634,7 @@ class SqliteJournal(WriterJournal):
         async with self._lock:
             while batch:
                 found: dict[str, BaseException] = {}
+                beat = self._beat
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     for statement, rows in self._inserts(batch):
@@ -637,6 +645,7 @@ class SqliteJournal(WriterJournal):
                             break
                     else:
                         await db.execute("COMMIT")
+                        self._beat_sent(beat)
                         break
                     await db.execute("ROLLBACK")
                 except sqlite3.IntegrityError:
@@ -681,9 +690,22 @@ class SqliteJournal(WriterJournal):
             steps.append((_CREATE_FLOW, created))
         if updates:
             steps.append((_UPDATE_FLOW, updates))
+        if self._beat is not None:
+            steps.append((_HEARTBEAT, [self._beat]))
         if fenced:
             steps.append((_UPDATE_FENCED, fenced))
         return steps
+
+    def beat_on_commit(self, owner: str, expires: float) -> bool:
+        # The next commit (a new flow's first events) or take carries it: a flow and its
+        # owner's heartbeat land in one transaction, for no round trip of their own.
+        self._beat = (owner, expires)
+        return True
+
+    def _beat_sent(self, beat: tuple[str, float] | None) -> None:
+        """A commit carrying ``beat`` succeeded."""
+        if beat is not None and self._beat is beat:
+            self._beat = None
 
     def _summaries(
         self, batch: list[_Row]
@@ -861,18 +883,18 @@ class SqliteJournal(WriterJournal):
                 "UPDATE aioflow_flows SET owner = ?, generation = ? WHERE flow_id = ?",
                 (owner, generation + 1, flow_id),
             )
+            if self._beat is not None:  # the taker's heartbeat, in the same transaction
+                await db.execute(_HEARTBEAT, self._beat)
             return generation + 1, last_seq
 
+        beat = self._beat
         result: tuple[int, int] = await self._write(f"cannot take flow {flow_id}", steps)
+        self._beat_sent(beat)
         return result
 
     async def heartbeat(self, owner: str, expires: float) -> None:
         async def steps(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "INSERT INTO aioflow_owners(owner, expires) VALUES (?, ?)"
-                " ON CONFLICT(owner) DO UPDATE SET expires = excluded.expires",
-                (owner, expires),
-            )
+            await db.execute(_HEARTBEAT, (owner, expires))
             await db.execute(
                 "DELETE FROM aioflow_owners WHERE expires < ?", (self.clock() - _OWNERS_KEPT,)
             )
