@@ -258,15 +258,19 @@ class PostgresJournal(WriterJournal):
                     str(SCHEMA_VERSION),
                 )
 
+    def _open_pool(self) -> Any:
+        """The open journal's connection pool; JournalError when it is not open."""
+        if self._pool is None:
+            raise JournalError(f"journal {_redact(self.url)} is not open")
+        return self._pool
+
     def _error(self, doing: str, exc: BaseException) -> JournalError:
         return JournalError(f"journal {_redact(self.url)}: {doing}: {exc}")
 
     # ------------------------------------------------------------------------- writing
 
     async def append_after(self, flow_id: str, last_seq: int, events: Sequence[Event]) -> bool:
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         fence = self._fences.get(flow_id)
         if fence is not None and fence.lost:
             raise fence.error(flow_id)
@@ -450,9 +454,7 @@ class PostgresJournal(WriterJournal):
     # ----------------------------------------------------------------------- ownership
 
     async def take(self, flow_id: str, owner: str) -> tuple[int, int]:
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         now = self.clock()
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -483,9 +485,7 @@ class PostgresJournal(WriterJournal):
         return generation + 1, last_seq
 
     async def heartbeat(self, owner: str, expires: float) -> None:
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         try:
             async with pool.acquire() as conn:
                 await conn.execute(
@@ -500,9 +500,7 @@ class PostgresJournal(WriterJournal):
             raise self._error(f"cannot renew the heartbeat of engine {owner}", exc) from exc
 
     async def disown(self, flow_id: str, owner: str, generation: int) -> bool:
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         try:
             done = await pool.execute(
                 "UPDATE aioflow_flows SET owner = NULL WHERE flow_id = $1 AND owner = $2"
@@ -534,9 +532,7 @@ class PostgresJournal(WriterJournal):
         self, flow_id: str, *, keep: int | None = 1, before: float | None = None
     ) -> int:
         check_keep(keep, before)
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
                 # The summary row's lock keeps two compactions of one flow apart (and holds
@@ -578,9 +574,7 @@ class PostgresJournal(WriterJournal):
         return cast("str", rows[0][0]) if rows else None
 
     async def set_meta_default(self, key: str, value: str) -> str:
-        pool = self._pool
-        if pool is None:
-            raise JournalError(f"journal {_redact(self.url)} is not open")
+        pool = self._open_pool()
         try:
             async with pool.acquire() as conn:
                 # Two statements: the SELECT's snapshot must be taken after the INSERT has

@@ -231,6 +231,21 @@ def _writable(path: Path, mode: int) -> bool:
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
+async def _immediate(
+    db: aiosqlite.Connection, steps: Callable[[aiosqlite.Connection], Awaitable[Any]]
+) -> Any:
+    """Run ``steps`` in one IMMEDIATE transaction on ``db``, rolled back if they raise."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        result = await steps(db)
+        await db.execute("COMMIT")
+        return result
+    finally:
+        if db.in_transaction:
+            with anyio.CancelScope(shield=True):
+                await db.execute("ROLLBACK")
+
+
 def path_from_url(url: str) -> str:
     """The file path in a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL."""
     prefix = "sqlite:///"
@@ -424,8 +439,8 @@ class SqliteJournal(WriterJournal):
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         """Bring a version 1 journal to version 2 (flow ownership), in one transaction:
         every process opening it at once migrates it once."""
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+
+        async def steps(db: aiosqlite.Connection) -> None:
             found = await db.execute_fetchall(
                 "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
             )
@@ -433,12 +448,8 @@ class SqliteJournal(WriterJournal):
                 for statement in _MIGRATE_1_TO_2:
                     await db.execute(statement)
                 _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=2)
-            await db.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-            raise
+
+        await _immediate(db, steps)
 
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
         # WAL must be set outside a transaction, and only once the file is known to be
@@ -850,15 +861,7 @@ class SqliteJournal(WriterJournal):
             raise JournalError(f"journal {self.url} is not open")
         try:
             async with self._lock:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await steps(db)
-                    await db.execute("COMMIT")
-                    return result
-                finally:
-                    if db.in_transaction:
-                        with anyio.CancelScope(shield=True):
-                            await db.execute("ROLLBACK")
+                return await _immediate(db, steps)
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(doing, exc) from exc
 
