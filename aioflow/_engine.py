@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
+from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -561,13 +562,24 @@ class Engine:
         run.stop_at = stop_at
         if run.status.is_final:
             return self._finish(run)
-        if run.revert_to is not None:  # an interrupted revert_to: finish it
-            i = _checkpoint_index(run.graph, run.revert_to)
-            run.set_flow(FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to})
-            return await self._drive(run, lambda tg: run.rewind(i, tg))
-        run.set_flow(FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, {"resumed": True})
-        run.resume_events()
-        return await self._drive(run)
+        try:
+            if run.revert_to is not None:  # an interrupted revert_to: finish it
+                i = _checkpoint_index(run.graph, run.revert_to)
+                run.set_flow(
+                    FlowStatus.REVERTING, {"resumed": True, "revert_to": run.revert_to}
+                )
+                begin: Callable[[TaskGroup], None] | None = partial(run.rewind, i)
+            else:
+                run.set_flow(
+                    FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING,
+                    {"resumed": True},
+                )
+                run.resume_events()
+                begin = None
+        except BaseException:
+            await self._give_back(run)  # taken for nothing: nobody else could take it
+            raise
+        return await self._drive(run, begin)
 
     async def revert_to(
         self, flow_id: str, checkpoint: str, flow: FlowRef | None = None

@@ -51,7 +51,7 @@ WHERE id = best.claimed
 RETURNING {COLUMNS}
 """
 _HELD = " WHERE id = $1 AND generation = $2 AND state = 'CLAIMED'"
-_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 class PostgresJobBoard(JobBoard):

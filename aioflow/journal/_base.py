@@ -173,6 +173,11 @@ class Journal(abc.ABC):
     ) -> None:
         await self.close()
 
+    @property
+    def healthy(self) -> bool:
+        """False while the journal's commits fail (its storage is unavailable)."""
+        return True
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, check (or create) the schema and start the writer."""

@@ -246,6 +246,7 @@ class GroupWriter(Generic[Row]):
         self._wake.set()
         if self._hurry is not None:
             self._hurry.set()
+        failures = self.failures
         with anyio.CancelScope(shield=True):
             if self._running:
                 await self._stopped.wait()
@@ -254,8 +255,8 @@ class GroupWriter(Generic[Row]):
                 await self._commit_pending()
         if self._error is not None:
             raise self._error
-        if self.last_failure is not None:
-            # The last rows could not be kept: say so (each flow's run was told already).
+        if self.failures > failures and self.last_failure is not None:
+            # The rows queued at closing could not be kept: say so.
             raise self.last_failure
 
     def _commit_sync(self) -> bool:
@@ -530,6 +531,9 @@ class WriterJournal(Journal):
         if fence is not None:
             retiring.pop(flow_id, None)
             self._fences[flow_id] = fence
+            if writer is not None and writer.broken:
+                # A new run took the flow: its earlier run's refusal is not this one's.
+                writer.broken.pop(flow_id, None)
             return
         old = self._fences.get(flow_id)
         if old is None:

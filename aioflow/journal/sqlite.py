@@ -531,10 +531,12 @@ class SqliteJournal(WriterJournal):
                 return None
             return await self._commit_threaded(db, rest)
         except (sqlite3.Error, ValueError, JournalError) as exc:  # ValueError: closed
-            raise CommitError(
-                f"journal {self.url}: cannot commit {len(rest)} events: {exc}",
-                committed=min(done, len(batch)),
-            ) from exc
+            message = (
+                str(exc)
+                if isinstance(exc, JournalError)
+                else f"journal {self.url}: cannot commit {len(rest)} events: {exc}"
+            )
+            raise CommitError(message, committed=min(done, len(batch))) from exc
 
     def _commit_now(self, batch: list[_Row]) -> bool:
         """The writer's fast path, run by a waiter for durability: commit a small batch
@@ -619,8 +621,9 @@ class SqliteJournal(WriterJournal):
         beat = self._beat
         try:
             for statement, rows in self._inserts(batch):
-                cursor = inline.executemany(statement, rows)
-                if statement is _UPDATE_FENCED and cursor.rowcount != len(rows):
+                # No cursor is kept: a failure's traceback would keep the file open.
+                changed = inline.executemany(statement, rows).rowcount
+                if statement is _UPDATE_FENCED and changed != len(rows):
                     inline.execute("ROLLBACK")  # a fence no longer holds
                     return False
             inline.execute("COMMIT")
