@@ -234,16 +234,22 @@ def _writable(path: Path, mode: int) -> bool:
 async def _immediate(
     db: aiosqlite.Connection, steps: Callable[[aiosqlite.Connection], Awaitable[Any]]
 ) -> Any:
-    """Run ``steps`` in one IMMEDIATE transaction on ``db``, rolled back if they raise."""
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        result = await steps(db)
-        await db.execute("COMMIT")
-        return result
-    finally:
-        if db.in_transaction:
-            with anyio.CancelScope(shield=True):
+    """Run ``steps`` in one IMMEDIATE transaction on ``db``, rolled back if they raise.
+
+    Shielded from cancellation: aiosqlite runs each statement in its thread, so a caller
+    cancelled while BEGIN waits for the file's lock would leave the connection in a
+    transaction nobody ends, holding the lock for good. A cancellation is seen once the
+    transaction is over (at most ``busy_timeout`` later)."""
+    with anyio.CancelScope(shield=True):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            result = await steps(db)
+            await db.execute("COMMIT")
+        finally:
+            if db.in_transaction:
                 await db.execute("ROLLBACK")
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return result
 
 
 def path_from_url(url: str) -> str:
