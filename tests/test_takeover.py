@@ -56,6 +56,7 @@ from aioflow.journal import Journal, open_journal
 
 from .pg import DSN, pg_schema, pg_url
 from .takeover_child import JOB, JOB_STEPS, STEPS, release_file
+from .test_conductor import until
 
 __all__ = ["pg_schema", "pg_url"]
 
@@ -156,21 +157,6 @@ def children(tmp_path: Path) -> Iterator[Children]:
         yield group
     finally:
         group.stop()
-
-
-async def until(check: Any, what: str, timeout: float = 30.0) -> None:
-    """Poll ``check`` (sync or async) until it is true; fail naming ``what`` after
-    ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if hasattr(result, "__await__"):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        await anyio.sleep(0.01)
 
 
 def ledger(path: Path) -> list[tuple[str, str, str, int]]:
