@@ -384,7 +384,7 @@ async def test_an_owner_frozen_past_its_lease_and_taken_over_writes_nothing_afte
 BUG_SIGN = "cannot start a transaction within a transaction"
 """What a conductor logged when a cancelled write had left the SQLite lock held."""
 
-JOBS = 150
+JOBS = 300
 FREEZE = 3.0
 """How long the victim conductor stays frozen, in leases."""
 
