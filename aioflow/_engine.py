@@ -458,13 +458,16 @@ class Engine:
         *,
         graph: ExecGraph | None = None,
         only: FlowStatus | None = None,
+        state: FlowState | None = None,
     ) -> Run | None:
         """The restored run of ``flow_id``, taken by this engine unless the flow is final.
 
-        With ``only``, a flow in another status is left as it is (None). Raises
-        :class:`FlowBusyError` when a live engine owns the flow elsewhere.
+        With ``only``, a flow in another status is left as it is (None). ``state`` is the
+        flow's state when the caller has just read it. Raises :class:`FlowBusyError`
+        when a live engine owns the flow elsewhere.
         """
-        state = replay(flow_id, await self.journal.load(flow_id))
+        if state is None:
+            state = replay(flow_id, await self.journal.load(flow_id))
         if only is not None and state.status is not only:
             return None
         if state.status.is_final:
@@ -641,7 +644,7 @@ class Engine:
                 f"flow {flow_id} is {state.status.value}; {what} moves only a SUSPENDED flow"
                 " (stop it at a checkpoint with stop_at, or cancel it, first)"
             )
-        run = await self._take(flow_id, flow, only=FlowStatus.SUSPENDED)
+        run = await self._take(flow_id, flow, only=FlowStatus.SUSPENDED, state=state)
         if run is None:
             raise AioflowError(f"flow {flow_id} was resumed elsewhere meanwhile; {what} refused")
         if run.failing or run.revert_to is not None:

@@ -739,18 +739,15 @@ class SqliteJournal(WriterJournal):
         last = {row[0]: row[1] for row in batch}
         status: dict[str, tuple[int, str | None, float]] = {}
         created: list[tuple[Any, ...]] = []
-        for row in batch:
-            if row[3] == "FLOW":
-                # The last FLOW event's; a flow that comes to rest gives up its owner.
-                status[row[0]] = (2 if row[5] in _RESTING else 1, row[5], row[2])
-                if row[9] is not None:
-                    fence = fences.get(row[0])
-                    owner, generation = (
-                        (None, 0) if fence is None else (fence.owner, fence.generation)
-                    )
-                    created.append(
-                        (row[0], row[9], row[5], row[10], row[2], row[2], row[1], owner, generation)
-                    )
+        for row in [row for row in batch if row[3] == "FLOW"]:  # few: a C-speed filter
+            # The last FLOW event's; a flow that comes to rest gives up its owner.
+            status[row[0]] = (2 if row[5] in _RESTING else 1, row[5], row[2])
+            if row[9] is not None:
+                fence = fences.get(row[0])
+                owner, generation = (None, 0) if fence is None else (fence.owner, fence.generation)
+                created.append(
+                    (row[0], row[9], row[5], row[10], row[2], row[2], row[1], owner, generation)
+                )
         updates: list[tuple[Any, ...]] = []
         fenced: list[tuple[Any, ...]] = []
         for flow_id, seq in last.items():
