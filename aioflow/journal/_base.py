@@ -358,6 +358,50 @@ class Journal(abc.ABC):
         raise JournalError(f"journal {self.url} cannot append conditionally")
 
 
+    # The mailbox -----------------------------------------------------------------------
+    #
+    # Append-only: which messages a flow took is in its own events (a receive's SUCCESS
+    # names the message), so nothing here is ever marked or deleted by a delivery.
+
+    async def post_message(
+        self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
+    ) -> int | None:
+        """Add ``message`` to flow ``flow_id``'s mailbox on ``topic`` and return its id
+        (ids grow in commit order: the order sent). With ``key``, a second post with the
+        same key for this flow stores nothing and returns None. Committed when it
+        returns; :class:`~aioflow.NotFoundError` for an unknown flow,
+        :class:`~aioflow.SerializationError` (nothing stored) for a message the codec
+        refuses."""
+        raise JournalError(f"journal {self.url} keeps no mailbox")
+
+    async def next_message(
+        self, flow_id: str, topic: str, after: int = 0
+    ) -> tuple[int, Any] | None:
+        """The oldest message of ``flow_id`` on ``topic`` whose id is above ``after``, as
+        (id, value), or None."""
+        raise JournalError(f"journal {self.url} keeps no mailbox")
+
+    async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
+        """The (flow id, topic) of every message whose id is above ``after``, oldest
+        first (at most :data:`MAIL_BATCH`), and the id to look after next time; with
+        ``after`` None, only the id of the newest message (0 when there is none)."""
+        raise JournalError(f"journal {self.url} keeps no mailbox")
+
+
+MAIL_BATCH = 1000
+"""The most messages one :meth:`Journal.mail_since` returns."""
+
+
+def encode_message(codec: Codec, flow_id: str, topic: str, message: Any) -> str:
+    """A message as the codec's text, or SerializationError naming the flow and topic."""
+    try:
+        return codec.encode(message)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"cannot store a message on topic {topic!r} for flow {flow_id}: {exc}"
+        ) from exc
+
+
 def check_keep(keep: int | None, before: float | None) -> None:
     """Refuse compaction settings that make no sense, naming the bad one."""
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):

@@ -21,11 +21,13 @@ from .._errors import FlowBusyError, JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
 from ._base import (
+    MAIL_BATCH,
     Fence,
     FlowSummary,
     Journal,
     check_keep,
     encode_details,
+    encode_message,
     is_orphaned,
     plan_compaction,
     taken_over,
@@ -99,6 +101,11 @@ class MemoryJournal(Journal):
         self._open = False
         self._fences: dict[str, Fence] = {}
         self._heartbeats: dict[str, float] = {}
+        # The mailbox: flow -> topic -> [(id, text)], and the keys used per flow.
+        self._mail: dict[str, dict[str, list[tuple[int, str]]]] = {}
+        self._mail_keys: set[tuple[str, str]] = set()
+        self._mail_ids = 0
+        self._mail_log: list[tuple[str, str]] = []  # (flow id, topic) of message id i + 1
 
     def __repr__(self) -> str:
         return f"MemoryJournal({self._count} events, {len(self._flows)} flows)"
@@ -277,6 +284,35 @@ class MemoryJournal(Journal):
         row = _row(f.seq, f.time, f.kind, f.atom, f.state, f.attempt, f.progress, text)
         flow.events[:n] = [row]
         return n - 1
+
+    async def post_message(
+        self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
+    ) -> int | None:
+        if flow_id not in self._flows:
+            raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+        text = encode_message(self.codec, flow_id, topic, message)
+        if key is not None:
+            if (flow_id, key) in self._mail_keys:
+                return None
+            self._mail_keys.add((flow_id, key))
+        self._mail_ids += 1
+        self._mail.setdefault(flow_id, {}).setdefault(topic, []).append((self._mail_ids, text))
+        self._mail_log.append((flow_id, topic))
+        return self._mail_ids
+
+    async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
+        if after is None or after >= self._mail_ids:
+            return self._mail_ids, []
+        found = self._mail_log[after : after + MAIL_BATCH]  # ids are 1, 2, ...
+        return after + len(found), found
+
+    async def next_message(
+        self, flow_id: str, topic: str, after: int = 0
+    ) -> tuple[int, Any] | None:
+        for mail_id, text in self._mail.get(flow_id, {}).get(topic, ()):
+            if mail_id > after:
+                return mail_id, self._decode(text)
+        return None
 
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)

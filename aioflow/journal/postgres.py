@@ -24,7 +24,16 @@ from .._errors import FlowBusyError, JournalError, NotFoundError
 from .._events import Event, EventKind
 from .._log import get_logger
 from .._states import FlowStatus
-from ._base import ACTIVE, Fence, FlowSummary, check_keep, plan_compaction, taken_over
+from ._base import (
+    ACTIVE,
+    MAIL_BATCH,
+    Fence,
+    FlowSummary,
+    check_keep,
+    encode_message,
+    plan_compaction,
+    taken_over,
+)
 from ._writer import EventRow, GroupWriter, WriterJournal, encode_row
 
 __all__ = ["SCHEMA_VERSION", "PostgresJournal", "dsn_from_url"]
@@ -38,6 +47,20 @@ Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows`
 engines' heartbeats in ``aioflow_owners``); a version 1 schema is migrated when opened."""
 
 _TABLES = ("aioflow_meta", "aioflow_events", "aioflow_flows")
+# The mailbox (see Journal.post_message): added to a schema of any version when opened,
+# with no version of its own (an older aioflow ignores it).
+_MAILBOX = (
+    "CREATE TABLE IF NOT EXISTS aioflow_mailbox(id BIGSERIAL PRIMARY KEY,"
+    " flow_id TEXT NOT NULL, topic TEXT NOT NULL, key TEXT, message TEXT NOT NULL,"
+    " sent DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS aioflow_mailbox_topic ON aioflow_mailbox(flow_id, topic, id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS aioflow_mailbox_key ON aioflow_mailbox(flow_id, key)"
+    " WHERE key IS NOT NULL",
+)
+# Sends take this lock so that ids are handed out in commit order (a sequence alone
+# gives ids in the order asked, and a reader following ids would skip one that commits
+# late): a message is read by id, after the last one taken.
+_MAIL_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_mailbox'))"
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL)"
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
@@ -257,6 +280,8 @@ class PostgresJournal(WriterJournal):
                     "INSERT INTO aioflow_meta(key, value) VALUES ('schema_version', $1)",
                     str(SCHEMA_VERSION),
                 )
+            for statement in _MAILBOX:
+                await conn.execute(statement)
 
     def _open_pool(self) -> Any:
         """The open journal's connection pool; JournalError when it is not open."""
@@ -512,6 +537,58 @@ class PostgresJournal(WriterJournal):
         except _ERRORS as exc:
             raise self._error(f"cannot give up flow {flow_id}", exc) from exc
         return bool(done.endswith(" 1"))
+
+    async def post_message(
+        self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
+    ) -> int | None:
+        text = encode_message(self.codec, flow_id, topic, message)
+        pool = self._open_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(_MAIL_LOCK)
+                row = await conn.fetchrow(
+                    "WITH flow AS (SELECT 1 FROM aioflow_flows WHERE flow_id = $1),"
+                    " added AS (INSERT INTO aioflow_mailbox(flow_id, topic, key, message, sent)"
+                    " SELECT $1, $2, $3, $4, $5 FROM flow ON CONFLICT DO NOTHING RETURNING id)"
+                    " SELECT (SELECT count(*) FROM flow), (SELECT id FROM added)",
+                    flow_id,
+                    topic,
+                    key,
+                    text,
+                    time,
+                )
+        except _ERRORS as exc:
+            raise self._error(f"cannot send to flow {flow_id}", exc) from exc
+        if not row[0]:
+            raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
+        return None if row[1] is None else int(row[1])
+
+    async def next_message(
+        self, flow_id: str, topic: str, after: int = 0
+    ) -> tuple[int, Any] | None:
+        rows = await self._fetch(
+            "SELECT id, message FROM aioflow_mailbox WHERE flow_id = $1 AND topic = $2"
+            " AND id > $3 ORDER BY id LIMIT 1",
+            flow_id,
+            topic,
+            after,
+        )
+        if not rows:
+            return None
+        return int(rows[0][0]), self.codec.decode(rows[0][1])
+
+    async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
+        if after is None:
+            rows = await self._fetch("SELECT coalesce(max(id), 0) FROM aioflow_mailbox")
+            return (int(rows[0][0]) if rows else 0), []
+        rows = await self._fetch(
+            "SELECT id, flow_id, topic FROM aioflow_mailbox WHERE id > $1 ORDER BY id"
+            f" LIMIT {MAIL_BATCH}",
+            after,
+        )
+        if not rows:
+            return after, []
+        return int(rows[-1][0]), [(str(r[1]), str(r[2])) for r in rows]
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         while True:

@@ -32,10 +32,12 @@ from .._log import get_logger
 from .._states import FlowStatus
 from ._base import (
     ACTIVE,
+    MAIL_BATCH,
     Fence,
     FlowSummary,
     check_keep,
     encode_details,
+    encode_message,
     plan_compaction,
     taken_over,
 )
@@ -61,6 +63,17 @@ _SCHEMA = (
     " created REAL, updated REAL, last_seq INTEGER, owner TEXT,"
     " generation INTEGER NOT NULL DEFAULT 0)",
     _OWNERS,
+)
+# The mailbox (see Journal.post_message). Not a schema version of its own: an older
+# aioflow ignores the table, and a journal made before it gets it with its first message
+# (so a read-only file stays readable: it simply has no messages).
+_MAILBOX = (
+    "CREATE TABLE IF NOT EXISTS aioflow_mailbox(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " flow_id TEXT NOT NULL, topic TEXT NOT NULL, key TEXT, message TEXT NOT NULL,"
+    " sent REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS aioflow_mailbox_topic ON aioflow_mailbox(flow_id, topic, id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS aioflow_mailbox_key ON aioflow_mailbox(flow_id, key)"
+    " WHERE key IS NOT NULL",
 )
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
@@ -297,6 +310,7 @@ class SqliteJournal(WriterJournal):
         self._fences: dict[str, Fence] = {}
         self._retiring: dict[str, tuple[int, Fence]] = {}
         self._beat: tuple[str, float] | None = None  # a heartbeat for the next commit
+        self._mailbox_ready = False  # aioflow_mailbox known to exist (see _MAILBOX)
         self._inline: sqlite3.Connection | None = None
         # For work in worker threads (compaction, WAL checkpoints), one at a time.
         self._worker: sqlite3.Connection | None = None
@@ -921,6 +935,66 @@ class SqliteJournal(WriterJournal):
 
         done: bool = await self._write(f"cannot give up flow {flow_id}", steps)
         return done
+
+    async def post_message(
+        self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
+    ) -> int | None:
+        text = encode_message(self.codec, flow_id, topic, message)
+
+        async def steps(db: aiosqlite.Connection) -> int | None:
+            if not self._mailbox_ready:
+                for statement in _MAILBOX:
+                    await db.execute(statement)
+            found = await db.execute_fetchall(
+                "SELECT 1 FROM aioflow_flows WHERE flow_id = ?", (flow_id,)
+            )
+            if not list(found):
+                raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO aioflow_mailbox(flow_id, topic, key, message, sent)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (flow_id, topic, key, text, time),
+            )
+            return cursor.lastrowid if cursor.rowcount else None
+
+        stored: int | None = await self._write(f"cannot send to flow {flow_id}", steps)
+        self._mailbox_ready = True
+        return stored
+
+    async def next_message(
+        self, flow_id: str, topic: str, after: int = 0
+    ) -> tuple[int, Any] | None:
+        try:
+            rows = await self._query(
+                "SELECT id, message FROM aioflow_mailbox WHERE flow_id = ? AND topic = ?"
+                " AND id > ? ORDER BY id LIMIT 1",
+                (flow_id, topic, after),
+            )
+        except JournalError as exc:
+            if "no such table" in str(exc):
+                return None  # no message was ever sent through this journal
+            raise
+        if not rows:
+            return None
+        return int(rows[0][0]), self.codec.decode(rows[0][1])
+
+    async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
+        try:
+            if after is None:
+                rows = await self._query("SELECT coalesce(max(id), 0) FROM aioflow_mailbox")
+                return int(rows[0][0]) if rows else 0, []
+            rows = await self._query(
+                "SELECT id, flow_id, topic FROM aioflow_mailbox WHERE id > ? ORDER BY id"
+                f" LIMIT {MAIL_BATCH}",
+                (after,),
+            )
+        except JournalError as exc:
+            if "no such table" in str(exc):
+                return (0 if after is None else after), []
+            raise
+        if not rows:
+            return after, []
+        return int(rows[-1][0]), [(str(f), str(t)) for _, f, t in rows]
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         fetch, temporary = await self._reading()
