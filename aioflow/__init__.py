@@ -12,6 +12,7 @@ from ._engine import Engine as Engine
 from ._engine import FlowHandle as FlowHandle
 from ._errors import AioflowError as AioflowError
 from ._errors import AmbiguousError as AmbiguousError
+from ._errors import DeadlineExceededError as DeadlineExceededError
 from ._errors import ExternalTimeoutError as ExternalTimeoutError
 from ._errors import FlowBusyError as FlowBusyError
 from ._errors import FlowFailedError as FlowFailedError
@@ -46,6 +47,8 @@ from ._states import FlowStatus as FlowStatus
 from ._task import Task as Task
 from ._task import TaskContext as TaskContext
 from ._task import task as task
+from ._waits import Receive as Receive
+from ._waits import Sleep as Sleep
 from .jobs import Conductor as Conductor
 from .jobs import Job as Job
 from .jobs import JobBoard as JobBoard
@@ -63,6 +66,7 @@ __all__ = [
     "AtomState",
     "Checkpoint",
     "Conductor",
+    "DeadlineExceededError",
     "Engine",
     "Event",
     "EventKind",
@@ -91,10 +95,12 @@ __all__ = [
     "NotFoundError",
     "Outcome",
     "Progress",
+    "Receive",
     "Registry",
     "RegistryEntry",
     "Retry",
     "SerializationError",
+    "Sleep",
     "StructlogListener",
     "Task",
     "TaskContext",

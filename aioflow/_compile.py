@@ -54,20 +54,25 @@ class Node:
     weight: float = 1.0
     scopes: tuple[int, ...] = ()
     controls: int | None = None
+    timed: bool = False
+    """True inside a part with a ``timeout``: its attempts can be cancelled."""
 
 
 @dataclass(slots=True, eq=False)
 class RetryScope:
-    """A part of the flow that a retry runs again: a flow with ``retry=``, or what follows
-    a ``Checkpoint(retry=...)`` in its ``Linear``. ``controller`` is the node that starts
-    each attempt (the flow's retry atom, or the checkpoint); ``nodes`` are run again."""
+    """A part of the flow that a retry runs again or a deadline bounds: a flow with
+    ``retry=`` or ``timeout=``, or what follows a ``Checkpoint(retry=...)`` in its
+    ``Linear``. ``controller`` is the node that starts each attempt (the flow's retry
+    atom, or the checkpoint); ``nodes`` are run again. ``retry`` is None for a part with
+    only a deadline: its failures go to the scope around it."""
 
     index: int
     name: str
-    retry: Retry
+    retry: Retry | None
     controller: int
     nodes: list[int]
     parent: int | None
+    timeout: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -222,7 +227,7 @@ class _Builder:
             i = self.node(member.name, CHECKPOINT, preds, checkpoint=member, weight=0.0)
             self.checkpoints[member.name] = i
             return [i], ["checkpoint", member.name]
-        if isinstance(member, Flow) and member.retry is not None:
+        if isinstance(member, Flow) and (member.retry is not None or member.timeout is not None):
             return self.retried(member, preds, scope)
         return self.body(member, preds, scope)
 
@@ -235,15 +240,17 @@ class _Builder:
             return self.graph(member, preds, scope)
         raise InvalidFlowError(f"unknown kind of flow {type(member).__name__}", atoms=[member.name])
 
-    def open_scope(self, name: str, retry: Retry, controller: int) -> int:
-        if retry.values is not None and not retry.values:
+    def open_scope(
+        self, name: str, retry: Retry | None, controller: int, timeout: float | None = None
+    ) -> int:
+        if retry is not None and retry.values is not None and not retry.values:
             raise InvalidFlowError(
                 f"{name!r}: Retry.for_each needs at least one value; it was given none",
                 atoms=[name],
             )
         index = len(self.scopes)
         parent = self.scope_stack[-1] if self.scope_stack else None
-        self.scopes.append(RetryScope(index, name, retry, controller, [], parent))
+        self.scopes.append(RetryScope(index, name, retry, controller, [], parent, timeout))
         self.nodes[controller].controls = index
         self.scope_stack.append(index)
         self.scope_tuple = tuple(self.scope_stack)
@@ -252,23 +259,29 @@ class _Builder:
     def close_scope(self, start: int) -> None:
         index = self.scope_stack.pop()
         self.scope_tuple = tuple(self.scope_stack)
-        self.scopes[index].nodes = list(range(start, len(self.nodes)))
+        scope = self.scopes[index]
+        scope.nodes = list(range(start, len(self.nodes)))
+        if scope.timeout is not None:
+            for i in scope.nodes:
+                self.nodes[i].timed = True
 
     def retried(self, flow: Flow, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
-        """A flow with a retry: a retry atom (named as the flow) starts every attempt and,
-        with ``Retry.for_each``, publishes that attempt's value inside the flow."""
+        """A flow with a retry or a deadline: a retry atom (named as the flow) starts every
+        attempt (and sets its deadline) and, with ``Retry.for_each``, publishes that
+        attempt's value inside the flow."""
         retry = flow.retry
-        assert retry is not None
-        provides = (retry.provides,) if retry.provides else ()
+        provides = (retry.provides,) if retry is not None and retry.provides else ()
         controller = self.node(flow.name, RETRY, preds, provides=provides, weight=0.0)
-        start = self.open_scope(flow.name, retry, controller)
-        inner = _Scope(scope, {retry.provides: controller}) if retry.provides else scope
+        start = self.open_scope(flow.name, retry, controller, flow.timeout)
+        symbol = provides[0] if provides else None
+        inner = _Scope(scope, {symbol: controller}) if symbol is not None else scope
         exits, structure = self.body(flow, [controller], inner)
         self.close_scope(start)
-        if inner is not scope:
-            inner.local.pop(str(retry.provides), None)
+        if symbol is not None:
+            inner.local.pop(symbol, None)
             scope.local.update(inner.local)
-        kind = "for_each" if retry.values is not None else "times"
+        # A deadline alone: its value is not structure (it may change between runs).
+        kind = "deadline" if retry is None else "for_each" if retry.values else "times"
         return exits, [*structure, ["retry", kind, list(provides)]]
 
     def task(

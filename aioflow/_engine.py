@@ -32,7 +32,7 @@ from ._errors import (
 from ._eta import History, appended_since, copy_progress, load_history, settled
 from ._eta import from_state as progress_from_state
 from ._events import Event, EventKind
-from ._external import ExternalWork
+from ._external import EXTERNAL, ExternalWork, _Parked, wait_kind
 from ._flow import Flow
 from ._log import get_logger
 from ._outcome import AtomOutcome, Outcome, Waiting
@@ -41,6 +41,7 @@ from ._progress import FlowProgress
 from ._replay import FlowState, published, replay
 from ._run import Run
 from ._states import AtomState, FlowStatus
+from ._timers import Timers
 from ._values import DEFAULT_MAX_VALUE_BYTES, check_limit
 from .journal import FlowSummary, Journal, open_journal
 from .journal._base import Fence
@@ -131,13 +132,20 @@ class FlowHandle:
         self._scope = anyio.CancelScope()
         self._outcome: Outcome | None = None
         self._error: BaseException | None = None
+        self._parked: _Parked | None = None  # where a flow resting WAITING goes on
 
     async def wait(self) -> Outcome:
-        """Wait for the run to end; its outcome, or the error ``run`` would have raised."""
+        """Wait for the run to end, through the waits it rests on in this engine; its
+        outcome, or the error ``run`` would have raised."""
         await self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._outcome is not None
+        if self._parked is not None:
+            self._outcome = await self._engine._external.through(
+                self._outcome, self.flow_id, self._parked
+            )
+            self._parked = None
         return self._outcome
 
     def cancel(self) -> None:
@@ -146,8 +154,13 @@ class FlowHandle:
 
     @property
     def done(self) -> bool:
-        """True once the run has ended, one way or another."""
-        return self._done.is_set()
+        """True once the run has ended, one way or another (a flow resting WAITING in
+        this engine has not: a wake-up goes on with it)."""
+        if not self._done.is_set():
+            return False
+        return self._parked is None or not self._engine._external.follows(
+            self.flow_id, self._parked
+        )
 
     @property
     def progress(self) -> FlowProgress | None:
@@ -226,9 +239,11 @@ class Engine:
             (self._async_listeners if is_async else self._sync_listeners).append(fn)
         self._live: dict[str, Run] = {}
         self._slots: dict[str, _Slot] = {}
-        # Renewed in real time (an injected sleep that returns at once must not make the
-        # heartbeat spin); its expiry is on the engine's clock, so a clock that jumps
-        # ahead lets other engines take this one's flows over, as a real pause would.
+        # Renewed in real time: an injected sleep that returns at once must not make the
+        # heartbeat spin, and a test clock moved by days must not make it beat once per
+        # lease of those days. Its expiry is on the engine's clock (renewed before each
+        # taking when a clock jump left it short), so a clock that jumps ahead lets other
+        # engines take this one's running flows over, as a real pause would.
         self._ownership = Ownership(self.journal, self.id, self.lease, clock, anyio.sleep)
         self._histories: dict[str, tuple[float, History | None]] = {}
         # progress() of flows that can no longer change by themselves: flow id ->
@@ -241,6 +256,8 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self._external = ExternalWork(self)
+        # Every deadline of this engine (waits, sleeps, parts, resting flows): one task.
+        self._timers = Timers(clock, sleep)
 
     # Lifecycle -------------------------------------------------------------------------
 
@@ -257,6 +274,7 @@ class Engine:
             await stack.aclose()
             raise
         self._stack = stack
+        self._tg.start_soon(self._timers.serve, name="aioflow timers")
         self._tg.start_soon(
             self._ownership.run,
             self._busy,
@@ -329,7 +347,7 @@ class Engine:
         raise TypeError(f"expected a flow or a flow reference string, not {flow!r}")
 
     def _new_run(self, graph: Any, flow_id: str, inputs: Mapping[str, Any], seq: int = 0) -> Run:
-        return Run(
+        run = Run(
             graph=graph,
             flow_id=flow_id,
             inputs=inputs,
@@ -341,7 +359,10 @@ class Engine:
             progress_interval=self.progress_interval,
             seq=seq,
             max_value_bytes=self.max_value_bytes,
+            timers=self._timers,
         )
+        run.watch_mail = self._external.watch_mail
+        return run
 
     def _prepare(
         self,
@@ -420,6 +441,9 @@ class Engine:
     def _let_go(self, flow_id: str, slot: _Slot) -> None:
         if self._slots.get(flow_id) is slot:
             del self._slots[flow_id]
+            rewake = self._external.rewake
+            if flow_id in rewake:  # a completion or message came while it was held
+                self._external.wake(flow_id, rewake.pop(flow_id))
         slot.done.set()
 
     def _busy(self) -> bool:
@@ -528,7 +552,10 @@ class Engine:
                     raise
                 finally:
                     self._let_go(run.flow_id, slot)
-                handle._outcome = await self._external.through(outcome, run.flow_id)
+                # A flow resting WAITING is followed by handle.wait() itself, so that a
+                # thousand sleeping flows do not keep a thousand tasks.
+                handle._outcome = outcome
+                handle._parked = self._external.parked.get(run.flow_id)
         except Exception as exc:
             handle._error = exc
         finally:
@@ -703,6 +730,7 @@ class Engine:
                 raise
         send = None
         heartbeat: anyio.CancelScope | None = None
+        timers: anyio.CancelScope | None = None
         try:
             if self.durability == "strict":
                 # The flow's start (its inputs) is what its first atoms build on: commit it
@@ -713,6 +741,9 @@ class Engine:
                 if self._tg is None:  # not entered: this call renews the heartbeat
                     heartbeat = anyio.CancelScope()
                     outer.start_soon(self._beat, heartbeat)
+                if self._tg is None and not self._timers.serving:  # and serves the timers
+                    timers = anyio.CancelScope()
+                    outer.start_soon(self._serve_timers, timers)
                 if self._async_listeners:
                     send, receive = anyio.create_memory_object_stream[Event](math.inf)
                     self._async_streams[run.flow_id] = send
@@ -732,6 +763,7 @@ class Engine:
                 except (JournalError, LeaseLostError):
                     if fence is None or not fence.lost:
                         raise
+                run.end_timers()
                 if fence is None or not fence.lost:
                     run.set_flow(run.final_status())
                     await self._settle(run)
@@ -739,6 +771,8 @@ class Engine:
                     send.close()
                 if heartbeat is not None:
                     heartbeat.cancel()
+                if timers is not None:
+                    timers.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if not run.status.is_resting and (fence is None or not fence.lost):
@@ -757,6 +791,7 @@ class Engine:
                 raise self._lost(run, fence) from None
             raise
         finally:
+            run.end_timers()
             self._live.pop(run.flow_id, None)
             self._async_streams.pop(run.flow_id, None)
             if send is not None:
@@ -772,7 +807,15 @@ class Engine:
             if run.signer is None:  # the outcome lists the open waits with their tokens
                 run.signer = await self._external.signer()
             self._external.rest(run)
+        if run.receivers and run.status.is_resting:
+            # A message sent from elsewhere while the run was ending found it running and
+            # was left to it: look once now that it rests (a later send finds it resting).
+            await self._external.deliver_resting(run.flow_id)
         return self._finish(run)
+
+    async def _serve_timers(self, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._timers.serve()
 
     async def _settle(self, run: Run) -> None:
         """Wait until this run's events so far are committed (or refused: its fence says
@@ -1002,7 +1045,9 @@ class Engine:
         waiting = tuple(
             Waiting(
                 name,
-                signer.issue(flow_id, name, r.attempt, str(r.details["nonce"])),
+                signer.issue(flow_id, name, r.attempt, str(r.details["nonce"]))
+                if wait_kind(r.details) == EXTERNAL
+                else "",  # a sleep or a receive: no token ends it
                 r.details.get("deadline"),
                 dict(r.details.get("info") or {}),
             )
@@ -1045,6 +1090,29 @@ class Engine:
         otherwise at the next :meth:`resume`.
         """
         await self._external.close(token, result, None)
+
+    async def send(
+        self, flow_id: str, topic: str, message: Any = None, *, idempotency_key: str | None = None
+    ) -> None:
+        """Put ``message`` in flow ``flow_id``'s journaled mailbox on ``topic``, from any
+        process: a :class:`~aioflow.Receive` on that topic takes it, each message once and
+        in the order sent; one sent before its receive opens waits for it. A second send
+        with the same ``idempotency_key`` (for this flow) is ignored.
+
+        Raises :class:`~aioflow.NotFoundError` for an unknown flow and
+        :class:`~aioflow.AioflowError` for one that has ended. A resting flow whose
+        receive takes the message wakes in this entered engine when it can build it (as
+        with :meth:`complete`); one running in another engine takes it within a second.
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"a topic must be a non-empty string, not {topic!r}")
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
+            raise ValueError(
+                f"an idempotency_key must be a non-empty string or None, not {idempotency_key!r}"
+            )
+        await self._external.send(flow_id, topic, message, idempotency_key)
 
     async def fail(self, token: str, error: BaseException | str) -> None:
         """Fail the external wait ``token`` names with ``error`` (an exception, or a

@@ -117,6 +117,12 @@ class ExternalTimeoutError(AioflowError, TimeoutError):
     """Raised (as an atom's failure) when an external wait passes its deadline."""
 
 
+class DeadlineExceededError(AioflowError, TimeoutError):
+    """Raised (as a part's failure) when a part of a flow given ``timeout=`` runs past its
+    deadline: its running atoms were cancelled, and its retry or the flow's revert
+    follows as for any failure."""
+
+
 class LeaseLostError(AioflowError):
     """Raised when an engine (or a conductor) writes for a flow (or job) that another
     owner has taken over since: its lease expired and the ownership moved on.

@@ -46,6 +46,24 @@ class Checkpoint:
 Member: TypeAlias = "Task | Flow | Checkpoint"
 
 
+def seconds_of(value: object, what: str, *, zero: bool = False) -> float | None:
+    """``value`` (seconds, or a timedelta) as seconds, or None for None; a ValueError
+    naming ``what`` for a negative, zero (unless ``zero``), infinite or NaN one."""
+    if value is None:
+        return None
+    if hasattr(value, "total_seconds") and not isinstance(value, int | float):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds or a timedelta, not {value!r}")
+    seconds = float(value)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be a finite number of seconds, not {value!r}")
+    if seconds < 0 or (seconds == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{what} must be {bound} seconds, not {value!r}")
+    return seconds
+
+
 def _check_member(flow: str, member: object) -> None:
     if not isinstance(member, Task | Flow | Checkpoint):
         hint = " (a function: decorate it with @aioflow.task)" if callable(member) else ""
@@ -55,15 +73,25 @@ def _check_member(flow: str, member: object) -> None:
 
 
 class Flow:
-    """The base of every flow: a name, members, and an optional retry for the whole part."""
+    """The base of every flow: a name, members, an optional retry for the whole part, and
+    an optional ``timeout`` (seconds, or a timedelta): a deadline for each attempt of the
+    part, set when it starts and kept in the journal; past it the part's running atoms
+    are cancelled and it fails with :class:`~aioflow.DeadlineExceededError`."""
 
     kind: ClassVar[str] = "flow"
 
-    def __init__(self, name: str, *members: Member, retry: Retry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *members: Member,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a flow name must be a non-empty string, not {name!r}")
         self.name = name
         self.retry = retry
+        self.timeout = seconds_of(timeout, f"flow {name!r}: timeout")
         self.members: list[Member] = []
         self.add(*members)
 
@@ -111,9 +139,15 @@ class Graph(Flow):
 
     kind = "graph"
 
-    def __init__(self, name: str, *members: Member, retry: Retry | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *members: Member,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+    ) -> None:
         self.links: list[Link] = []
-        super().__init__(name, *members, retry=retry)
+        super().__init__(name, *members, retry=retry, timeout=timeout)
 
     def link(
         self, source: Member | str, target: Member | str, *, decider: Decider | None = None

@@ -49,6 +49,8 @@ class FlowState:
     atoms: dict[str, AtomRecord] = field(default_factory=dict)
     checkpoint: str | None = None
     revert_to: str | None = None
+    mail: dict[str, int] = field(default_factory=dict)
+    """Topic -> the id of the last message a receive of the flow took."""
     last_seq: int = 0
     created: float | None = None
     updated: float | None = None
@@ -120,10 +122,16 @@ def _apply_atom(state: FlowState, event: Event) -> None:
         record.attempt = event.attempt
         record.started = event.time
         record.failure = None
-        record.details = {}
+        record.details = event.details  # a part's deadline, on its controller's
     elif new is AtomState.SUCCESS:
-        record.result = event.details.get("result")
+        details = event.details
+        record.result = details.get("result")
         record.finished = event.time
+        mail = details.get("mail")
+        if mail is not None:  # a receive took message (topic, id)
+            topic, taken = str(mail[0]), int(mail[1])
+            if taken > state.mail.get(topic, 0):
+                state.mail[topic] = taken
     elif new in (AtomState.FAILURE, AtomState.REVERT_FAILURE):
         record.failure = Failure.from_dict(event.details["failure"])
         record.finished = event.time
@@ -181,6 +189,7 @@ def snapshot(state: FlowState, time: float) -> Event:
         "weights": state.weights,
         "checkpoint": state.checkpoint,
         "revert_to": state.revert_to,
+        "mail": state.mail,
         "created": state.created,
         "updated": state.updated,
         "atoms": atoms,
@@ -200,6 +209,7 @@ def _restore_snapshot(state: FlowState, event: Event) -> None:
         state.weights = {str(k): float(v) for k, v in dict(body["weights"]).items()}
         state.checkpoint = body["checkpoint"]
         state.revert_to = body["revert_to"]
+        state.mail = {str(k): int(v) for k, v in dict(body.get("mail") or {}).items()}
         state.created = body["created"]
         state.updated = body["updated"]
         for name, saved in dict(body["atoms"]).items():

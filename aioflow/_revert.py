@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._compile import BARRIER, RETRY, ExecGraph, Node
+from ._errors import DeadlineExceededError
 from ._failure import Failure
 from ._states import AtomState, FlowStatus
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     import structlog
     from anyio.abc import TaskGroup
 
+    from ._timers import Timer, Timers
     from .journal import Journal
 
 _S = AtomState
@@ -63,7 +65,10 @@ class Reverting:
     cancelled: bool
     running: int
     tg: TaskGroup | None
+    clock: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]
+    timers: Timers
+    cancels: dict[int, anyio.CancelScope]
     log: structlog.typing.FilteringBoundLogger
     journal: Journal
     strict: bool
@@ -77,6 +82,9 @@ class Reverting:
         self.scope_failing = [False] * k
         self.scope_reverting = [False] * k
         self.scope_running = [0] * k
+        # Part deadlines: scope -> (attempt, deadline) as journaled, and its timer.
+        self.part_deadlines: dict[int, tuple[int, float]] = {}
+        self.part_timers: dict[int, Timer] = {}
 
     # Decided by the scheduler ------------------------------------------------------------
 
@@ -107,6 +115,79 @@ class Reverting:
     def idle_waits(self) -> None:
         raise NotImplementedError
 
+    # Part deadlines -----------------------------------------------------------------------
+
+    def set_part_deadline(self, s: int, attempt: int, deadline: float) -> None:
+        """Bound attempt ``attempt`` of part ``s`` by ``deadline`` (journaled by the caller,
+        on its controller's RUNNING event); the timer starts with the run."""
+        self.part_deadlines[s] = (attempt, deadline)
+        if self.tg is not None:
+            self.arm_part(s)
+
+    def arm_part(self, s: int) -> None:
+        attempt, deadline = self.part_deadlines[s]
+        old = self.part_timers.pop(s, None)
+        if old is not None:
+            old.cancel()
+        self.part_timers[s] = self.timers.add(deadline, self.part_expired, s, attempt)
+
+    def arm_parts(self) -> None:
+        """Start the timers of the part deadlines restored from the journal."""
+        for s in list(self.part_deadlines):
+            self.arm_part(s)
+
+    def disarm_parts(self) -> None:
+        for timer in self.part_timers.values():
+            timer.cancel()
+        self.part_timers.clear()
+
+    def part_done(self, s: int) -> bool:
+        scope = self.graph.scopes[s]
+        return all(self.states[i] in FINISHED for i in scope.nodes)
+
+    def part_expired(self, s: int, attempt: int) -> None:
+        """Part ``s`` passed its deadline: cancel its running atoms and fail it with
+        DeadlineExceededError; its retry, or the part around it, or the flow's revert
+        takes that failure as any other."""
+        self.part_timers.pop(s, None)
+        scope = self.graph.scopes[s]
+        c = scope.controller
+        if (
+            self.part_deadlines.get(s, (None, 0.0))[0] != attempt
+            or self.attempts[c] != attempt
+            or self.states[c] is not _S.SUCCESS
+            or self.failing
+            or self.scope_failing[s]
+            or self.cancelled
+            or self.part_done(s)
+        ):
+            return
+        deadline = self.part_deadlines[s][1]
+        exc = DeadlineExceededError(
+            f"part {scope.name!r} of flow {self.graph.name!r} passed its deadline"
+            f" ({scope.timeout} s after it started, at {deadline})"
+        )
+        failure = Failure.from_exception(exc)
+        self.failures.setdefault(scope.name, failure)
+        if self.first_error is None:
+            self.first_error, self.first_error_at = exc, c
+        retry = scope.retry
+        if retry is not None and retry.should_retry(self.attempts[c], failure):
+            target: int | None = s
+        else:
+            target = self.retry_scope_for(self.nodes[c], failure)
+        if target is None:
+            self.failing = True
+        elif not self.scope_failing[target]:
+            self.scope_failing[target] = True
+        for i in scope.nodes:
+            cancel = self.cancels.get(i)
+            if cancel is not None:
+                cancel.cancel()
+        if target is not None:
+            self.check_scope(target)
+        self.check_idle()
+
     # Failing ----------------------------------------------------------------------------
 
     def fail(self, node: Node, failure: Failure, exc: BaseException | None) -> None:
@@ -127,10 +208,12 @@ class Reverting:
         for s in reversed(node.scopes):
             if self.scope_failing[s]:
                 return s
-            scope = self.graph.scopes[s]
-            if scope.retry.should_retry(self.attempts[scope.controller], failure):
+            retry = self.graph.scopes[s].retry
+            if retry is None:
+                continue  # a part with only a deadline: the part around it decides
+            if retry.should_retry(self.attempts[self.graph.scopes[s].controller], failure):
                 return s
-            if scope.retry.revert_all:
+            if retry.revert_all:
                 return None
         return None
 
@@ -163,6 +246,7 @@ class Reverting:
         scope = self.graph.scopes[s]
         self.reset([scope.controller, *scope.nodes], keep_attempts=scope.controller)
         self.scope_failing[s] = self.scope_reverting[s] = False
+        assert scope.retry is not None  # only a scope with a retry is restarted
         delay = scope.retry.delay(self.attempts[scope.controller])
         self.running += 1
         assert self.tg is not None
@@ -208,10 +292,17 @@ class Reverting:
         ``Retry.for_each``, that attempt's value."""
         node = self.nodes[i]
         assert node.kind == RETRY and node.controls is not None
-        retry = self.graph.scopes[node.controls].retry
+        scope = self.graph.scopes[node.controls]
+        retry = scope.retry
         self.attempts[i] += 1
-        self.set_atom(i, _S.RUNNING)
-        value = self.attempts[i] if retry.values is None else retry.values[self.attempts[i] - 1]
+        if scope.timeout is None:
+            self.set_atom(i, _S.RUNNING)
+        else:
+            deadline = self.clock() + scope.timeout
+            self.set_atom(i, _S.RUNNING, {"deadline": deadline})
+            self.set_part_deadline(node.controls, self.attempts[i], deadline)
+        attempt = self.attempts[i]
+        value = attempt if retry is None or retry.values is None else retry.values[attempt - 1]
         self.set_atom(i, _S.SUCCESS, {"result": value})
         self.results[i] = self.values[i] = value
         return True

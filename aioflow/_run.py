@@ -27,7 +27,7 @@ import anyio.lowlevel
 
 from ._codec import NO_RESULT, Encoded, size_hint
 from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
-from ._errors import SerializationError
+from ._errors import DeadlineExceededError, SerializationError
 from ._eta import AtomTiming, History, summarize
 from ._events import Event, EventKind
 from ._external import External, WaitingAtoms, WaitRequest
@@ -47,6 +47,7 @@ from ._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
+    from ._timers import Timers
     from .journal import Journal
     from .journal._base import Fence
 
@@ -97,8 +98,12 @@ class Run(WaitingAtoms, Reverting):
         progress_interval: float,
         seq: int = 0,
         max_value_bytes: int | None = DEFAULT_MAX_VALUE_BYTES,
+        timers: Timers,
     ) -> None:
         self.graph = graph
+        self.timers = timers
+        # Atoms of parts with a deadline, while they run: what cancels each.
+        self.cancels: dict[int, anyio.CancelScope] = {}
         self.nodes = graph.nodes
         self.flow_id = flow_id
         self.inputs = dict(inputs)
@@ -325,6 +330,8 @@ class Run(WaitingAtoms, Reverting):
             if self.members is None:
                 self.scope_class = type(anyio.CancelScope())
         self.start_wakes()
+        self.arm_waits()
+        self.arm_parts()
         if self.failing or self.reverting:
             self.start_revert()
             return
@@ -685,7 +692,9 @@ class Run(WaitingAtoms, Reverting):
             try:
                 args = self.arguments(node)
                 injections = self.injections(i, attempt) if task._injects else _NO_INJECTIONS
-                if self.limiter is not None:
+                if node.timed:
+                    result = await self.attempt_in_part(i, task, args, injections)
+                elif self.limiter is not None:
                     async with self.limiter:
                         result = await self.attempt(task, args, injections)
                 elif task.timeout is None:
@@ -756,12 +765,38 @@ class Run(WaitingAtoms, Reverting):
         """True when nothing more should start for ``node``: the flow or its part fails."""
         return self.failing or any(self.scope_failing[s] for s in node.scopes)
 
+    async def attempt_in_part(
+        self, i: int, task: Task, args: dict[str, Any], injections: dict[str, Any]
+    ) -> Any:
+        """An attempt of atom ``i`` of a part with a deadline, which may cancel it: then it
+        fails with DeadlineExceededError (a thread task is abandoned, as past its own
+        timeout)."""
+        with self.scope_class() as scope:
+            self.cancels[i] = scope
+            try:
+                if self.limiter is not None:
+                    async with self.limiter:
+                        return await self.attempt(task, args, injections, abandon=True)
+                return await self.attempt(task, args, injections, abandon=True)
+            finally:
+                del self.cancels[i]
+        raise DeadlineExceededError(
+            f"atom {self.nodes[i].name!r} was cancelled: its part passed its deadline"
+        )
+
+    def end_timers(self) -> None:
+        """Call off this run's timers (the run has ended)."""
+        self.stop_timers()
+        self.disarm_parts()
+
     @staticmethod
-    async def attempt(task: Task, args: dict[str, Any], injections: dict[str, Any]) -> Any:
+    async def attempt(
+        task: Task, args: dict[str, Any], injections: dict[str, Any], *, abandon: bool = False
+    ) -> Any:
         if task.timeout is None:
-            return await task._call_execute(args, injections)
+            return await task._call_execute(args, injections, abandon)
         with anyio.fail_after(task.timeout):
-            return await task._call_execute(args, injections)
+            return await task._call_execute(args, injections, abandon)
 
     # Restoring from the journal ----------------------------------------------------------
 
@@ -770,6 +805,7 @@ class Run(WaitingAtoms, Reverting):
         engine had decided: which failures a retry takes, which part is being retried."""
         self.status = state.status
         self.checkpoint = state.checkpoint
+        self.mail = dict(state.mail)
         records = state.atoms
         failed: list[int] = []
         unwinding: list[int] = []
@@ -807,6 +843,9 @@ class Run(WaitingAtoms, Reverting):
                     self.failures.setdefault(node.name, record.failure)
             if node.kind == RETRY and state_ is _S.SUCCESS:
                 self.values[i] = record.result
+                deadline = record.details.get("deadline")
+                if deadline is not None and node.controls is not None:
+                    self.part_deadlines[node.controls] = (record.attempt, float(deadline))
         self.revert_to = state.revert_to
         if state.status is FlowStatus.REVERTING and self.revert_to is None:
             self.failing = True

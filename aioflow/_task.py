@@ -313,7 +313,11 @@ class Task:
     ) -> dict[str, Any]:
         return {p.name: injections[p.injected] for p in params if p.injected is not None}
 
-    def _call_execute(self, args: dict[str, Any], injections: Mapping[str, Any]) -> Awaitable[Any]:
+    def _call_execute(
+        self, args: dict[str, Any], injections: Mapping[str, Any], abandon: bool = False
+    ) -> Awaitable[Any]:
+        """Start execute; ``abandon``: a sync task's thread is abandoned on cancellation
+        (it is in a part with a deadline), as it is past its own timeout."""
         if self._direct is not None:
             return self._direct(**args)
         fn = self._execute_fn()
@@ -323,7 +327,7 @@ class Task:
         # A thread cannot be interrupted: past its timeout (or on cancellation) a sync
         # task with a timeout is abandoned to finish on its own, and its result dropped.
         return anyio.to_thread.run_sync(
-            lambda: fn(**kwargs), abandon_on_cancel=self.timeout is not None
+            lambda: fn(**kwargs), abandon_on_cancel=abandon or self.timeout is not None
         )
 
     async def _call_revert(

@@ -7,10 +7,12 @@ background and speaks JSON:
 - ``GET /flows/{flow_id}`` -> status, who runs it (``owner``, ``orphaned``), progress and
   the open waits (never their tokens);
 - ``GET /flows/{flow_id}/events`` -> the flow's events as server-sent events, live;
+- ``POST /flows/{flow_id}/messages/{topic}`` ``{"message": ..., "idempotency_key": "..."}``
+  (the key optional, also as an ``Idempotency-Key`` header) -> 202: ``engine.send``;
 - ``POST /external/{token}`` ``{"result": ...}`` or ``{"error": "..."}`` -> 200.
 
 Errors are JSON ``{"error": message}`` with 403 (a bad token), 404 (no such flow), 409
-(the flow runs in another engine), 413 (body too large), 422 (a body or inputs that do not
+(the flow runs in another engine, or has ended), 413 (body too large), 422 (a body or inputs that do not
 fit) and 503 (the engine is not running); never a stack trace. See ``docs/web.md``.
 """
 
@@ -258,6 +260,27 @@ def create_app(
             raise _HTTPError(409, str(exc)) from None
         return JSONResponse({"ok": True})
 
+    async def send_message(request: Request) -> Response:
+        require_engine()
+        flow_id, topic = request.path_params["flow_id"], request.path_params["topic"]
+        body = await read_json(request)
+        if not isinstance(body, dict) or "message" not in body:
+            raise _HTTPError(
+                422, 'the body must be {"message": ..., "idempotency_key": "..." (optional)}'
+            )
+        key = body.get("idempotency_key", request.headers.get("idempotency-key"))
+        if key is not None and (not isinstance(key, str) or not key):
+            raise _HTTPError(422, "idempotency_key must be a non-empty string")
+        try:
+            await engine.send(flow_id, topic, body["message"], idempotency_key=key)
+        except NotFoundError:
+            raise _HTTPError(404, f"no flow {flow_id}") from None
+        except SerializationError as exc:
+            raise _HTTPError(422, str(exc)) from None
+        except AioflowError as exc:
+            raise _HTTPError(409, str(exc)) from None
+        return JSONResponse({"ok": True}, status_code=202)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _HTTPError)
         return _error(exc.status, exc.message)
@@ -280,6 +303,7 @@ def create_app(
             Route("/flows", start_flow, methods=["POST"]),
             Route("/flows/{flow_id}", show_flow, methods=["GET"]),
             Route("/flows/{flow_id}/events", flow_events, methods=["GET"]),
+            Route("/flows/{flow_id}/messages/{topic}", send_message, methods=["POST"]),
             Route("/external/{token}", complete, methods=["POST"]),
         ],
         exception_handlers=dict(handlers),
