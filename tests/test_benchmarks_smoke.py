@@ -36,3 +36,13 @@ def test_the_instruction_counts_child_runs_every_subject(
     for subject in ("asyncio", "memory", "strict"):
         for scenario in ("sleeps", "wide", "chain"):
             instructions._child(subject, scenario, 20, 2, 3)
+
+
+def test_the_waits_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from benchmarks import waits
+
+    asyncio.run(waits.main(20, 3))
+    out = capsys.readouterr().out
+    assert "| aioflow, sqlite |" in out and "asyncio.Queue" in out

@@ -342,3 +342,39 @@ async def test_the_delegated_backup_example_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert "array called back: 200" in output
     assert output.rstrip().endswith("is SUCCESS")
+
+
+def inbox_flow() -> aioflow.Flow:
+    return aioflow.Linear("inbox", aioflow.Receive("ask", "answers", provides="answer"))
+
+
+async def test_a_message_posted_to_a_flow_is_received(journal_url: str) -> None:
+    engine = aioflow.Engine(journal_url, secret=SECRET)
+    registry = aioflow.Registry()
+    registry.register(inbox_flow, "inbox", name="inbox")
+    app = create_app(engine, registry=registry)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            started = await client.post("/flows", json={"flow": "inbox"})
+            flow_id = started.json()["flow_id"]
+            await status_of(client, flow_id, "WAITING")
+            sent = await client.post(
+                f"/flows/{flow_id}/messages/answers",
+                json={"message": {"yes": True}},
+                headers={"Idempotency-Key": "a1"},
+            )
+            assert sent.status_code == 202, sent.text
+            again = await client.post(
+                f"/flows/{flow_id}/messages/answers",
+                json={"message": {"yes": False}, "idempotency_key": "a1"},
+            )
+            assert again.status_code == 202
+            await status_of(client, flow_id, "SUCCESS")
+            assert (await engine.outcome(flow_id)).results == {"answer": {"yes": True}}
+            ended = await client.post(f"/flows/{flow_id}/messages/answers", json={"message": 1})
+            assert ended.status_code == 409 and "has ended" in ended.json()["error"]
+            unknown = await client.post("/flows/nope/messages/answers", json={"message": 1})
+            assert unknown.status_code == 404
+            bad = await client.post(f"/flows/{flow_id}/messages/answers", json={"msg": 1})
+            assert bad.status_code == 422
