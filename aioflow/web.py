@@ -7,7 +7,7 @@ background and speaks JSON:
 - ``GET /flows/{flow_id}`` -> status, who runs it (``owner``, ``orphaned``), progress and
   the open waits (never their tokens);
 - ``GET /flows/{flow_id}/events`` -> the flow's events as server-sent events, live;
-- ``POST /flows/{flow_id}/messages/{topic}`` ``{"message": ..., "idempotency_key": "..."}``
+- ``POST /flows/{flow_id}/messages/{topic}`` ``{"message": ..., "idempotency_key": ...}``
   (the key optional, also as an ``Idempotency-Key`` header) -> 202: ``engine.send``;
 - ``POST /external/{token}`` ``{"result": ...}`` or ``{"error": "..."}`` -> 200.
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import statistics
 import tempfile
 import time
-import os
 from pathlib import Path
 from typing import Any
 
