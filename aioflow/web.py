@@ -12,8 +12,9 @@ background and speaks JSON:
 - ``POST /external/{token}`` ``{"result": ...}`` or ``{"error": "..."}`` -> 200.
 
 Errors are JSON ``{"error": message}`` with 403 (a bad token), 404 (no such flow), 409
-(the flow runs in another engine, or has ended), 413 (body too large), 422 (a body or inputs that do not
-fit) and 503 (the engine is not running); never a stack trace. See ``docs/web.md``.
+(the flow runs in another engine, or has ended), 413 (body too large), 422 (a body or
+inputs that do not fit) and 503 (the engine is not running); never a stack trace. See
+``docs/web.md``.
 """
 
 from __future__ import annotations
