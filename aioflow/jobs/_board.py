@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import anyio
 
@@ -24,6 +25,9 @@ from .._codec import Codec, get_codec
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["Job", "JobBoard", "JobState"]
 
@@ -215,12 +219,16 @@ class JobBoard(abc.ABC):
         name: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
     ) -> Job:
         """Post a job that runs ``flow`` (a reference or registry name) with ``inputs``.
 
         Higher ``priority`` is claimed first, then older jobs. A second post with the
         same ``idempotency_key`` posts nothing and returns the first job as it stands.
-        Inputs the codec cannot store raise :class:`~aioflow.SerializationError`.
+        Inputs the codec cannot store raise :class:`~aioflow.SerializationError`. With
+        ``delay`` (seconds) or ``run_at`` (an aware datetime) no conductor claims the job
+        before then (``available_at``, on the board's clock).
         """
 
     @abc.abstractmethod
@@ -299,6 +307,30 @@ class JobBoard(abc.ABC):
 
     def _now(self) -> float:
         return float(self.clock())
+
+
+def available_from(now: float, delay: object, run_at: object) -> float:
+    """When a job posted at ``now`` with ``delay``/``run_at`` may first be claimed; a
+    ValueError (TypeError for a wrong type) naming what is wrong."""
+    if delay is not None and run_at is not None:
+        raise ValueError("give a job's delay or its run_at, not both")
+    if run_at is not None:
+        utcoffset = getattr(run_at, "utcoffset", None)
+        if not callable(utcoffset) or not hasattr(run_at, "timestamp"):
+            raise TypeError(f"run_at must be an aware datetime, not {run_at!r}")
+        if utcoffset() is None:
+            raise ValueError(
+                f"run_at must be an aware datetime (with a tzinfo, e.g. timezone.utc),"
+                f" not the naive {run_at!r}"
+            )
+        return float(run_at.timestamp())
+    if delay is None:
+        return now
+    if isinstance(delay, bool) or not isinstance(delay, int | float):
+        raise TypeError(f"a job's delay is a number of seconds, not {delay!r}")
+    if not (0 <= delay < math.inf):
+        raise ValueError(f"a job's delay must be a finite number of seconds >= 0, not {delay!r}")
+    return now + float(delay)
 
 
 def check_post(flow: object, inputs: object, priority: object) -> dict[str, Any]:

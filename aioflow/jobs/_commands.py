@@ -68,6 +68,13 @@ def register(subparsers: Any) -> None:
     q.add_argument("--name", help="a name for people")
     q.add_argument("--priority", type=int, default=0, help="higher is claimed first")
     q.add_argument("--key", help="an idempotency key: a second post returns the first job")
+    when = q.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=float, metavar="SECONDS", help="not claimed before then")
+    when.add_argument(
+        "--run-at",
+        metavar="ISO8601",
+        help="not claimed before then: a time with its offset, like 2026-12-05T03:00:00+00:00",
+    )
     q.set_defaults(func=cmd_post)
 
     q = jobs.add_parser("list", help="list jobs", description="List the board's jobs.")
@@ -124,9 +131,23 @@ async def cmd_post(args: argparse.Namespace) -> int:
         raise ValueError(f"--inputs is not JSON: {exc}") from exc
     if not isinstance(inputs, dict):
         raise ValueError(f"--inputs must be a JSON object, not {args.inputs}")
+    run_at = None
+    if args.run_at is not None:
+        try:
+            run_at = datetime.fromisoformat(args.run_at)
+        except ValueError as exc:
+            raise ValueError(f"--run-at is not an ISO 8601 time: {args.run_at}") from exc
+        if run_at.tzinfo is None:
+            raise ValueError(f"--run-at needs an offset (like +00:00 or Z): {args.run_at}")
     async with JobBoard.open(_urls(args)[0]) as board:
         job = await board.post(
-            args.ref, inputs, name=args.name, priority=args.priority, idempotency_key=args.key
+            args.ref,
+            inputs,
+            name=args.name,
+            priority=args.priority,
+            idempotency_key=args.key,
+            delay=args.delay,
+            run_at=run_at,
         )
     print(job.id)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -13,7 +13,10 @@ from .._errors import NotFoundError
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
-from ._board import Job, JobBoard, JobState, check_post
+from ._board import Job, JobBoard, JobState, available_from, check_post
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["MemoryJobBoard"]
 
@@ -42,14 +45,18 @@ class MemoryJobBoard(JobBoard):
         name: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
     ) -> Job:
         values = check_post(flow, inputs, priority)
+        available_from(0.0, delay, run_at)  # bad timing is refused before anything else
         self.codec.encode(values)  # refuse what a database board would refuse
         if idempotency_key is not None:
             for job in self._jobs.values():
                 if job.idempotency_key == idempotency_key:
                     return job
         now = self._now()
+        available = available_from(now, delay, run_at)
         job = Job(
             id=os.urandom(16).hex(),
             flow=flow,
@@ -58,7 +65,7 @@ class MemoryJobBoard(JobBoard):
             name=name,
             priority=priority,
             idempotency_key=idempotency_key,
-            available_at=now,
+            available_at=available,
             created=now,
             updated=now,
         )

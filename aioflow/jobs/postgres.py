@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import asyncpg
@@ -20,7 +20,19 @@ from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
 from ..journal.postgres import PostgresJournal, _redact, dsn_from_url
-from ._board import COLUMNS, Job, JobBoard, JobState, check_post, encode_failures, job_from_row
+from ._board import (
+    COLUMNS,
+    Job,
+    JobBoard,
+    JobState,
+    available_from,
+    check_post,
+    encode_failures,
+    job_from_row,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["SCHEMA_VERSION", "PostgresJobBoard"]
 
@@ -148,9 +160,12 @@ class PostgresJobBoard(JobBoard):
         name: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
     ) -> Job:
         text = self.codec.encode(check_post(flow, inputs, priority))
         now = self._now()
+        available = available_from(now, delay, run_at)
         job_id = uuid.uuid4().hex
         pool = await self._get_pool()
         try:
@@ -158,7 +173,7 @@ class PostgresJobBoard(JobBoard):
                 inserted = await conn.fetchval(
                     "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority, idempotency_key,"
                     " state, generation, attempts, available_at, created, updated)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $7, $7, $7)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, 'UNCLAIMED', 0, 0, $8, $7, $7)"
                     " ON CONFLICT(idempotency_key) DO NOTHING RETURNING id",
                     job_id,
                     name,
@@ -167,6 +182,7 @@ class PostgresJobBoard(JobBoard):
                     priority,
                     idempotency_key,
                     now,
+                    available,
                 )
                 if inserted is not None:
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)

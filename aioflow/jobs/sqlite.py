@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import anyio
@@ -23,7 +23,19 @@ from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal, SqliteJournal
 from ..journal.sqlite import path_from_url, set_wal
-from ._board import COLUMNS, Job, JobBoard, JobState, check_post, encode_failures, job_from_row
+from ._board import (
+    COLUMNS,
+    Job,
+    JobBoard,
+    JobState,
+    available_from,
+    check_post,
+    encode_failures,
+    job_from_row,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["SCHEMA_VERSION", "SqliteJobBoard"]
 
@@ -139,9 +151,12 @@ class SqliteJobBoard(JobBoard):
         name: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        delay: float | None = None,
+        run_at: datetime | None = None,
     ) -> Job:
         text = self.codec.encode(check_post(flow, inputs, priority))
         now = self._now()
+        available = available_from(now, delay, run_at)
         job_id = uuid.uuid4().hex
         async with self._connect() as db:
             await db.execute(
@@ -149,7 +164,7 @@ class SqliteJobBoard(JobBoard):
                 " state, generation, attempts, available_at, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'UNCLAIMED', 0, 0, ?, ?, ?)"
                 " ON CONFLICT(idempotency_key) DO NOTHING",
-                (job_id, name, flow, text, priority, idempotency_key, now, now, now),
+                (job_id, name, flow, text, priority, idempotency_key, available, now, now),
             )
             if idempotency_key is None:
                 where, key = "id = ?", job_id
