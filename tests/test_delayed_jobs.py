@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from .pg import pg_schema, pg_url
 
 __all__ = ["pg_schema", "pg_url"]
 
-START = datetime(2026, 12, 4, 12, tzinfo=timezone.utc)
+START = datetime(2026, 12, 4, 12, tzinfo=UTC)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -90,5 +90,5 @@ def test_the_cli_posts_a_delayed_job(tmp_path: Path, capsys: pytest.CaptureFixtu
             return (await board.get(delayed)).available_at, (await board.get(at)).available_at
 
     first, second = anyio.run(look)
-    assert first > datetime.now(timezone.utc).timestamp() + 3000
+    assert first > datetime.now(UTC).timestamp() + 3000
     assert second == datetime.fromisoformat(when).timestamp()
