@@ -14,12 +14,21 @@ from ._board import Job as Job
 from ._board import JobBoard as JobBoard
 from ._board import JobState as JobState
 from ._conductor import Conductor as Conductor
+from ._schedule import Schedule as Schedule
 from .memory import MemoryJobBoard as MemoryJobBoard
 
 if TYPE_CHECKING:
     from .sqlite import SqliteJobBoard as SqliteJobBoard
 
-__all__ = ["Conductor", "Job", "JobBoard", "JobState", "MemoryJobBoard", "SqliteJobBoard"]
+__all__ = [
+    "Conductor",
+    "Job",
+    "JobBoard",
+    "JobState",
+    "MemoryJobBoard",
+    "Schedule",
+    "SqliteJobBoard",
+]
 
 
 def __getattr__(name: str) -> Any:

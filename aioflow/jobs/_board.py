@@ -25,9 +25,10 @@ from .._codec import Codec, get_codec
 from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
+from ._schedule import Schedule, check_schedule, due, first_run, tick_name
 
 if TYPE_CHECKING:
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
 __all__ = ["Job", "JobBoard", "JobState"]
 
@@ -230,6 +231,101 @@ class JobBoard(abc.ABC):
         ``delay`` (seconds) or ``run_at`` (an aware datetime) no conductor claims the job
         before then (``available_at``, on the board's clock).
         """
+
+    # ------------------------------------------------------------------- schedules
+
+    async def schedule(
+        self,
+        name: str,
+        flow: str,
+        *,
+        cron: str | None = None,
+        every: float | timedelta | None = None,
+        inputs: Mapping[str, Any] | None = None,
+        timezone: str = "UTC",
+        catchup: str = "latest",
+    ) -> Schedule:
+        """Post a job running ``flow`` with ``inputs`` at every tick of ``cron`` (in
+        ``timezone``) or ``every`` seconds, exactly once per tick however many conductors
+        run (conductors fire due schedules). A name already scheduled is updated (its
+        next tick kept when its rule did not change): deploying the same schedule twice
+        is harmless. Ticks missed while no conductor ran post one job for the latest
+        (``catchup="latest"``) or none (``"none"``; a tick more than a minute late counts
+        as missed). Bad input is a ValueError naming it."""
+        values = check_post(flow, inputs, 0)
+        now = self._now()
+        cron_, every_ = check_schedule(name, flow, cron, every, timezone, catchup, now)
+        self.codec.encode(values)  # refuse inputs the codec cannot store, before a write
+        old = {s.name: s for s in await self._load_schedules()}.get(name)
+        same_rule = old is not None and (old.cron, old.every, old.timezone) == (
+            cron_,
+            every_,
+            timezone,
+        )
+        if old is not None and same_rule:
+            next_run = old.next_run
+        else:
+            next_run = first_run(cron_, every_, timezone, now)
+        schedule = Schedule(
+            name,
+            flow,
+            cron_,
+            every_,
+            values,
+            timezone,
+            catchup,
+            next_run,
+            old.last_tick if old is not None else None,
+        )
+        await self._save_schedule(schedule, self.codec.encode(values), now)
+        return schedule
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule of the board, by name."""
+        return sorted(await self._load_schedules(), key=lambda s: s.name)
+
+    async def unschedule(self, name: str) -> bool:
+        """Remove schedule ``name`` (jobs it posted stay); False when there was none."""
+        return await self._drop_schedule(name)
+
+    async def fire_due(self) -> float | None:
+        """Post the job of every due schedule's tick (see :meth:`schedule`) and move its
+        ``next_run`` on; return when the earliest schedule is next due (None: none)."""
+        now = self._now()
+        earliest: float | None = None
+        for s in await self._load_schedules():
+            next_run = s.next_run
+            if next_run <= now:
+                tick, following = due(s, now)
+                if tick is not None:
+                    # Posted first, under the tick's key: a conductor that dies before it
+                    # moves next_run leaves the tick to another, which posts nothing new.
+                    await self.post(
+                        s.flow,
+                        s.inputs,
+                        name=tick_name(s.name, tick),
+                        idempotency_key=f"schedule:{s.name}:{tick:.3f}",
+                    )
+                await self._move_schedule(s.name, next_run, following, tick, now)
+                next_run = following
+            earliest = next_run if earliest is None else min(earliest, next_run)
+        return earliest
+
+    async def _load_schedules(self) -> list[Schedule]:
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedules")
+
+    async def _save_schedule(self, schedule: Schedule, inputs: str, now: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedules")
+
+    async def _drop_schedule(self, name: str) -> bool:
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedules")
+
+    async def _move_schedule(
+        self, name: str, old: float, new: float, tick: float | None, now: float
+    ) -> bool:
+        """Set ``next_run`` to ``new`` (and ``last_tick`` to ``tick`` unless None) if it
+        is still ``old``; True when this call moved it."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no schedules")
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> Job:

@@ -1,4 +1,5 @@
-"""The ``aioflow conductor`` and ``aioflow jobs post|list`` subcommands.
+"""The ``aioflow conductor`` and ``aioflow jobs post|list|schedule|schedules|unschedule``
+subcommands.
 
 ``aioflow.cli`` calls :func:`register` with its argparse subparsers object; each command
 sets ``func`` to a coroutine function that takes the parsed namespace and returns an exit
@@ -84,6 +85,34 @@ def register(subparsers: Any) -> None:
     )
     q.set_defaults(func=cmd_list)
 
+    q = jobs.add_parser(
+        "schedule",
+        help="post a job at every tick of a schedule",
+        description="Add (or update) a schedule: a job of REF at every tick, once per tick"
+        " however many conductors run.",
+    )
+    add_urls(q)
+    q.add_argument("schedule", metavar="NAME", help="the schedule's name")
+    q.add_argument("ref", metavar="REF", help="the flow: package.module:factory or a name")
+    rule = q.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--cron", metavar="EXPR", help='a cron expression, like "0 3 * * *"')
+    rule.add_argument("--every", type=float, metavar="SECONDS", help="a fixed interval")
+    q.add_argument("--inputs", default="{}", metavar="JSON", help="the inputs, a JSON object")
+    q.add_argument("--timezone", default="UTC", help="the cron's timezone (default UTC)")
+    q.add_argument(
+        "--catchup", choices=("latest", "none"), default="latest", help="missed ticks"
+    )
+    q.set_defaults(func=cmd_schedule)
+
+    q = jobs.add_parser("schedules", help="list schedules", description="List the schedules.")
+    add_urls(q)
+    q.set_defaults(func=cmd_schedules)
+
+    q = jobs.add_parser("unschedule", help="remove a schedule", description="Remove a schedule.")
+    add_urls(q)
+    q.add_argument("schedule", metavar="NAME", help="the schedule's name")
+    q.set_defaults(func=cmd_unschedule)
+
 
 def _urls(args: argparse.Namespace) -> tuple[str, str]:
     from ..cli import journal_url  # the cli module imports this one
@@ -150,6 +179,64 @@ async def cmd_post(args: argparse.Namespace) -> int:
             run_at=run_at,
         )
     print(job.id)
+    return 0
+
+
+def _inputs(text: str) -> dict[str, Any]:
+    try:
+        inputs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--inputs is not JSON: {exc}") from exc
+    if not isinstance(inputs, dict):
+        raise ValueError(f"--inputs must be a JSON object, not {text}")
+    return inputs
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+async def cmd_schedule(args: argparse.Namespace) -> int:
+    """Add or update a schedule and say when it next fires."""
+    inputs = _inputs(args.inputs)
+    async with JobBoard.open(_urls(args)[0]) as board:
+        schedule = await board.schedule(
+            args.schedule,
+            args.ref,
+            cron=args.cron,
+            every=args.every,
+            inputs=inputs,
+            timezone=args.timezone,
+            catchup=args.catchup,
+        )
+    print(f"{schedule.name}: next run {_when(schedule.next_run)}")
+    return 0
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    """Print the board's schedules, one per line."""
+    async with JobBoard.open(_urls(args)[0]) as board:
+        schedules = await board.schedules()
+    print(f"{'NAME':20}  {'RULE':20}  {'TZ':16}  {'NEXT RUN':25}  {'LAST TICK':25}  FLOW")
+    for s in schedules:
+        rule = f"cron {s.cron}" if s.cron is not None else f"every {s.every:g} s"
+        print(
+            f"{s.name:20}  {rule:20}  {s.timezone:16}  {_when(s.next_run):25}  "
+            f"{_when(s.last_tick):25}  {s.flow}"
+        )
+    return 0
+
+
+async def cmd_unschedule(args: argparse.Namespace) -> int:
+    """Remove a schedule; exit 1 when there was none."""
+    async with JobBoard.open(_urls(args)[0]) as board:
+        removed = await board.unschedule(args.schedule)
+    if not removed:
+        print(f"no schedule named {args.schedule!r}", file=sys.stderr)
+        return 1
+    print(f"{args.schedule}: removed")
     return 0
 
 

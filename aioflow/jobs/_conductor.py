@@ -50,6 +50,9 @@ CONDUCTOR = "<conductor>"
 
 
 _WAKE_EVERY = 1.0
+SCHEDULES_LOOK = 60.0
+"""Seconds between two looks at the board's schedules when none is due sooner (a
+schedule added by another process is fired within this long of its first tick)."""
 """Seconds between two checks of the parked (WAITING) jobs by an idle conductor."""
 
 _BACKOFF = (0.05, 5.0)
@@ -131,6 +134,8 @@ class Conductor:
             claimed = 0
             next_wake = -math.inf
             async with anyio.create_task_group() as tg:
+                schedules = anyio.CancelScope()
+                tg.start_soon(self._fire_schedules, schedules, name="aioflow schedules")
                 while max_jobs is None or claimed < max_jobs:
                     await slots.acquire()
                     try:
@@ -154,6 +159,23 @@ class Conductor:
                         continue
                     claimed += 1
                     tg.start_soon(self._job, job, slots, name=f"job {job.id}")
+                schedules.cancel()  # max_jobs reached: only the jobs held are awaited
+
+    async def _fire_schedules(self, scope: anyio.CancelScope) -> None:
+        """Post the jobs of due schedules (see ``JobBoard.schedule``), sleeping on the
+        board's clock until the earliest is due, and looking for new schedules at least
+        every :data:`SCHEDULES_LOOK` seconds."""
+        board = self.board
+        with scope:
+            while True:
+                try:
+                    earliest = await board.fire_due()
+                except (AioflowError, OSError) as exc:  # the store is away: later
+                    self._log.warning("aioflow.schedules_failed", error=str(exc))
+                    earliest = None
+                now = board.clock()
+                wait = SCHEDULES_LOOK if earliest is None else min(earliest - now, SCHEDULES_LOOK)
+                await board._sleep(max(wait, self.poll / 10))
 
     async def wake_parked(self) -> int:
         """Make WAITING jobs claimable again once their flow needs running: a wait was

@@ -14,6 +14,7 @@ from .._failure import Failure
 from .._states import FlowStatus
 from ..journal import Journal
 from ._board import Job, JobBoard, JobState, available_from, check_post
+from ._schedule import Schedule
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -32,6 +33,7 @@ class MemoryJobBoard(JobBoard):
         self._order: dict[str, int] = {}
         self._posted = 0
         self._wake = anyio.Event()
+        self._schedules: dict[str, Schedule] = {}
 
     def _notify(self) -> None:
         self._wake.set()
@@ -177,3 +179,22 @@ class MemoryJobBoard(JobBoard):
     async def wait_for_work(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
+
+    async def _load_schedules(self) -> list[Schedule]:
+        return list(self._schedules.values())
+
+    async def _save_schedule(self, schedule: Schedule, inputs: str, now: float) -> None:
+        self._schedules[schedule.name] = schedule
+
+    async def _drop_schedule(self, name: str) -> bool:
+        return self._schedules.pop(name, None) is not None
+
+    async def _move_schedule(
+        self, name: str, old: float, new: float, tick: float | None, now: float
+    ) -> bool:
+        found = self._schedules.get(name)
+        if found is None or found.next_run != old:
+            return False
+        last = found.last_tick if tick is None else tick
+        self._schedules[name] = dataclasses.replace(found, next_run=new, last_tick=last)
+        return True

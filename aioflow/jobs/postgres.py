@@ -30,6 +30,7 @@ from ._board import (
     encode_failures,
     job_from_row,
 )
+from ._schedule import SCHEDULE_COLUMNS, Schedule, schedule_from_row
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -42,6 +43,14 @@ SCHEMA_VERSION = 1
 CHANNEL = "aioflow_jobs"
 """The NOTIFY channel of posts and give-backs."""
 
+# Schedules came after version 1 and need no version of their own: the table is made
+# when a board opens, whatever its version (an older aioflow ignores it).
+_SCHEDULES = (
+    "CREATE TABLE IF NOT EXISTS aioflow_job_schedules(name TEXT PRIMARY KEY, flow TEXT NOT NULL,"
+    " cron TEXT, every DOUBLE PRECISION, inputs TEXT NOT NULL, timezone TEXT NOT NULL,"
+    " catchup TEXT NOT NULL, next_run DOUBLE PRECISION NOT NULL, last_tick DOUBLE PRECISION,"
+    " updated DOUBLE PRECISION NOT NULL)"
+)
 _SCHEMA = (
     "CREATE TABLE aioflow_jobboard(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE aioflow_jobs(id TEXT PRIMARY KEY, name TEXT, flow TEXT NOT NULL,"
@@ -121,12 +130,14 @@ class PostgresJobBoard(JobBoard):
                         f"{version}; this version of aioflow reads version {SCHEMA_VERSION}"
                         " and does not migrate jobboards"
                     )
-                return
-            for statement in _SCHEMA:
-                await conn.execute(statement)
-            await conn.execute(
-                "INSERT INTO aioflow_jobboard VALUES ('schema_version', $1)", str(SCHEMA_VERSION)
-            )
+            else:
+                for statement in _SCHEMA:
+                    await conn.execute(statement)
+                await conn.execute(
+                    "INSERT INTO aioflow_jobboard VALUES ('schema_version', $1)",
+                    str(SCHEMA_VERSION),
+                )
+            await conn.execute(_SCHEDULES)
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
@@ -298,3 +309,44 @@ class PostgresJobBoard(JobBoard):
         with anyio.move_on_after(seconds):
             await self._wake.wait()
         self._wake = anyio.Event()
+
+    async def _load_schedules(self) -> list[Schedule]:
+        rows = await self._fetch(
+            f"SELECT {SCHEDULE_COLUMNS} FROM aioflow_job_schedules ORDER BY name"
+        )
+        return [schedule_from_row(tuple(row), self.codec.decode) for row in rows]
+
+    async def _save_schedule(self, schedule: Schedule, inputs: str, now: float) -> None:
+        s = schedule
+        await self._execute(
+            f"INSERT INTO aioflow_job_schedules({SCHEDULE_COLUMNS}, updated)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT(name) DO UPDATE SET"
+            " flow = excluded.flow, cron = excluded.cron, every = excluded.every,"
+            " inputs = excluded.inputs, timezone = excluded.timezone,"
+            " catchup = excluded.catchup, next_run = excluded.next_run,"
+            " updated = excluded.updated",
+            s.name, s.flow, s.cron, s.every, inputs, s.timezone, s.catchup, s.next_run,
+            s.last_tick, now,
+        )
+
+    async def _drop_schedule(self, name: str) -> bool:
+        done = await self._execute("DELETE FROM aioflow_job_schedules WHERE name = $1", name)
+        return done.endswith(" 1")
+
+    async def _move_schedule(
+        self, name: str, old: float, new: float, tick: float | None, now: float
+    ) -> bool:
+        done = await self._execute(
+            "UPDATE aioflow_job_schedules SET next_run = $1,"
+            " last_tick = coalesce($2, last_tick), updated = $3"
+            " WHERE name = $4 AND next_run = $5",
+            new, tick, now, name, old,
+        )
+        return done.endswith(" 1")
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        pool = await self._get_pool()
+        try:
+            return str(await pool.execute(sql, *args))
+        except _ERRORS as exc:
+            raise JournalError(f"jobboard {_redact(self.url)}: {exc}") from exc

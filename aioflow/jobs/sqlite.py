@@ -33,6 +33,7 @@ from ._board import (
     encode_failures,
     job_from_row,
 )
+from ._schedule import SCHEDULE_COLUMNS, Schedule, schedule_from_row
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -51,6 +52,14 @@ _SCHEMA = (
     " failures TEXT)",
     "CREATE INDEX IF NOT EXISTS aioflow_jobs_claim"
     " ON aioflow_jobs(state, available_at, priority DESC, created)",
+)
+
+# Schedules came after version 1 and need no version of their own: the table is made
+# when a board opens, whatever its version (an older aioflow ignores it).
+_SCHEDULES = (
+    "CREATE TABLE IF NOT EXISTS aioflow_job_schedules(name TEXT PRIMARY KEY, flow TEXT NOT NULL,"
+    " cron TEXT, every REAL, inputs TEXT NOT NULL, timezone TEXT NOT NULL, catchup TEXT NOT NULL,"
+    " next_run REAL NOT NULL, last_tick REAL, updated REAL NOT NULL)"
 )
 
 _CLAIM = f"""
@@ -126,6 +135,7 @@ class SqliteJobBoard(JobBoard):
                     "INSERT INTO aioflow_jobboard VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            await db.execute(_SCHEDULES)
             await db.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -265,3 +275,36 @@ class SqliteJobBoard(JobBoard):
         if not isinstance(journal, SqliteJournal):
             return False
         return Path(journal.path).resolve() == Path(self.path).resolve()
+
+    async def _load_schedules(self) -> list[Schedule]:
+        async with self._connect() as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {SCHEDULE_COLUMNS} FROM aioflow_job_schedules ORDER BY name"
+            )
+        return [schedule_from_row(row, self.codec.decode) for row in rows]
+
+    async def _save_schedule(self, schedule: Schedule, inputs: str, now: float) -> None:
+        s = schedule
+        async with self._connect() as db:
+            await db.execute(
+                f"INSERT INTO aioflow_job_schedules({SCHEDULE_COLUMNS}, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET"
+                " flow = excluded.flow, cron = excluded.cron, every = excluded.every,"
+                " inputs = excluded.inputs, timezone = excluded.timezone,"
+                " catchup = excluded.catchup, next_run = excluded.next_run,"
+                " updated = excluded.updated",
+                (s.name, s.flow, s.cron, s.every, inputs, s.timezone, s.catchup, s.next_run,
+                 s.last_tick, now),
+            )
+
+    async def _drop_schedule(self, name: str) -> bool:
+        return await self._update("DELETE FROM aioflow_job_schedules WHERE name = ?", (name,))
+
+    async def _move_schedule(
+        self, name: str, old: float, new: float, tick: float | None, now: float
+    ) -> bool:
+        return await self._update(
+            "UPDATE aioflow_job_schedules SET next_run = ?, last_tick = coalesce(?, last_tick),"
+            " updated = ? WHERE name = ? AND next_run = ?",
+            (new, tick, now, name, old),
+        )
