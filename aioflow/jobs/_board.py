@@ -351,7 +351,7 @@ class JobBoard(abc.ABC):
                 job = await self.get(job_id)
                 if job.state.is_final:
                     return job
-                await self._sleep(self.poll)
+                await anyio.sleep(self.poll)  # a poll: real time, as wait_for_work
 
     # ------------------------------------------------------------------ conductors
 
@@ -398,8 +398,9 @@ class JobBoard(abc.ABC):
         schema as this board."""
 
     async def wait_for_work(self, seconds: float) -> None:
-        """Return when a job may have become claimable, or after ``seconds``."""
-        await self._sleep(seconds)
+        """Return when a job may have become claimable, or after ``seconds`` of real time
+        (a poll looks for what other processes did: it never follows a test clock)."""
+        await anyio.sleep(seconds)
 
     def _now(self) -> float:
         return float(self.clock())

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import anyio.lowlevel
 
 from .._engine import Engine
 from .._errors import (
@@ -175,7 +176,10 @@ class Conductor:
                     earliest = None
                 now = board.clock()
                 wait = SCHEDULES_LOOK if earliest is None else min(earliest - now, SCHEDULES_LOOK)
-                await board._sleep(max(wait, self.poll / 10))
+                if wait <= 0:  # the clock moved past a tick while firing: fire again
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                await board._sleep(wait)
 
     async def wake_parked(self) -> int:
         """Make WAITING jobs claimable again once their flow needs running: a wait was
