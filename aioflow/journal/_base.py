@@ -6,22 +6,30 @@ pending in groups and publishes how far the log is durable (``durable``, a count
 appended events). :meth:`Journal.wait_durable` lets the engine wait for a given append
 to be committed (the ``strict`` durability mode waits only where an atom would build on
 it).
+
+Beside its events, each flow has a mailbox: messages sent to it by topic, from any
+process (:meth:`Journal.post_message`), kept apart from the events so that a send never
+takes a seq that the flow's owner is about to write.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from .._codec import Codec, Encoded
+import anyio.to_thread
+
+from .._codec import Codec, Encoded, size_hint
 from .._errors import JournalError, LeaseLostError, NotFoundError, SerializationError
 from .._events import Event, EventKind
 from .._replay import compaction_cut, replay, snapshot
 from .._states import AtomState, FlowStatus
+from .._values import OFF_LOOP_BYTES
 
 ACTIVE = frozenset({FlowStatus.RUNNING, FlowStatus.REVERTING})
 """The statuses in which a flow has an owner running it (else it rests, or is PENDING)."""
@@ -357,28 +365,41 @@ class Journal(abc.ABC):
         """
         raise JournalError(f"journal {self.url} cannot append conditionally")
 
-
     # The mailbox -----------------------------------------------------------------------
     #
     # Append-only: which messages a flow took is in its own events (a receive's SUCCESS
-    # names the message), so nothing here is ever marked or deleted by a delivery.
+    # names the message, and the engine keeps a cursor per topic: the last id taken), so
+    # nothing here is ever marked or deleted by a delivery, nor by a compaction (which
+    # cannot know what is still to be taken). The methods raise JournalError unless a
+    # backend keeps a mailbox; the built-in ones all do.
 
     async def post_message(
         self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
     ) -> int | None:
-        """Add ``message`` to flow ``flow_id``'s mailbox on ``topic`` and return its id
-        (ids grow in commit order: the order sent). With ``key``, a second post with the
-        same key for this flow stores nothing and returns None. Committed when it
-        returns; :class:`~aioflow.NotFoundError` for an unknown flow,
-        :class:`~aioflow.SerializationError` (nothing stored) for a message the codec
-        refuses."""
+        """Add ``message`` (encoded with :attr:`codec`, as event details are) to flow
+        ``flow_id``'s mailbox on ``topic``, sent at ``time``, and return its id.
+
+        Ids grow in the order messages are committed, across every process sharing the
+        journal, so a reader that takes the messages above the last id it took never
+        skips one. With ``key``, a second post with the same key for this flow stores
+        nothing and returns None, whichever process made the first. Committed when it
+        returns. Raises :class:`~aioflow.SerializationError` (nothing stored) for a
+        message the codec refuses, :class:`~aioflow.NotFoundError` when the journal has
+        no flow ``flow_id``.
+        """
         raise JournalError(f"journal {self.url} keeps no mailbox")
 
     async def next_message(
         self, flow_id: str, topic: str, after: int = 0
     ) -> tuple[int, Any] | None:
         """The oldest message of ``flow_id`` on ``topic`` whose id is above ``after``, as
-        (id, value), or None."""
+        (id, decoded value), or None. Reads on a journal that is not open, too."""
+        raise JournalError(f"journal {self.url} keeps no mailbox")
+
+    async def mail_topics(self, flow_id: str, after: Mapping[str, int]) -> set[str]:
+        """The topics of ``flow_id`` holding a message whose id is above
+        ``after.get(topic, 0)``: one query, for an engine to see at once which of a
+        flow's open receives have something to take."""
         raise JournalError(f"journal {self.url} keeps no mailbox")
 
     async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
@@ -392,14 +413,34 @@ MAIL_BATCH = 1000
 """The most messages one :meth:`Journal.mail_since` returns."""
 
 
-def encode_message(codec: Codec, flow_id: str, topic: str, message: Any) -> str:
-    """A message as the codec's text, or SerializationError naming the flow and topic."""
-    try:
-        return codec.encode(message)
-    except (TypeError, ValueError) as exc:
-        raise SerializationError(
-            f"cannot store a message on topic {topic!r} for flow {flow_id}: {exc}"
-        ) from exc
+async def encode_message(codec: Codec, flow_id: str, topic: str, message: Any) -> str:
+    """A message as the codec's text, encoded in a worker thread when large (as an
+    atom's large result is, see ``aioflow._values``); SerializationError naming the flow
+    and topic when the codec refuses it."""
+
+    def encode() -> str:
+        try:
+            return codec.encode(message)
+        except (TypeError, ValueError) as exc:  # SerializationError is a TypeError
+            raise SerializationError(
+                f"cannot store a message on topic {topic!r} for flow {flow_id}: {exc}"
+            ) from exc
+
+    hint = size_hint(message)
+    if hint is None or hint >= OFF_LOOP_BYTES:
+        return await anyio.to_thread.run_sync(encode)
+    return encode()
+
+
+async def settle_appends(journal: Journal) -> bool:
+    """Wait until what ``journal`` was handed is committed (a flow created by an append
+    still pending is then found); True when something was pending. A failed writer is
+    not this caller's error: the wait just ends."""
+    if journal.durable >= journal.appended:
+        return False
+    with contextlib.suppress(JournalError, LeaseLostError):
+        await journal.wait_durable(journal.appended)
+    return True
 
 
 def check_keep(keep: int | None, before: float | None) -> None:

@@ -101,7 +101,7 @@ class MemoryJournal(Journal):
         self._open = False
         self._fences: dict[str, Fence] = {}
         self._heartbeats: dict[str, float] = {}
-        # The mailbox: flow -> topic -> [(id, text)], and the keys used per flow.
+        # The mailbox: flow -> topic -> [(id, text)] by id, and the (flow, key) pairs used.
         self._mail: dict[str, dict[str, list[tuple[int, str]]]] = {}
         self._mail_keys: set[tuple[str, str]] = set()
         self._mail_ids = 0
@@ -288,9 +288,12 @@ class MemoryJournal(Journal):
     async def post_message(
         self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
     ) -> int | None:
+        text = await encode_message(self.codec, flow_id, topic, message)
+        # No await from here on: the checks and the append are one step.
+        if not self._open:
+            raise JournalError("the memory journal is not open")
         if flow_id not in self._flows:
-            raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-        text = encode_message(self.codec, flow_id, topic, message)
+            raise NotFoundError(f"no flow {flow_id} in the memory journal")
         if key is not None:
             if (flow_id, key) in self._mail_keys:
                 return None
@@ -309,10 +312,19 @@ class MemoryJournal(Journal):
     async def next_message(
         self, flow_id: str, topic: str, after: int = 0
     ) -> tuple[int, Any] | None:
-        for mail_id, text in self._mail.get(flow_id, {}).get(topic, ()):
-            if mail_id > after:
-                return mail_id, self._decode(text)
-        return None
+        kept = self._mail.get(flow_id, {}).get(topic, [])
+        i = bisect.bisect_right(kept, after, key=_seq_of)  # ids grow along the list
+        if i == len(kept):
+            return None
+        mail_id, text = kept[i]
+        return mail_id, self._decode(text)
+
+    async def mail_topics(self, flow_id: str, after: Mapping[str, int]) -> set[str]:
+        return {
+            topic
+            for topic, kept in self._mail.get(flow_id, {}).items()
+            if kept[-1][0] > after.get(topic, 0)
+        }
 
     async def get_meta(self, key: str) -> str | None:
         return self._meta.get(key)

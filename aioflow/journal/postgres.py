@@ -11,7 +11,7 @@ flows (jobs run by a conductor) is a transaction of three: the claim check
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
 import anyio
@@ -32,6 +32,7 @@ from ._base import (
     check_keep,
     encode_message,
     plan_compaction,
+    settle_appends,
     taken_over,
 )
 from ._writer import EventRow, GroupWriter, WriterJournal, encode_row
@@ -47,8 +48,12 @@ Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows`
 engines' heartbeats in ``aioflow_owners``); a version 1 schema is migrated when opened."""
 
 _TABLES = ("aioflow_meta", "aioflow_events", "aioflow_flows")
-# The mailbox (see Journal.post_message): added to a schema of any version when opened,
-# with no version of its own (an older aioflow ignores it).
+# The mailbox (see Journal.post_message). No schema version of its own: an older aioflow
+# ignores a table it does not know, so opening adds it to a journal of any version, when
+# it is missing only (CREATE ... IF NOT EXISTS would need the privilege to create in the
+# schema, and CREATE INDEX waits for every open write of the table, even when the index
+# exists). A role that may not create it opens the journal all the same, without a
+# mailbox: reads find no message, and a post says what is missing.
 _MAILBOX = (
     "CREATE TABLE IF NOT EXISTS aioflow_mailbox(id BIGSERIAL PRIMARY KEY,"
     " flow_id TEXT NOT NULL, topic TEXT NOT NULL, key TEXT, message TEXT NOT NULL,"
@@ -57,10 +62,24 @@ _MAILBOX = (
     "CREATE UNIQUE INDEX IF NOT EXISTS aioflow_mailbox_key ON aioflow_mailbox(flow_id, key)"
     " WHERE key IS NOT NULL",
 )
-# Sends take this lock so that ids are handed out in commit order (a sequence alone
-# gives ids in the order asked, and a reader following ids would skip one that commits
-# late): a message is read by id, after the last one taken.
-_MAIL_LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_mailbox'))"
+# A post is one statement (one round trip, its own transaction). It finds the flow and
+# takes a lock on the schema's mailbox before the sequence hands out the id, and holds it
+# until it commits: ids are then handed out in commit order. A sequence alone gives them
+# in the order asked, and a reader that took id 8 would skip an id 7 committed after it.
+# All posts of a schema take turns on the lock, for as long as one commit. A key already
+# used stores nothing (the unique index decides, whichever process came first); the flow
+# column tells an unknown flow from a used key.
+_POST = """
+WITH flow AS (
+    SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_mailbox'))
+    FROM aioflow_flows WHERE flow_id = $1
+), added AS (
+    INSERT INTO aioflow_mailbox(flow_id, topic, key, message, sent)
+    SELECT $1, $2, $3, $4, $5 FROM flow
+    ON CONFLICT DO NOTHING RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM flow), (SELECT id FROM added)
+"""
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL)"
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
@@ -280,8 +299,22 @@ class PostgresJournal(WriterJournal):
                     "INSERT INTO aioflow_meta(key, value) VALUES ('schema_version', $1)",
                     str(SCHEMA_VERSION),
                 )
-            for statement in _MAILBOX:
-                await conn.execute(statement)
+            # pg_tables, not information_schema: it lists a table this role may not use.
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables"
+                " WHERE schemaname = current_schema() AND tablename = 'aioflow_mailbox')"
+            ):
+                await self._create_mailbox(conn)
+
+    async def _create_mailbox(self, conn: Any) -> None:
+        """Add the mailbox's table (see :data:`_MAILBOX`); without the privilege to, log
+        why and go on without it."""
+        try:
+            async with conn.transaction():  # a savepoint: the open goes on if refused
+                for statement in _MAILBOX:
+                    await conn.execute(statement)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            _LOG.warning("aioflow.journal_without_mailbox", journal=self.label, error=str(exc))
 
     def _open_pool(self) -> Any:
         """The open journal's connection pool; JournalError when it is not open."""
@@ -541,32 +574,40 @@ class PostgresJournal(WriterJournal):
     async def post_message(
         self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
     ) -> int | None:
-        text = encode_message(self.codec, flow_id, topic, message)
+        text = await encode_message(self.codec, flow_id, topic, message)
         pool = self._open_pool()
+        for last_try in (False, True):
+            try:
+                found, stored = await pool.fetchrow(_POST, flow_id, topic, key, text, time)
+            except asyncpg.UndefinedTableError as exc:
+                raise JournalError(
+                    f"journal {self.label} has no mailbox (no aioflow_mailbox table: the "
+                    "roles that opened it may not create one); open it once with a role "
+                    "that may create tables in its schema"
+                ) from exc
+            except _ERRORS as exc:
+                raise self._error(f"cannot send to flow {flow_id}", exc) from exc
+            if found:
+                return None if stored is None else int(stored)
+            # A flow this journal was handed is found once its first events are in.
+            if last_try or not await settle_appends(self):
+                break
+        raise NotFoundError(f"no flow {flow_id} in journal {self.label}")
+
+    async def _read_mail(self, sql: str, *args: Any) -> list[Any]:
+        """Rows of a query on the mailbox; none when the schema has no mailbox (see
+        :data:`_MAILBOX`)."""
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.execute(_MAIL_LOCK)
-                row = await conn.fetchrow(
-                    "WITH flow AS (SELECT 1 FROM aioflow_flows WHERE flow_id = $1),"
-                    " added AS (INSERT INTO aioflow_mailbox(flow_id, topic, key, message, sent)"
-                    " SELECT $1, $2, $3, $4, $5 FROM flow ON CONFLICT DO NOTHING RETURNING id)"
-                    " SELECT (SELECT count(*) FROM flow), (SELECT id FROM added)",
-                    flow_id,
-                    topic,
-                    key,
-                    text,
-                    time,
-                )
-        except _ERRORS as exc:
-            raise self._error(f"cannot send to flow {flow_id}", exc) from exc
-        if not row[0]:
-            raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
-        return None if row[1] is None else int(row[1])
+            return await self._fetch(sql, *args)
+        except JournalError as exc:
+            if isinstance(exc.__cause__, asyncpg.UndefinedTableError):
+                return []
+            raise
 
     async def next_message(
         self, flow_id: str, topic: str, after: int = 0
     ) -> tuple[int, Any] | None:
-        rows = await self._fetch(
+        rows = await self._read_mail(
             "SELECT id, message FROM aioflow_mailbox WHERE flow_id = $1 AND topic = $2"
             " AND id > $3 ORDER BY id LIMIT 1",
             flow_id,
@@ -577,11 +618,19 @@ class PostgresJournal(WriterJournal):
             return None
         return int(rows[0][0]), self.codec.decode(rows[0][1])
 
+    async def mail_topics(self, flow_id: str, after: Mapping[str, int]) -> set[str]:
+        # The newest id of each topic, from the (flow_id, topic, id) index.
+        rows = await self._read_mail(
+            "SELECT topic, max(id) FROM aioflow_mailbox WHERE flow_id = $1 GROUP BY topic",
+            flow_id,
+        )
+        return {topic for topic, newest in rows if newest > after.get(topic, 0)}
+
     async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
         if after is None:
-            rows = await self._fetch("SELECT coalesce(max(id), 0) FROM aioflow_mailbox")
+            rows = await self._read_mail("SELECT coalesce(max(id), 0) FROM aioflow_mailbox")
             return (int(rows[0][0]) if rows else 0), []
-        rows = await self._fetch(
+        rows = await self._read_mail(
             "SELECT id, flow_id, topic FROM aioflow_mailbox WHERE id > $1 ORDER BY id"
             f" LIMIT {MAIL_BATCH}",
             after,

@@ -39,6 +39,7 @@ from ._base import (
     encode_details,
     encode_message,
     plan_compaction,
+    settle_appends,
     taken_over,
 )
 from ._writer import CommitError, EventRow, GroupWriter, WriterJournal
@@ -64,9 +65,13 @@ _SCHEMA = (
     " generation INTEGER NOT NULL DEFAULT 0)",
     _OWNERS,
 )
-# The mailbox (see Journal.post_message). Not a schema version of its own: an older
-# aioflow ignores the table, and a journal made before it gets it with its first message
-# (so a read-only file stays readable: it simply has no messages).
+# The mailbox (see Journal.post_message). No schema version of its own: an older aioflow
+# opening the file ignores a table it does not know, and this one reads a file without
+# the table as an empty mailbox. The table is made by the first post (in that post's
+# transaction), not when the journal is opened: reading never writes, so a read-only
+# journal (which open() refuses, and which is read without opening it) stays readable,
+# and an older file is changed only once something is sent to it. AUTOINCREMENT: an id
+# is never handed out twice, even after the newest rows were deleted.
 _MAILBOX = (
     "CREATE TABLE IF NOT EXISTS aioflow_mailbox(id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " flow_id TEXT NOT NULL, topic TEXT NOT NULL, key TEXT, message TEXT NOT NULL,"
@@ -74,6 +79,12 @@ _MAILBOX = (
     "CREATE INDEX IF NOT EXISTS aioflow_mailbox_topic ON aioflow_mailbox(flow_id, topic, id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS aioflow_mailbox_key ON aioflow_mailbox(flow_id, key)"
     " WHERE key IS NOT NULL",
+)
+# One statement: it stores nothing for an unknown flow or a key already used (only a
+# uniqueness conflict is ignored), and the rare caller that stored nothing asks which.
+_POST = (
+    "INSERT INTO aioflow_mailbox(flow_id, topic, key, message, sent) SELECT ?1, ?2, ?3, ?4, ?5"
+    " WHERE EXISTS (SELECT 1 FROM aioflow_flows WHERE flow_id = ?1) ON CONFLICT DO NOTHING"
 )
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
@@ -939,59 +950,74 @@ class SqliteJournal(WriterJournal):
     async def post_message(
         self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
     ) -> int | None:
-        text = encode_message(self.codec, flow_id, topic, message)
+        text = await encode_message(self.codec, flow_id, topic, message)
+        values = (flow_id, topic, key, text, time)
 
         async def steps(db: aiosqlite.Connection) -> int | None:
             if not self._mailbox_ready:
                 for statement in _MAILBOX:
                     await db.execute(statement)
+            cursor = await db.execute(_POST, values)
+            if cursor.rowcount == 1:
+                return cursor.lastrowid
             found = await db.execute_fetchall(
                 "SELECT 1 FROM aioflow_flows WHERE flow_id = ?", (flow_id,)
             )
             if not list(found):
                 raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO aioflow_mailbox(flow_id, topic, key, message, sent)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (flow_id, topic, key, text, time),
-            )
-            return cursor.lastrowid if cursor.rowcount else None
+            return None  # the key was used
 
-        stored: int | None = await self._write(f"cannot send to flow {flow_id}", steps)
+        doing = f"cannot send to flow {flow_id}"
+        try:
+            stored: int | None = await self._write(doing, steps)
+        except NotFoundError:
+            # A flow this journal was handed is found once its first events are in.
+            if not await settle_appends(self):
+                raise
+            stored = await self._write(doing, steps)
         self._mailbox_ready = True
         return stored
+
+    async def _read_mail(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        """Rows of a query on the mailbox; none when the file has no mailbox yet (nothing
+        was ever sent to it, see :data:`_MAILBOX`)."""
+        try:
+            return await self._query(sql, params)
+        except JournalError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.OperationalError) and "no such table" in str(cause):
+                return []
+            raise
 
     async def next_message(
         self, flow_id: str, topic: str, after: int = 0
     ) -> tuple[int, Any] | None:
-        try:
-            rows = await self._query(
-                "SELECT id, message FROM aioflow_mailbox WHERE flow_id = ? AND topic = ?"
-                " AND id > ? ORDER BY id LIMIT 1",
-                (flow_id, topic, after),
-            )
-        except JournalError as exc:
-            if "no such table" in str(exc):
-                return None  # no message was ever sent through this journal
-            raise
+        rows = await self._read_mail(
+            "SELECT id, message FROM aioflow_mailbox WHERE flow_id = ? AND topic = ?"
+            " AND id > ? ORDER BY id LIMIT 1",
+            (flow_id, topic, after),
+        )
         if not rows:
             return None
         return int(rows[0][0]), self.codec.decode(rows[0][1])
 
+    async def mail_topics(self, flow_id: str, after: Mapping[str, int]) -> set[str]:
+        # The newest id of each topic, from the (flow_id, topic, id) index alone.
+        rows = await self._read_mail(
+            "SELECT topic, max(id) FROM aioflow_mailbox WHERE flow_id = ? GROUP BY topic",
+            (flow_id,),
+        )
+        return {topic for topic, newest in rows if newest > after.get(topic, 0)}
+
     async def mail_since(self, after: int | None) -> tuple[int, list[tuple[str, str]]]:
-        try:
-            if after is None:
-                rows = await self._query("SELECT coalesce(max(id), 0) FROM aioflow_mailbox")
-                return int(rows[0][0]) if rows else 0, []
-            rows = await self._query(
-                "SELECT id, flow_id, topic FROM aioflow_mailbox WHERE id > ? ORDER BY id"
-                f" LIMIT {MAIL_BATCH}",
-                (after,),
-            )
-        except JournalError as exc:
-            if "no such table" in str(exc):
-                return (0 if after is None else after), []
-            raise
+        if after is None:
+            rows = await self._read_mail("SELECT coalesce(max(id), 0) FROM aioflow_mailbox", ())
+            return (int(rows[0][0]) if rows else 0), []
+        rows = await self._read_mail(
+            "SELECT id, flow_id, topic FROM aioflow_mailbox WHERE id > ? ORDER BY id"
+            f" LIMIT {MAIL_BATCH}",
+            (after,),
+        )
         if not rows:
             return after, []
         return int(rows[-1][0]), [(str(f), str(t)) for _, f, t in rows]
