@@ -144,6 +144,9 @@ def _apply_atom(state: FlowState, event: Event) -> None:
         record.progress = 0.0
     elif new is AtomState.REVERTED:
         record.progress = 0.0
+    elif new is AtomState.REVERTING and "failure" in event.details:
+        # A part that passed its deadline: its controller carries the part's failure.
+        record.failure = Failure.from_dict(event.details["failure"])
 
 
 def replay(flow_id: str, events: Iterable[Event]) -> FlowState:

@@ -132,9 +132,15 @@ class Reverting:
         self.part_timers[s] = self.timers.add(deadline, self.part_expired, s, attempt)
 
     def arm_parts(self) -> None:
-        """Start the timers of the part deadlines restored from the journal."""
-        for s in list(self.part_deadlines):
-            self.arm_part(s)
+        """Start the timers of the part deadlines restored from the journal; a deadline
+        already past fails its part now (a run resumed, or woken, at that deadline must
+        not rest again first)."""
+        now = self.clock()
+        for s, (attempt, deadline) in list(self.part_deadlines.items()):
+            if deadline <= now:
+                self.part_expired(s, attempt)
+            else:
+                self.arm_part(s)
 
     def disarm_parts(self) -> None:
         for timer in self.part_timers.values():
@@ -169,6 +175,11 @@ class Reverting:
         )
         failure = Failure.from_exception(exc)
         self.failures.setdefault(scope.name, failure)
+        # Journaled on the part's controller (a success so far), which is reverted next
+        # whatever takes the failure: a resume, or an outcome read from the journal,
+        # knows why the part failed.
+        self.set_atom(c, _S.REVERTING, {"failure": failure.to_dict()})
+        self.results[c] = failure
         if self.first_error is None:
             self.first_error, self.first_error_at = exc, c
         retry = scope.retry

@@ -331,9 +331,11 @@ class Run(WaitingAtoms, Reverting):
                 self.scope_class = type(anyio.CancelScope())
         self.start_wakes()
         self.arm_waits()
-        self.arm_parts()
         if self.failing or self.reverting:
             self.start_revert()
+            return
+        self.arm_parts()  # a deadline already past fails its part (and may revert) now
+        if self.reverting:
             return
         for s, failing in enumerate(self.scope_failing):
             if failing:

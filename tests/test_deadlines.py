@@ -208,3 +208,22 @@ def test_a_deadline_alone_adds_the_parts_atom_but_its_value_is_not_structure() -
     long = aioflow.compile_flow(aioflow.Linear("o", aioflow.Linear("p", a, timeout=50)))
     assert "p" not in plain.index and "p" in short.index
     assert short.fingerprint == long.fingerprint != plain.fingerprint
+
+
+async def test_a_flow_resting_in_a_part_is_woken_at_the_parts_deadline(sqlite_url: str) -> None:
+    clock = FakeClock()
+    flow = aioflow.Linear(
+        "outer", aioflow.Linear("part", aioflow.Sleep("nap", seconds=3600), timeout=60)
+    )
+    async with aioflow.Engine(sqlite_url, clock=clock.now, sleep=clock.sleep) as engine:
+        outcome = await engine.run(flow)
+        assert outcome.status is FlowStatus.WAITING
+        clock.advance(61)
+        with anyio.fail_after(10):
+            while (await engine.outcome(outcome.flow_id)).status is FlowStatus.WAITING:
+                await anyio.sleep(0.01)
+            with pytest.raises(aioflow.FlowFailedError) as caught:
+                await engine.wait(outcome.flow_id)
+    failures = caught.value.outcome.failures
+    assert failures["part"].matches(aioflow.DeadlineExceededError)
+    assert caught.value.outcome.atoms["nap"].state is AtomState.REVERTED
