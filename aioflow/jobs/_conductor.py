@@ -51,10 +51,12 @@ CONDUCTOR = "<conductor>"
 
 
 _WAKE_EVERY = 1.0
+"""Seconds between two checks of the parked (WAITING) jobs by an idle conductor."""
+
 SCHEDULES_LOOK = 60.0
 """Seconds between two looks at the board's schedules when none is due sooner (a
-schedule added by another process is fired within this long of its first tick)."""
-"""Seconds between two checks of the parked (WAITING) jobs by an idle conductor."""
+schedule added by another process is fired within this long of its first tick; one
+added through the conductor's own board object at once)."""
 
 _BACKOFF = (0.05, 5.0)
 """The first and the longest pause of a conductor whose store fails (doubling between)."""
@@ -179,7 +181,7 @@ class Conductor:
                 if wait <= 0:  # the clock moved past a tick while firing: fire again
                     await anyio.lowlevel.checkpoint()
                     continue
-                await board._sleep(wait)
+                await board.wait_for_schedules(wait)
 
     async def wake_parked(self) -> int:
         """Make WAITING jobs claimable again once their flow needs running: a wait was

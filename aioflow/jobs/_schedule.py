@@ -28,7 +28,8 @@ LATE = 60.0
 """Seconds after which a tick not yet posted counts as missed (see ``catchup``)."""
 
 _MAX_STEPS = 1_000_000
-"""The most ticks walked to find the latest due one (a minutely cron down for two years)."""
+"""The most ticks walked to find the latest due one, when going back (cronsim's
+``reverse``) found none that going forwards agrees with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,10 @@ class Schedule:
 def _zone(name: object) -> tzinfo:
     if not isinstance(name, str) or not name:
         raise ValueError(f"a schedule's timezone is a name like 'Europe/Berlin', not {name!r}")
+    if name == "UTC":  # the default needs no timezone database (Windows has none)
+        from datetime import UTC
+
+        return UTC
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
@@ -148,13 +153,30 @@ def due(schedule: Schedule, now: float) -> tuple[float | None, float]:
         missed = math.floor((now - tick) / schedule.every)
         tick += missed * schedule.every
         following = tick + schedule.every
-    else:
-        while following <= now and missed < _MAX_STEPS:
+    elif following <= now:
+        latest = _latest_cron_tick(schedule, now)
+        if latest is not None and latest > tick:
+            tick, following, missed = latest, next_tick(schedule, latest), 1
+        while following <= now and missed < _MAX_STEPS:  # cronsim backwards disagreed
             tick, following = following, next_tick(schedule, following)
             missed += 1
     if schedule.catchup == "none" and (missed or now - tick > LATE):
         return None, following
     return tick, following
+
+
+def _latest_cron_tick(schedule: Schedule, now: float) -> float | None:
+    """The last tick of a cron schedule at or before ``now``, found by cronsim going
+    backwards (a downtime of months is not walked tick by tick); None unless it is a
+    tick going forwards gives too, as it is bar a daylight-saving oddity."""
+    assert schedule.cron is not None
+    cronsim = _cronsim()
+    start = _from(math.floor(now) + 1, _zone(schedule.timezone))
+    try:
+        when = float(next(cronsim.CronSim(schedule.cron, start, reverse=True)).timestamp())
+    except StopIteration:
+        return None
+    return when if when <= now and next_tick(schedule, when - 1) == when else None
 
 
 # The column order every SQL backend selects, and :func:`schedule_from_row` reads.
