@@ -275,6 +275,32 @@ def atom_names(structure: list[Any]) -> list[tuple[str, str]]:
     return out
 
 
+def part_deadlines(state: FlowState) -> list[float]:
+    """The deadlines of the parts (flows with ``timeout=``) that started and have not
+    finished: when a resting flow must be run to fail such a part."""
+    out: list[float] = []
+    stack = [state.structure] if state.structure else []
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, list) or len(node) < 3 or node[0] in ("task", "checkpoint"):
+            continue
+        members = [m for m in node[2] if isinstance(m, list)]
+        stack.extend(members)
+        if not (isinstance(node[-1], list) and node[-1][:1] == ["retry"]):
+            continue
+        record = state.atoms.get(str(node[1]))
+        deadline = None if record is None else record.details.get("deadline")
+        if deadline is None or record is None or record.state is not AtomState.SUCCESS:
+            continue
+        inside = atom_names(["linear", "", members])
+        finished = (AtomState.SUCCESS, AtomState.IGNORED)
+        if any(
+            (r := state.atoms.get(name)) is None or r.state not in finished for name, _ in inside
+        ):
+            out.append(float(deadline))
+    return out
+
+
 def published(state: FlowState) -> dict[str, Any]:
     """The symbols the flow's finished tasks published, read from the recorded structure
     (a task that provides a tuple of symbols unpacks its result, from a mapping or a

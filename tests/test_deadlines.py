@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import pytest
@@ -227,3 +228,32 @@ async def test_a_flow_resting_in_a_part_is_woken_at_the_parts_deadline(sqlite_ur
     failures = caught.value.outcome.failures
     assert failures["part"].matches(aioflow.DeadlineExceededError)
     assert caught.value.outcome.atoms["nap"].state is AtomState.REVERTED
+
+
+def parked_part_flow() -> aioflow.Flow:
+    return aioflow.Linear(
+        "job", aioflow.Linear("part", aioflow.Sleep("nap", seconds=3600), timeout=60)
+    )
+
+
+async def test_a_jobs_flow_parked_in_a_part_fails_it_at_the_deadline(tmp_path: Path) -> None:
+    from aioflow.jobs import Conductor, JobBoard, JobState
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    clock = FakeClock()
+    async with JobBoard.open(url, clock=clock.now, sleep=clock.sleep, poll=0.01) as board:
+        job = await board.post("tests.test_deadlines:parked_part_flow")
+        engine = aioflow.Engine(url, clock=clock.now, sleep=clock.sleep)
+        conductor = Conductor(board, engine, name="c", lease=1e6)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            with anyio.fail_after(10):
+                while (await board.get(job.id)).state is not JobState.WAITING:
+                    await anyio.sleep(0.01)
+            clock.advance(61)  # the part's deadline, long before the sleep's
+            with anyio.fail_after(10):
+                while not (done := await board.get(job.id)).state.is_final:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert done.state is JobState.FAILED and done.status is FlowStatus.REVERTED
+    assert done.failures["part"].matches(aioflow.DeadlineExceededError)

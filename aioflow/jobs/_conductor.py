@@ -39,7 +39,7 @@ from .._errors import (
 from .._failure import Failure
 from .._log import get_logger
 from .._outcome import Outcome
-from .._replay import replay
+from .._replay import part_deadlines, replay
 from .._states import AtomState, FlowStatus
 from ._board import Job, JobBoard, JobState
 
@@ -185,9 +185,10 @@ class Conductor:
 
     async def wake_parked(self) -> int:
         """Make WAITING jobs claimable again once their flow needs running: a wait was
-        completed (by any process: the journal says so), a wait's deadline passed (the
-        resume fails it), or the flow ended or was suspended elsewhere. A flow another
-        engine is running (RUNNING) stays parked until it rests. Returns how many."""
+        completed (by any process: the journal says so), a wait's or an unfinished
+        part's deadline passed (the resume ends it), or the flow ended or was suspended
+        elsewhere. A flow another engine is running (RUNNING) stays parked until it rests.
+        Returns how many."""
         woken = 0
         now = self.board.clock()
         for job in await self.board.jobs(state=JobState.WAITING):
@@ -199,6 +200,7 @@ class Conductor:
                 continue
             waits = [r for r in state.atoms.values() if r.state is AtomState.WAITING]
             expired = any(float(r.details.get("deadline") or math.inf) <= now for r in waits)
+            expired = expired or any(d <= now for d in part_deadlines(state))
             if (state.status is not FlowStatus.WAITING or not waits or expired) and (
                 await self.board.unpark(job.id)
             ):
