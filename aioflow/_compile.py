@@ -500,19 +500,33 @@ def _find_cycle(left: set[str], deps: dict[str, list[str]]) -> list[str]:
 
 
 def _check_names(flow: Flow) -> None:
+    """Refuse names that would be ambiguous: two atoms of one name anywhere in the tree
+    (tasks, checkpoints, and flows with a retry or a deadline, whose controller is an
+    atom named like them), or two members of one name in one flow (a Graph's links name
+    members). A flow without a controller is no atom: it may share its name with a
+    member, as ``Linear("publish", prepare, publish)`` does."""
     seen: dict[str, int] = {}
+    dups: set[str] = set()
     stack: list[Member] = [flow]
     while stack:
         m = stack.pop()
-        seen[m.name] = seen.get(m.name, 0) + 1
+        if not isinstance(m, Flow) or m.retry is not None or m.timeout is not None:
+            seen[m.name] = seen.get(m.name, 0) + 1
         if isinstance(m, Flow):
             stack.extend(m.members)
-    dups = sorted(n for n, c in seen.items() if c > 1)
+            names: set[str] = set()
+            for member in m.members:
+                if member.name in names:
+                    dups.add(member.name)
+                names.add(member.name)
+    dups.update(n for n, c in seen.items() if c > 1)
     if dups:
+        ordered = sorted(dups)
         raise InvalidFlowError(
-            f"flow {flow.name!r} uses the name(s) {', '.join(map(repr, dups))} more than once;"
-            " names are unique in a whole flow tree (use task.using(name=...) for copies)",
-            atoms=dups,
+            f"flow {flow.name!r} uses the name(s) {', '.join(map(repr, ordered))} more than"
+            " once; atoms (and the members of one flow) need names of their own (use"
+            " task.using(name=...) for copies)",
+            atoms=ordered,
         )
 
 
