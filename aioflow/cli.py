@@ -719,6 +719,17 @@ def cmd_providers(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- the parser
 
 
+def _count(text: str) -> int:
+    """A number >= 0 for argparse (``--limit -1`` is refused, not read as 'all but one')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``aioflow`` argument parser, with every subcommand (plugged-in ones too)."""
     parser = argparse.ArgumentParser(
@@ -729,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
         " directory)"
     )
     parser.add_argument("--journal", metavar="URL", help=journal_help)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"aioflow {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a --journal given before the subcommand is not reset by the subparser.
     common.add_argument("--journal", metavar="URL", default=argparse.SUPPRESS, help=journal_help)
@@ -763,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("flows", cmd_flows, "list the journal's flows, their owners and orphans")
     p.add_argument("--status", help="only flows with this status")
-    p.add_argument("--limit", type=int, default=50, help="the latest N flows (0: all)")
+    p.add_argument(
+        "--limit", type=_count, default=50, help="the latest N flows (0: all; not negative)"
+    )
 
     p = add("show", cmd_show, "show a flow's atoms, states, attempts, progress, durations")
     p.add_argument("flow_id", metavar="FLOW_ID")

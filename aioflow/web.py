@@ -29,6 +29,7 @@ import structlog
 
 try:
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -298,7 +299,17 @@ def create_app(
         async with engine:
             yield
 
-    handlers: Mapping[Any, Any] = {_HTTPError: http_error, Exception: internal_error}
+    async def routing_error(request: Request, exc: Exception) -> Response:
+        # An unknown route (404) or method (405): JSON too, as every other error.
+        assert isinstance(exc, HTTPException)
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return _error(exc.status_code, message)
+
+    handlers: Mapping[Any, Any] = {
+        _HTTPError: http_error,
+        HTTPException: routing_error,
+        Exception: internal_error,
+    }
     return Starlette(
         routes=[
             Route("/flows", start_flow, methods=["POST"]),
