@@ -841,6 +841,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     parser = build_parser()
     args = parser.parse_args(argv)
+    # References ("mymod:flow") are looked up from the current folder, as with
+    # ``python -m``: the installed command's own folder is what Python puts first.
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
     try:
         return _call(args.func, args)
     except BaseException as caught:

@@ -43,3 +43,48 @@ async def test_unknown_routes_and_methods_answer_json() -> None:
             assert missing.json() == {"error": "no such route"}
             wrong = await client.delete("/flows")
             assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_the_command_finds_references_in_the_current_folder(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    (folder / "mymod.py").write_text(
+        "import aioflow\n\n@aioflow.task\nasync def hello() -> None:\n    pass\n\n"
+        "def flow():\n    return aioflow.Linear('greet', hello)\n"
+    )
+    command = Path(sys.executable).parent / "aioflow"
+    done = subprocess.run(
+        [str(command), "graph", "mymod:flow"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "hello" in done.stdout
+
+
+def test_jobs_post_checks_the_reference_and_inputs_first(
+    tmp_path: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    ref = "tests.test_papercuts:needs_volume"
+    assert main(["jobs", "post", "nowhere.mod:flow", "--journal", url]) == 2
+    assert "cannot import 'nowhere.mod'" in capsys.readouterr().err
+    assert main(["jobs", "post", ref, "--journal", url]) == 2
+    assert "volume" in capsys.readouterr().err
+    assert main(["jobs", "post", ref, "--journal", url, "--inputs", '{"volume": "v1"}']) == 0
+    capsys.readouterr()
+    assert main(["jobs", "post", "nowhere.mod:flow", "--journal", url, "--no-check"]) == 0
+
+
+@aioflow.task
+async def backup(volume: str) -> None:
+    pass
+
+
+def needs_volume() -> aioflow.Flow:
+    return aioflow.Linear("backup_volume", backup)

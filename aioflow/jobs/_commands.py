@@ -69,6 +69,11 @@ def register(subparsers: Any) -> None:
     q.add_argument("--name", help="a name for people")
     q.add_argument("--priority", type=int, default=0, help="higher is claimed first")
     q.add_argument("--key", help="an idempotency key: a second post returns the first job")
+    q.add_argument(
+        "--no-check",
+        action="store_true",
+        help="post a package.module:factory reference without importing it here",
+    )
     when = q.add_mutually_exclusive_group()
     when.add_argument("--delay", type=float, metavar="SECONDS", help="not claimed before then")
     when.add_argument(
@@ -168,6 +173,13 @@ async def cmd_post(args: argparse.Namespace) -> int:
             raise ValueError(f"--run-at is not an ISO 8601 time: {args.run_at}") from exc
         if run_at.tzinfo is None:
             raise ValueError(f"--run-at needs an offset (like +00:00 or Z): {args.run_at}")
+    if ":" in args.ref and not args.no_check:
+        # A reference that cannot be imported, or inputs that do not fit, would fail only
+        # on a conductor: say so now (registry names need the conductor's registry).
+        from .._compile import compile_flow
+        from .._engine import load_reference
+
+        compile_flow(load_reference(args.ref), inputs)
     async with JobBoard.open(_urls(args)[0]) as board:
         job = await board.post(
             args.ref,
