@@ -76,13 +76,14 @@ def test_the_cli_posts_a_delayed_job(tmp_path: Path, capsys: pytest.CaptureFixtu
     from aioflow.cli import main
 
     url = f"sqlite:///{tmp_path}/jobs.db"
-    assert main(["jobs", "post", "pkg.mod:flow", "--no-check", "--journal", url, "--delay", "3600"]) == 0
+    post = ["jobs", "post", "pkg.mod:flow", "--no-check", "--journal", url]
+    assert main([*post, "--delay", "3600"]) == 0
     delayed = capsys.readouterr().out.strip()
     when = "2030-01-01T00:00:00+00:00"
-    assert main(["jobs", "post", "pkg.mod:flow", "--no-check", "--journal", url, "--run-at", when]) == 0
+    assert main([*post, "--run-at", when]) == 0
     at = capsys.readouterr().out.strip()
     naive = "2030-01-01T00:00:00"
-    assert main(["jobs", "post", "pkg.mod:flow", "--no-check", "--journal", url, "--run-at", naive]) == 2
+    assert main([*post, "--run-at", naive]) == 2
     assert "offset" in capsys.readouterr().err
 
     async def look() -> tuple[float, float]:
