@@ -809,8 +809,11 @@ class Engine:
             self._external.rest(run)
         if run.receivers and run.status.is_resting:
             # A message sent from elsewhere while the run was ending found it running and
-            # was left to it: look once now that it rests (a later send finds it resting).
-            await self._external.deliver_resting(run.flow_id)
+            # was left to it: look once now that it rests (a later send finds it resting),
+            # with one query on the mailbox before the flow's events are read.
+            news = await self.journal.mail_topics(run.flow_id, run.mail)
+            if not news.isdisjoint(run.receivers):
+                await self._external.deliver_resting(run.flow_id)
         return self._finish(run)
 
     async def _serve_timers(self, scope: anyio.CancelScope) -> None:
