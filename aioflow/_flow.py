@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeAlias, TypeGuard
 
 from ._retry import Retry
 from ._task import Task
 
 if TYPE_CHECKING:
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
 Decider: TypeAlias = Callable[[Mapping[str, Any]], object]
 
@@ -44,6 +44,29 @@ class Checkpoint:
 
 
 Member: TypeAlias = "Task | Flow | Checkpoint"
+
+
+def is_datetime(value: object) -> TypeGuard[datetime]:
+    """True for a ``datetime.datetime`` (told without importing the module: it costs
+    milliseconds at import, and most programs never need it)."""
+    return any(c.__name__ == "datetime" and c.__module__ == "datetime" for c in type(value).__mro__)
+
+
+def instant(value: object, what: str, *, seconds: bool = False) -> float:
+    """An aware datetime (or, with ``seconds``, seconds since the epoch) as seconds since
+    the epoch; a ValueError naming ``what`` for a naive one, a TypeError for the rest."""
+    if is_datetime(value):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(
+                f"{what} must be an aware datetime (with a tzinfo, e.g. timezone.utc),"
+                f" not the naive {value!r}"
+            )
+        return value.timestamp()
+    if not seconds or isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be an aware datetime, not {value!r}")
+    if value != value:
+        raise ValueError(f"{what} must be a time, not NaN")
+    return float(value)
 
 
 def seconds_of(value: object, what: str, *, zero: bool = False) -> float | None:

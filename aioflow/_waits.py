@@ -9,10 +9,10 @@ left rests, and an entered engine wakes it when its deadline passes or a message
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 from ._external import RECEIVE, SLEEP, WaitRequest
-from ._flow import seconds_of
+from ._flow import instant, is_datetime, seconds_of
 from ._task import Task
 
 if TYPE_CHECKING:
@@ -20,24 +20,6 @@ if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
 __all__ = ["Receive", "Sleep"]
-
-
-def _is_datetime(value: object) -> TypeGuard[datetime]:
-    return any(c.__name__ == "datetime" and c.__module__ == "datetime" for c in type(value).__mro__)
-
-
-def _instant(value: object, what: str) -> float:
-    """An aware datetime (or seconds since the epoch) as seconds since the epoch."""
-    if _is_datetime(value):  # not imported for this: datetime costs ms at import
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(
-                f"{what} must be an aware datetime (with a tzinfo, e.g. timezone.utc),"
-                f" not the naive {value!r}"
-            )
-        return value.timestamp()
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise TypeError(f"{what} must be an aware datetime, not {value!r}")
-    return float(value)
 
 
 class Sleep(Task):
@@ -64,12 +46,12 @@ class Sleep(Task):
                 raise ValueError(f"Sleep {name!r}: until must name a symbol, not ''")
             self.symbol = until
         elif until is not None:
-            if not _is_datetime(until):
+            if not is_datetime(until):
                 raise TypeError(
                     f"Sleep {name!r}: until must be an aware datetime or the name of a symbol"
                     f" holding one, not {until!r}"
                 )
-            self.at = _instant(until, f"Sleep {name!r}: until")
+            self.at = instant(until, f"Sleep {name!r}: until")
         if self.symbol is None:
             super().__init__(name, provides=None, inject={"until": None})
         else:
@@ -78,7 +60,11 @@ class Sleep(Task):
     async def execute(self, until: Any) -> WaitRequest:
         if self.seconds is not None:
             return WaitRequest(self.seconds, kind=SLEEP)
-        at = self.at if self.symbol is None else _instant(until, f"symbol {self.symbol!r}")
+        at = (
+            self.at
+            if self.symbol is None
+            else instant(until, f"symbol {self.symbol!r}", seconds=True)
+        )
         return WaitRequest(None, kind=SLEEP, until=at)
 
     def __repr__(self) -> str:

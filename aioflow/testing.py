@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 import anyio
 import anyio.lowlevel
 
+from ._flow import instant
+
 __all__ = ["FakeClock"]
 
 
@@ -39,19 +41,9 @@ class FakeClock:
     """
 
     def __init__(self, start: float | datetime | None = None) -> None:
-        if start is None:
-            now = time.time()
-        elif isinstance(start, datetime):
-            if start.tzinfo is None or start.utcoffset() is None:
-                raise ValueError(
-                    f"FakeClock(start=...) needs an aware datetime (with a tzinfo), not {start!r}"
-                )
-            now = start.timestamp()
-        elif isinstance(start, bool) or not isinstance(start, int | float) or math.isnan(start):
-            raise TypeError(f"FakeClock(start=...) must be seconds or a datetime, not {start!r}")
-        else:
-            now = float(start)
-        self._now = now
+        self._now = (
+            time.time() if start is None else instant(start, "FakeClock(start=...)", seconds=True)
+        )
         self._sleepers: list[tuple[float, int, anyio.Event]] = []
         self._order = itertools.count()
 

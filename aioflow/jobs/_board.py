@@ -24,6 +24,7 @@ import anyio.lowlevel
 
 from .._codec import Codec, get_codec
 from .._failure import Failure
+from .._flow import instant
 from .._log import get_logger
 from .._states import FlowStatus
 from ..journal import Journal
@@ -457,15 +458,7 @@ def available_from(now: float, delay: object, run_at: object) -> float:
     if delay is not None and run_at is not None:
         raise ValueError("give a job's delay or its run_at, not both")
     if run_at is not None:
-        utcoffset = getattr(run_at, "utcoffset", None)
-        if not callable(utcoffset) or not hasattr(run_at, "timestamp"):
-            raise TypeError(f"run_at must be an aware datetime, not {run_at!r}")
-        if utcoffset() is None:
-            raise ValueError(
-                f"run_at must be an aware datetime (with a tzinfo, e.g. timezone.utc),"
-                f" not the naive {run_at!r}"
-            )
-        return float(run_at.timestamp())
+        return instant(run_at, "run_at")
     if delay is None:
         return now
     if isinstance(delay, bool) or not isinstance(delay, int | float):
