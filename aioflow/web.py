@@ -36,6 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("aioflow.web needs Starlette: pip install 'aioflow[web]'") from exc
 
+from ._dashboard import routes as dashboard_routes
 from ._errors import (
     AioflowError,
     AmbiguousError,
@@ -317,6 +318,7 @@ def create_app(
             Route("/flows/{flow_id}/events", flow_events, methods=["GET"]),
             Route("/flows/{flow_id}/messages/{topic}", send_message, methods=["POST"]),
             Route("/external/{token}", complete, methods=["POST"]),
+            *dashboard_routes(),
         ],
         exception_handlers=dict(handlers),
         lifespan=lifespan,
