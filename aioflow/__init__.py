@@ -13,6 +13,7 @@ from ._engine import FlowHandle as FlowHandle
 from ._errors import AioflowError as AioflowError
 from ._errors import AmbiguousError as AmbiguousError
 from ._errors import DeadlineExceededError as DeadlineExceededError
+from ._errors import FlowCancelledError as FlowCancelledError
 from ._errors import ExternalTimeoutError as ExternalTimeoutError
 from ._errors import FlowBusyError as FlowBusyError
 from ._errors import FlowFailedError as FlowFailedError
@@ -67,6 +68,7 @@ __all__ = [
     "Checkpoint",
     "Conductor",
     "DeadlineExceededError",
+    "FlowCancelledError",
     "Engine",
     "Event",
     "EventKind",

@@ -14,6 +14,7 @@ Every one derives from :class:`AioflowError`; where a builtin fits, it is a base
     ├── ExternalTimeoutError (TimeoutError)
     ├── LeaseLostError
     ├── FlowBusyError
+    ├── FlowCancelledError
     ├── JournalError
     └── SerializationError (TypeError)
 
@@ -156,6 +157,11 @@ class FlowBusyError(AioflowError):
             f"flow {flow_id} is being run by engine {owner}{until}; it cannot be resumed "
             "here while that engine lives (wait for it with engine.wait(flow_id))"
         )
+
+
+class FlowCancelledError(AioflowError):
+    """The failure a cancelled flow holds under the key ``"<cancel>"``: someone called
+    ``engine.cancel(flow_id)`` (or cancelled its job), and the flow was reverted."""
 
 
 class JournalError(AioflowError):
