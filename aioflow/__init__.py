@@ -13,9 +13,9 @@ from ._engine import FlowHandle as FlowHandle
 from ._errors import AioflowError as AioflowError
 from ._errors import AmbiguousError as AmbiguousError
 from ._errors import DeadlineExceededError as DeadlineExceededError
-from ._errors import FlowCancelledError as FlowCancelledError
 from ._errors import ExternalTimeoutError as ExternalTimeoutError
 from ._errors import FlowBusyError as FlowBusyError
+from ._errors import FlowCancelledError as FlowCancelledError
 from ._errors import FlowFailedError as FlowFailedError
 from ._errors import FlowMismatchError as FlowMismatchError
 from ._errors import InvalidFlowError as InvalidFlowError
@@ -68,7 +68,6 @@ __all__ = [
     "Checkpoint",
     "Conductor",
     "DeadlineExceededError",
-    "FlowCancelledError",
     "Engine",
     "Event",
     "EventKind",
@@ -78,6 +77,7 @@ __all__ = [
     "Failure",
     "Flow",
     "FlowBusyError",
+    "FlowCancelledError",
     "FlowFailedError",
     "FlowHandle",
     "FlowMismatchError",

@@ -21,6 +21,7 @@ from ._compile import ExecGraph, compile_flow, describe_differences
 from ._errors import (
     AioflowError,
     FlowBusyError,
+    FlowCancelledError,
     FlowFailedError,
     FlowMismatchError,
     InvalidFlowError,
@@ -33,6 +34,7 @@ from ._eta import History, appended_since, copy_progress, load_history, settled
 from ._eta import from_state as progress_from_state
 from ._events import Event, EventKind
 from ._external import EXTERNAL, ExternalWork, _Parked, wait_kind
+from ._failure import CANCEL, Failure, is_reserved
 from ._flow import Flow
 from ._log import get_logger
 from ._outcome import AtomOutcome, Outcome, Waiting
@@ -274,6 +276,10 @@ class Engine:
             await stack.aclose()
             raise
         self._stack = stack
+        try:
+            await self._external.mark_mail()
+        except JournalError as exc:  # the store is away: the first look sets it
+            _LOG.warning("aioflow.mailbox_unreadable", error=str(exc))
         self._tg.start_soon(self._timers.serve, name="aioflow timers")
         self._tg.start_soon(
             self._ownership.run,
@@ -318,6 +324,7 @@ class Engine:
         self._session_owner = anyio.get_current_task().id
         try:
             async with self.journal:
+                await self._external.mark_mail()
                 yield
         finally:
             self._session_owner = None
@@ -504,6 +511,8 @@ class Engine:
                 if only is not None and state.status is not only:
                     raise _Moved
             run = self._restore(state, flow, graph)
+            # A cancel asked while no engine here ran the flow: it reverts from now on.
+            cancel = None if run.failing else await self._cancel_request(flow_id)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._give_up(flow_id, generation)
@@ -511,7 +520,14 @@ class Engine:
                 return None
             raise
         self._fence(run, generation)
+        if cancel is not None:
+            run.cancel_flow(cancel)
         return run
+
+    async def _cancel_request(self, flow_id: str) -> Failure | None:
+        """The failure a cancel of flow ``flow_id`` asked for, if one waits in its mailbox."""
+        found = await self.journal.next_message(flow_id, CANCEL)
+        return None if found is None else Failure.from_dict(found[1])
 
     async def _give_up(self, flow_id: str, generation: int) -> None:
         """Give up a flow taken for nothing (or whose run could not write its end)."""
@@ -714,6 +730,8 @@ class Engine:
             if self._limiter is None:
                 self._limiter = anyio.CapacityLimiter(self.max_concurrency)
             run.limiter = self._limiter
+        # engine.cancel stops the run through this scope (see _stop).
+        stop = run.stop = anyio.CancelScope()
         self._live[run.flow_id] = run
         # A refused or lost write of this flow stops this run, and only it.
         lost = anyio.CancelScope()
@@ -731,6 +749,7 @@ class Engine:
         send = None
         heartbeat: anyio.CancelScope | None = None
         timers: anyio.CancelScope | None = None
+        polls: anyio.CancelScope | None = None
         try:
             if self.durability == "strict":
                 # The flow's start (its inputs) is what its first atoms build on: commit it
@@ -748,8 +767,13 @@ class Engine:
                     send, receive = anyio.create_memory_object_stream[Event](math.inf)
                     self._async_streams[run.flow_id] = send
                     outer.start_soon(self._dispatch, receive)
+                if self._tg is None:  # not entered: this call looks for cancel requests
+                    polls = anyio.CancelScope()
+                    outer.start_soon(self._external.poll_mail, polls)
+                else:
+                    self._external.watch_mail()
                 try:
-                    with lost:
+                    with lost, stop:
                         async with anyio.create_task_group() as tg:
                             (begin or run.begin)(tg)
                 except BaseExceptionGroup as group:
@@ -765,14 +789,14 @@ class Engine:
                         raise
                 run.end_timers()
                 if fence is None or not fence.lost:
-                    run.set_flow(run.final_status())
+                    if not stop.cancel_called:  # else engine.cancel stopped it: see below
+                        run.set_flow(run.final_status())
                     await self._settle(run)
                 if send is not None:
                     send.close()
-                if heartbeat is not None:
-                    heartbeat.cancel()
-                if timers is not None:
-                    timers.cancel()
+                for scope in (heartbeat, timers, polls):
+                    if scope is not None:
+                        scope.cancel()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 if not run.status.is_resting and (fence is None or not fence.lost):
@@ -803,18 +827,45 @@ class Engine:
             run.ended.set()
         if fence is not None and fence.lost:
             raise self._lost(run, fence)
+        if stop.cancel_called and run.cancel_failure is not None:
+            return await self._revert_cancelled(run, run.cancel_failure)
+        news: set[str] = set()
+        if run.status in (FlowStatus.WAITING, FlowStatus.SUSPENDED):
+            # A message or a cancel sent from elsewhere while the run was ending found it
+            # running and was left to it: look once now that it rests (a later one finds
+            # it resting), with one query on the mailbox.
+            news = await self.journal.mail_topics(run.flow_id, run.mail)
+            if CANCEL in news:
+                return await self._cancel_rested(run)
         if run.status is FlowStatus.WAITING:
             if run.signer is None:  # the outcome lists the open waits with their tokens
                 run.signer = await self._external.signer()
             self._external.rest(run)
-        if run.receivers and run.status.is_resting:
-            # A message sent from elsewhere while the run was ending found it running and
-            # was left to it: look once now that it rests (a later send finds it resting),
-            # with one query on the mailbox before the flow's events are read.
-            news = await self.journal.mail_topics(run.flow_id, run.mail)
-            if not news.isdisjoint(run.receivers):
-                await self._external.deliver_resting(run.flow_id)
+        if not news.isdisjoint(run.receivers):
+            await self._external.deliver_resting(run.flow_id)
         return self._finish(run)
+
+    async def _revert_cancelled(self, run: Run, failure: Failure) -> Outcome:
+        """Revert a run that ``engine.cancel`` stopped (its atoms were cancelled and are
+        PENDING again): restored afresh from what the journal now says, under the same
+        ownership, and driven to REVERTED."""
+        fence = run.fence
+        assert fence is not None
+        state = replay(run.flow_id, await self.journal.load(run.flow_id))
+        fresh = self._restore(state, None, run.graph)
+        self._fence(fresh, fence.generation)
+        fresh.signer = run.signer
+        fresh.cancel_flow(failure)
+        return await self._drive(fresh)
+
+    async def _cancel_rested(self, run: Run) -> Outcome:
+        """A run came to rest with a cancel request waiting: take the flow again (the
+        request is applied as it is taken) and revert it."""
+        taken = await self._take(run.flow_id, graph=run.graph)
+        if taken is None or taken.status.is_final:
+            return self._finish(run)
+        taken.signer = run.signer
+        return await self._continue(taken, None)
 
     async def _serve_timers(self, scope: anyio.CancelScope) -> None:
         with scope:
@@ -1045,6 +1096,8 @@ class Engine:
             for name, r in state.atoms.items()
         }
         failures = {n: r.failure for n, r in state.atoms.items() if r.failure is not None}
+        if state.cancel is not None:
+            failures[CANCEL] = state.cancel
         waiting = tuple(
             Waiting(
                 name,
@@ -1082,6 +1135,100 @@ class Engine:
 
     # External work ------------------------------------------------------------------------
 
+    # Cancelling ------------------------------------------------------------------------
+
+    async def cancel(self, flow_id: str) -> None:
+        """Stop flow ``flow_id`` wherever it is and revert it: it ends REVERTED, and its
+        failures hold :class:`~aioflow.FlowCancelledError` under ``"<cancel>"``.
+
+        The request is stored in the journal first, so it holds whatever happens next.
+        A run of the flow in this engine is stopped at once (its running atoms are
+        cancelled, as by ``handle.cancel()``) and reverted; a run in another engine is
+        stopped by that engine, which looks for requests every second (and at most every
+        ``lease / 3``); a resting or orphaned flow is reverted by this engine (in its
+        background when entered) if it can build the flow, else by the next ``resume``.
+        A flow that is reverting already goes on as it was. Returns once the request is
+        stored (without an entered engine, once this engine's part is done); ``await
+        engine.wait(flow_id)`` waits for the end.
+
+        Raises :class:`~aioflow.NotFoundError` for an unknown flow and
+        :class:`~aioflow.AioflowError` for one that has ended.
+        """
+        async with self._session():
+            summary = await self.journal.summary(flow_id)  # NotFoundError for an unknown flow
+            if summary.status.is_final:
+                raise AioflowError(
+                    f"flow {flow_id} has ended ({summary.status.value}); there is nothing to"
+                    " cancel"
+                )
+            failure = Failure.from_exception(
+                FlowCancelledError(f"flow {flow_id} was cancelled (engine.cancel)")
+            )
+            await self.journal.post_message(
+                flow_id, CANCEL, failure.to_dict(), key=CANCEL, time=self._clock()
+            )
+            _LOG.info("aioflow.cancel_requested", flow_id=flow_id)
+            await self._cancel_here(flow_id, summary)
+
+    async def _cancel_here(self, flow_id: str, summary: FlowSummary | None = None) -> None:
+        """Act on a stored cancel request of flow ``flow_id`` as far as this engine can."""
+        run = self._live.get(flow_id)
+        if run is not None:
+            found = await self._cancel_request(flow_id)
+            if found is not None:
+                self._stop(run, found)
+            return
+        if flow_id in self._slots:
+            return  # being taken (the taking applies it) or coming to rest (so does that)
+        parked = self._external.parked.get(flow_id)
+        if parked is not None:
+            self._external.wake(flow_id, None)  # the waking takes it, and so reverts it
+            return
+        if summary is None:
+            summary = await self.journal.summary(flow_id)
+        if summary.status.is_final or summary.status is FlowStatus.REVERTING:
+            return
+        live_owner = summary.owner not in (None, self.id) and not summary.orphaned
+        if live_owner and not summary.status.is_resting:
+            return  # its live owner stops it (it looks every second)
+        if summary.ref is None:
+            # Started from an object this engine does not have: the next resume reverts.
+            _LOG.info("aioflow.cancel_left_to_resume", flow_id=flow_id)
+            return
+        if self._tg is not None:
+            self._tg.start_soon(self._cancel_resting, flow_id, name=f"cancel flow {flow_id}")
+        else:
+            await self._cancel_resting(flow_id)
+
+    def _stop(self, run: Run, failure: Failure) -> None:
+        """Stop a run of this engine so that it reverts (see :meth:`_drive`)."""
+        if run.failing or run.reverting or run.revert_to is not None or run.stop is None:
+            # Reverting already; or moving back to a checkpoint: it comes to rest next,
+            # and the look at rest finds the request.
+            return
+        if run.cancel_failure is None:
+            run.cancel_failure = failure
+            run.stop.cancel()
+
+    async def _cancel_resting(self, flow_id: str) -> None:
+        """Take a resting (or orphaned) flow and revert it, if this engine can build it."""
+        if flow_id in self._slots:
+            return
+        try:
+            with self._holding(flow_id) as slot:
+                run = await self._take(flow_id)
+                if run is None or run.status.is_final:
+                    return
+                slot.outcome = await self._continue(run, None)
+        except FlowFailedError:
+            _LOG.info("aioflow.cancelled", flow_id=flow_id)
+        except FlowBusyError:
+            pass  # taken meanwhile: its new owner applies the request as it takes it
+        except Exception as exc:  # the request stays: the next resume applies it
+            _LOG.warning("aioflow.cancel_failed", flow_id=flow_id, error=str(exc))
+            if self._tg is None:
+                raise
+
     async def complete(self, token: str, result: Any = None) -> None:
         """Finish the external wait ``token`` names with ``result``, once.
 
@@ -1109,6 +1256,10 @@ class Engine:
         """
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"a topic must be a non-empty string, not {topic!r}")
+        if is_reserved(topic):
+            raise ValueError(
+                f"topic {topic!r} is reserved: aioflow's own topics are written <like-this>"
+            )
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):

@@ -27,7 +27,7 @@ from ._errors import (
     NotFoundError,
 )
 from ._events import Event, EventKind
-from ._failure import Failure
+from ._failure import CANCEL, Failure
 from ._log import get_logger
 from ._outcome import Waiting
 from ._replay import AtomRecord, replay
@@ -740,38 +740,55 @@ class ExternalWork:
                 return
             await self.deliver_resting(flow_id)
 
+    async def mark_mail(self) -> None:
+        """Start looking at the mailbox from its newest message (once per engine): a
+        flow run here later takes what came before through its receives as they open,
+        and a cancel asked before through the taking of the flow (Engine._take)."""
+        if self._mail_cursor is None:
+            self._mail_cursor, _ = await self.engine.journal.mail_since(None)
+
     def watch_mail(self) -> None:
-        """Look in the mailbox every :data:`MAIL_POLL` seconds (real time: this is about
-        other processes, whatever clock the engine's flows follow) for messages sent to
-        the flows with open receives here, running or resting in this entered engine:
-        one query for all of them, on the message id."""
-        engine = self.engine
-        tg = engine._tg
+        """Look in the mailbox every :data:`MAIL_POLL` seconds (at most every ``lease /
+        3``; real time: this is about other processes, whatever clock the engine's flows
+        follow) while this entered engine runs flows or keeps resting ones with open
+        receives: one query for all of them, on the message id, for messages to their
+        receives and requests to cancel them."""
+        tg = self.engine._tg
         if self._mail_polling or tg is None:
-            # Not entered: a run takes what other processes sent when it rests (the look
-            # after its last commit, see Engine._drive), not while it runs.
-            return
+            return  # not entered: each run polls while it runs (Engine._drive)
         self._mail_polling = True
         try:
             tg.start_soon(self._poll_mail, name="aioflow mailbox")
-        except RuntimeError:  # that run's group is closing: the next receive starts it
+        except RuntimeError:  # that run's group is closing: the next run starts it
             self._mail_polling = False
 
     def _mail_wanted(self) -> bool:
-        return any(run.receivers for run in self.engine._live.values()) or any(
-            parked.receives for parked in self.parked.values()
-        )
+        return bool(self.engine._live) or any(parked.receives for parked in self.parked.values())
+
+    def _poll_every(self) -> float:
+        return min(MAIL_POLL, self.engine.lease / 3)
 
     async def _poll_mail(self) -> None:
         try:
             while self._mail_wanted():
-                await anyio.sleep(MAIL_POLL)
-                try:
-                    await self._look_for_mail()
-                except Exception as exc:  # the store is away: look again later
-                    _LOG.warning("aioflow.mailbox_poll_failed", error=str(exc))
+                await anyio.sleep(self._poll_every())
+                await self._look_safely()
         finally:
             self._mail_polling = False
+
+    async def poll_mail(self, scope: anyio.CancelScope) -> None:
+        """Look in the mailbox as :meth:`watch_mail` does, for a run of an engine that is
+        not entered, until ``scope`` is cancelled."""
+        with scope:
+            while True:
+                await anyio.sleep(self._poll_every())
+                await self._look_safely()
+
+    async def _look_safely(self) -> None:
+        try:
+            await self._look_for_mail()
+        except Exception as exc:  # the store is away: look again later
+            _LOG.warning("aioflow.mailbox_poll_failed", error=str(exc))
 
     async def _look_for_mail(self) -> None:
         engine = self.engine
@@ -780,9 +797,13 @@ class ExternalWork:
         if first:  # what came before the cursor: every receive looks once more
             found = [(f, t) for f, run in engine._live.items() for t in run.receivers]
             found += [(f, "") for f, parked in self.parked.items() if parked.receives]
+            found += [(f, CANCEL) for f in engine._live]
         for flow_id, topic in found:
             run = engine._live.get(flow_id)
-            if run is not None and not run.status.is_resting:
+            if topic == CANCEL:
+                if run is not None or flow_id in self.parked:
+                    await engine._cancel_here(flow_id)
+            elif run is not None and not run.status.is_resting:
                 run.mail_arrived(topic)
             elif flow_id in self.parked and self.parked[flow_id].receives:
                 self.wake(flow_id, None)

@@ -10,6 +10,14 @@ from typing import Any, NoReturn
 
 from ._errors import AioflowError
 
+CANCEL = "<cancel>"
+"""The key of a cancelled flow's failure, and the mailbox topic of a cancel request."""
+
+
+def is_reserved(topic: str) -> bool:
+    """True for a mailbox topic of aioflow's own (``<cancel>``), which no user sends."""
+    return topic.startswith("<") and topic.endswith(">")
+
 
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"

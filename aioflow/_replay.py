@@ -51,6 +51,8 @@ class FlowState:
     revert_to: str | None = None
     mail: dict[str, int] = field(default_factory=dict)
     """Topic -> the id of the last message a receive of the flow took."""
+    cancel: Failure | None = None
+    """Why the flow is being reverted when ``engine.cancel`` asked for it."""
     last_seq: int = 0
     created: float | None = None
     updated: float | None = None
@@ -106,6 +108,9 @@ def _apply_flow(state: FlowState, event: Event) -> None:
     check_flow(state.flow_id, state.status, new)
     state.status = new
     state.revert_to = event.details.get("revert_to")
+    cancel = event.details.get("cancel")
+    if cancel is not None:
+        state.cancel = Failure.from_dict(cancel)
 
 
 def _apply_atom(state: FlowState, event: Event) -> None:
@@ -193,6 +198,7 @@ def snapshot(state: FlowState, time: float) -> Event:
         "checkpoint": state.checkpoint,
         "revert_to": state.revert_to,
         "mail": state.mail,
+        "cancel": None if state.cancel is None else state.cancel.to_dict(),
         "created": state.created,
         "updated": state.updated,
         "atoms": atoms,
@@ -213,6 +219,8 @@ def _restore_snapshot(state: FlowState, event: Event) -> None:
         state.checkpoint = body["checkpoint"]
         state.revert_to = body["revert_to"]
         state.mail = {str(k): int(v) for k, v in dict(body.get("mail") or {}).items()}
+        cancel = body.get("cancel")
+        state.cancel = None if cancel is None else Failure.from_dict(cancel)
         state.created = body["created"]
         state.updated = body["updated"]
         for name, saved in dict(body["atoms"]).items():

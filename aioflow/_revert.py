@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._compile import BARRIER, RETRY, ExecGraph, Node
-from ._errors import DeadlineExceededError
-from ._failure import Failure
+from ._errors import DeadlineExceededError, FlowCancelledError
+from ._failure import CANCEL, Failure
 from ._states import AtomState, FlowStatus
 
 if TYPE_CHECKING:
@@ -60,6 +60,10 @@ class Reverting:
     first_error_at: int | None
     status: FlowStatus
     failing: bool
+    stopped_at: str | None
+    retry_pending: list[int]
+    again_now: set[int]
+    cancel_failure: Failure | None
     reverting: bool
     revert_failed: bool
     cancelled: bool
@@ -201,19 +205,54 @@ class Reverting:
 
     # Failing ----------------------------------------------------------------------------
 
+    def cancel_flow(self, failure: Failure) -> None:
+        """Revert the whole flow because ``engine.cancel`` asked: journaled first (the
+        REVERTING event carries the failure), so a crash from here on resumes reverting."""
+        self.cancel_failure = failure
+        self.failures[CANCEL] = failure
+        if self.first_error is None:
+            self.first_error = failure.exception or FlowCancelledError(failure.message)
+        self.failing = True
+        self.retry_pending.clear()  # nothing runs again: what failed is reverted
+        self.again_now.clear()
+        self.set_flow(FlowStatus.REVERTING, {"cancel": failure.to_dict()})
+
     def fail(self, node: Node, failure: Failure, exc: BaseException | None) -> None:
-        """Atom ``node`` failed for good: retry the part around it, or fail the flow."""
+        """Atom ``node`` failed for good: retry the part around it, or suspend the flow
+        (``Retry.times(then="suspend")``), or fail it."""
         self.failures.setdefault(node.name, failure)
         self.results[node.index] = failure
+        own = node.task.retry if node.task is not None else None
+        scope = None if own is not None and own.suspends(failure) else (
+            self.retry_scope_for(node, failure)
+        )
+        if scope is None and self.suspends(node, failure):
+            # Nothing more starts; what runs finishes; the flow rests SUSPENDED.
+            self.stopped_at = self.stopped_at or node.name
+            return
         if self.first_error is None and exc is not None:
             self.first_error = exc
             self.first_error_at = node.index
-        scope = self.retry_scope_for(node, failure)
         if scope is None:
             self.failing = True
         elif not self.scope_failing[scope]:
             self.scope_failing[scope] = True
             self.check_scope(scope)
+
+    def suspends(self, node: Node, failure: Failure) -> bool:
+        """True when ``failure`` of ``node``, retried by no policy any more, suspends the
+        flow: the task's own retry, or the innermost part's retry that takes the failure,
+        says ``then="suspend"``."""
+        if self.failing:
+            return False
+        own = node.task.retry if node.task is not None else None
+        if own is not None and own.suspends(failure):
+            return True
+        for s in reversed(node.scopes):
+            retry = self.graph.scopes[s].retry
+            if retry is not None and retry.values is None and failure.matches(*retry.on):
+                return retry.suspends(failure)
+        return False
 
     def retry_scope_for(self, node: Node, failure: Failure) -> int | None:
         for s in reversed(node.scopes):

@@ -31,7 +31,7 @@ from ._errors import DeadlineExceededError, SerializationError
 from ._eta import AtomTiming, History, summarize
 from ._events import Event, EventKind
 from ._external import External, WaitingAtoms, WaitRequest
-from ._failure import Failure
+from ._failure import CANCEL, Failure
 from ._log import get_logger
 from ._outcome import AtomOutcomes, Outcome
 from ._progress import FlowProgress, Progress
@@ -136,6 +136,7 @@ class Run(WaitingAtoms, Reverting):
         self.first_error_at: int | None = None
         self.retry_until = [0.0] * n
         self.retry_pending: list[int] = []
+        self.again_now: set[int] = set()  # of retry_pending: run at once (a suspension)
         self.status = FlowStatus.PENDING
         self.failing = False
         self.reverting = False
@@ -147,6 +148,9 @@ class Run(WaitingAtoms, Reverting):
         self.cancelled = False
         self.startable: deque[int] = deque()
         self.revert_to: str | None = None
+        # engine.cancel: what stops this run (see Engine._drive), and why it reverts.
+        self.stop: anyio.CancelScope | None = None
+        self.cancel_failure: Failure | None = None
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.tg: TaskGroup | None = None
@@ -808,6 +812,10 @@ class Run(WaitingAtoms, Reverting):
         self.status = state.status
         self.checkpoint = state.checkpoint
         self.mail = dict(state.mail)
+        if state.cancel is not None:  # cancelled: it reverts, whatever was interrupted
+            self.cancel_failure = state.cancel
+            self.failures[CANCEL] = state.cancel
+            self.failing = not state.status.is_final
         records = state.atoms
         failed: list[int] = []
         unwinding: list[int] = []
@@ -871,6 +879,10 @@ class Run(WaitingAtoms, Reverting):
                 and retry.should_retry(self.attempts[i], failure)
             ):
                 self.retry_pending.append(i)
+            elif state.status is FlowStatus.SUSPENDED and self.suspends(node, failure):
+                # Suspended by Retry.times(then="suspend"): a resume runs it again now.
+                self.retry_pending.append(i)
+                self.again_now.add(i)
             else:
                 self.fail(node, failure, None)
         for s, scope in enumerate(self.graph.scopes):
@@ -889,10 +901,12 @@ class Run(WaitingAtoms, Reverting):
             self.set_atom(i, _S.PENDING)
         for i in self.retry_pending:
             task = self.nodes[i].task
-            assert task is not None and task.retry is not None
-            self.retry_until[i] = self.clock() + task.retry.delay(self.attempts[i])
+            retry = task.retry if task is not None else None
+            wait = 0.0 if i in self.again_now or retry is None else retry.delay(self.attempts[i])
+            self.retry_until[i] = self.clock() + wait
             self.set_atom(i, _S.RETRYING, {"until": self.retry_until[i]})
         self.retry_pending.clear()
+        self.again_now.clear()
         self.expire_waits()
 
     def after(self, i: int) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._external import RECEIVE, SLEEP, WaitRequest
+from ._failure import is_reserved
 from ._flow import instant, is_datetime, seconds_of
 from ._task import Task
 
@@ -91,6 +92,8 @@ class Receive(Task):
     ) -> None:
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"Receive {name!r}: topic must be a non-empty string, not {topic!r}")
+        if is_reserved(topic):
+            raise ValueError(f"Receive {name!r}: topic {topic!r} is reserved for aioflow")
         self.topic = topic
         self.wait_timeout = seconds_of(timeout, f"Receive {name!r}: timeout")
         super().__init__(name, provides=provides)
