@@ -6,12 +6,17 @@ from typing import Any
 
 from ._events import Event
 from ._log import get_logger
+from ._states import AtomState, FlowStatus
+
+_FAILED = frozenset({AtomState.FAILURE, AtomState.REVERT_FAILURE, FlowStatus.FAILED})
 
 
 class StructlogListener:
     """Logs every event through structlog, with the flow id and atom bound.
 
-    Progress events are logged at debug level, everything else at info.
+    Progress events are logged at debug level; failures (an atom in FAILURE or
+    REVERT_FAILURE, a flow FAILED, a cancel) at error level with the exception's type
+    and message (``error_type``, ``error``); everything else at info.
     """
 
     def __init__(self, logger: Any = None, *, event: str = "aioflow.event") -> None:
@@ -27,7 +32,13 @@ class StructlogListener:
             fields["attempt"] = event.attempt
         if event.progress is not None:
             fields["progress"] = event.progress
+        failure = event.details.get("failure") or event.details.get("cancel")
         if event.kind.value == "PROGRESS":
             log.debug(self._event, **fields)
+        elif isinstance(failure, dict) or event.state in _FAILED:
+            if isinstance(failure, dict):
+                fields["error_type"] = str(failure.get("exc_type", ""))
+                fields["error"] = str(failure.get("message", ""))
+            log.error(self._event, **fields)
         else:
             log.info(self._event, **fields)

@@ -153,3 +153,20 @@ async def test_cancel_reverts_a_flow_suspended_on_failure() -> None:
 def test_bad_then_is_refused() -> None:
     with pytest.raises(ValueError, match="then must be 'revert' or 'suspend'"):
         Retry.times(2, then="pause")  # type: ignore[arg-type]
+
+
+async def test_structlog_listener_logs_failures_at_error_with_the_exception() -> None:
+    from structlog.testing import capture_logs
+
+    broken = Broken()
+    flow = aioflow.Linear("deploy", *broken.tasks(Retry.times(1)))
+    with capture_logs() as logs:
+        async with aioflow.Engine(listeners=[aioflow.StructlogListener()]) as engine:
+            with pytest.raises(aioflow.FlowFailedError):
+                await engine.run(flow)
+    errors = [e for e in logs if e["log_level"] == "error" and e["event"] == "aioflow.event"]
+    failed = [e for e in errors if e.get("state") == "FAILURE"]
+    assert failed and failed[0]["atom"] == "publish"
+    assert failed[0]["error_type"] == "ConnectionError"
+    assert failed[0]["error"] == "the server is down"
+    assert all(e["log_level"] == "info" for e in logs if e.get("state") == "SUCCESS")
