@@ -12,7 +12,10 @@ The ETA of a running flow is built from each unfinished atom's expected remainin
   before it reports anything, and, for a running atom, is blended with the observed rate
   (the observation counts more as the atom gets further);
 * an atom known neither way is given the mean duration per unit of weight of the atoms
-  of this run that are known.
+  of this run that are known;
+* typical durations are scaled by this run's pace (:func:`pace`): when the atoms that
+  finished took twice their typical time, so will the rest, a belief that grows with the
+  share of the flow done (full from half way).
 
 The remaining times are summed and divided by how many atoms ran at once (measured in the
 earlier runs, else in this one), and the ETA is never less than the longest single atom's
@@ -123,11 +126,36 @@ async def load_history(
     return learn(states)
 
 
+def pace(atoms: Sequence[AtomTiming], history: History | None) -> float:
+    """How much slower (>1) or faster (<1) than its history this run goes, trusted as the
+    evidence grows: the ratio of the finished atoms' durations to their typical ones,
+    weighed by the share of the flow's typical time they make (full trust from half way).
+    1.0 without history or before any atom with a history finished."""
+    if history is None:
+        return 1.0
+    took = typical_done = typical_all = 0.0
+    for atom in atoms:
+        typical = history.durations.get(atom.name)
+        if typical is None or atom.weight <= 0:
+            continue
+        typical_all += typical
+        if atom.state is AtomState.SUCCESS and atom.started is not None and atom.finished:
+            took += max(atom.finished - atom.started, 0.0)
+            typical_done += typical
+    if typical_done <= 0 or typical_all <= 0:
+        return 1.0
+    trust = min(1.0, 2.0 * typical_done / typical_all)
+    return 1.0 + trust * (took / typical_done - 1.0)
+
+
 def _remaining(
-    atom: AtomTiming, now: float, history: History | None
+    atom: AtomTiming, now: float, history: History | None, factor: float = 1.0
 ) -> tuple[float | None, float | None]:
-    """(seconds this atom still needs, its whole expected duration), each None if unknown."""
+    """(seconds this atom still needs, its whole expected duration), each None if unknown;
+    its typical duration is scaled by this run's pace ``factor``."""
     typical = history.durations.get(atom.name) if history is not None else None
+    if typical is not None:
+        typical *= factor
     if atom.state is not AtomState.RUNNING or atom.started is None:
         return typical, typical
     elapsed = max(now - atom.started, 0.0)
@@ -149,6 +177,7 @@ def estimate(
 ) -> tuple[float | None, dict[str, float | None]]:
     """The flow's ETA in seconds (None when it cannot be told) and each atom's."""
     per_atom: dict[str, float | None] = {}
+    factor = pace(atoms, history)
     unknown: list[AtomTiming] = []
     per_weight: list[float] = []
     busy = 0.0
@@ -172,7 +201,7 @@ def estimate(
         if atom.state not in _TODO:
             per_atom[atom.name] = None
             continue
-        left, whole = _remaining(atom, now, history)
+        left, whole = _remaining(atom, now, history, factor)
         per_atom[atom.name] = left
         if left is None:
             unknown.append(atom)

@@ -167,6 +167,29 @@ def test_the_observed_rate_counts_more_as_the_atom_gets_further() -> None:
     assert nearly == pytest.approx(0.99 * 50 * 0.01 / 0.99 + 0.01 * 50.0)
 
 
+def test_a_run_slower_than_its_history_is_trusted_as_the_evidence_grows() -> None:
+    """Four atoms that usually take 1 s each; this run the finished ones took 2 s."""
+    history = History({f"a{n}": 1.0 for n in range(4)}, 1.0, 9)
+
+    def eta_after(done: int) -> float | None:
+        atoms = [
+            timing(f"a{n}", S, 1.0, started=2.0 * n, finished=2.0 * n + 2.0) for n in range(done)
+        ]
+        atoms += [timing(f"a{n}", P) for n in range(done, 4)]
+        return estimate(atoms, now=2.0 * done, history=history)[0]
+
+    assert eta_after(0) == pytest.approx(4.0)  # nothing measured yet: history alone
+    assert eta_after(1) == pytest.approx(3 * 1.5)  # a quarter done: half the trust
+    assert eta_after(2) == pytest.approx(2 * 2.0)  # half done: the run's own pace
+    assert eta_after(3) == pytest.approx(2.0)
+
+
+def test_a_faster_run_is_trusted_too() -> None:
+    history = History({"a": 10.0, "b": 10.0}, 1.0, 9)
+    atoms = [timing("a", S, 1.0, started=0.0, finished=5.0), timing("b", P)]
+    assert estimate(atoms, now=5.0, history=history)[0] == pytest.approx(5.0)
+
+
 def test_summary_of_a_resting_flow_has_no_eta_and_a_finished_one_zero() -> None:
     atoms = [timing("a", R, 0.5, started=0.0)]
 
