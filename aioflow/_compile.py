@@ -507,11 +507,14 @@ def _check_names(flow: Flow) -> None:
     member, as ``Linear("publish", prepare, publish)`` does."""
     seen: dict[str, int] = {}
     dups: set[str] = set()
+    controlled: set[str] = set()
     stack: list[Member] = [flow]
     while stack:
         m = stack.pop()
         if not isinstance(m, Flow) or m.retry is not None or m.timeout is not None:
             seen[m.name] = seen.get(m.name, 0) + 1
+            if isinstance(m, Flow):
+                controlled.add(m.name)
         if isinstance(m, Flow):
             stack.extend(m.members)
             names: set[str] = set()
@@ -522,10 +525,16 @@ def _check_names(flow: Flow) -> None:
     dups.update(n for n, c in seen.items() if c > 1)
     if dups:
         ordered = sorted(dups)
+        why = ""
+        if dups & controlled:
+            why = (
+                "; a flow with retry= or timeout= is itself an atom named like the flow, so"
+                " it cannot share its name with a member"
+            )
         raise InvalidFlowError(
             f"flow {flow.name!r} uses the name(s) {', '.join(map(repr, ordered))} more than"
             " once; atoms (and the members of one flow) need names of their own (use"
-            " task.using(name=...) for copies)",
+            f" task.using(name=...) for copies){why}",
             atoms=ordered,
         )
 

@@ -633,3 +633,13 @@ class TestLargeShapes:
         assert outcome.status is FlowStatus.SUCCESS
         assert {n[0] for n in log[:200]} == {"l"}
         assert {n[0] for n in log[200:]} == {"r"}
+
+
+def test_a_flow_with_a_controller_cannot_share_its_name_and_says_why() -> None:
+    @aioflow.task
+    async def publish() -> None:
+        pass
+
+    with pytest.raises(aioflow.InvalidFlowError, match="is itself an atom named like the flow"):
+        aioflow.compile_flow(aioflow.Linear("publish", publish, retry=aioflow.Retry.times(2)))
+    aioflow.compile_flow(aioflow.Linear("publish", publish))  # without a controller: fine
