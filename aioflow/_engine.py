@@ -36,6 +36,7 @@ from ._events import Event, EventKind
 from ._external import EXTERNAL, ExternalWork, _Parked, wait_kind
 from ._failure import CANCEL, Failure, is_reserved
 from ._flow import Flow
+from ._instruments import Hooks, capture
 from ._log import get_logger
 from ._outcome import AtomOutcome, Outcome, Waiting
 from ._owner import Ownership, check_lease, new_engine_id
@@ -45,6 +46,7 @@ from ._run import Run
 from ._states import AtomState, FlowStatus
 from ._timers import Timers
 from ._values import DEFAULT_MAX_VALUE_BYTES, check_limit
+from .instrument import FlowRun
 from .journal import FlowSummary, Journal, open_journal
 from .journal._base import Fence
 
@@ -204,6 +206,7 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         lease: float = 30.0,
         recover: bool = False,
+        instruments: Iterable[Any] = (),
     ) -> None:
         if durability not in ("strict", "batched"):
             raise ValueError(f"durability must be 'strict' or 'batched', not {durability!r}")
@@ -216,6 +219,9 @@ class Engine:
         if not progress_interval >= 0:
             raise ValueError(f"progress_interval must be >= 0, not {progress_interval!r}")
         self.lease = check_lease(lease)
+        instruments = list(instruments)
+        self._hooks = Hooks(instruments) if instruments else None
+        """The hooks of the instruments (aioflow.instrument); None without any."""
         self.recover = bool(recover)
         self.id = new_engine_id()
         """This engine's id: the owner the journal records for the flows it runs."""
@@ -369,6 +375,7 @@ class Engine:
             timers=self._timers,
         )
         run.watch_mail = self._external.watch_mail
+        run.hooks = self._hooks
         return run
 
     def _prepare(
@@ -403,6 +410,9 @@ class Engine:
             "inputs": inputs,
             "weights": weights,
         }
+        trace = capture()  # started inside a span: the flow's runs are its children
+        if trace:
+            start["trace"] = run.trace = trace
         return run, start
 
     async def run(
@@ -750,6 +760,7 @@ class Engine:
         heartbeat: anyio.CancelScope | None = None
         timers: anyio.CancelScope | None = None
         polls: anyio.CancelScope | None = None
+        info = self._run_started(run) if self._hooks is not None else None
         try:
             if self.durability == "strict":
                 # The flow's start (its inputs) is what its first atoms build on: commit it
@@ -790,7 +801,7 @@ class Engine:
                 run.end_timers()
                 if fence is None or not fence.lost:
                     if not stop.cancel_called:  # else engine.cancel stopped it: see below
-                        run.set_flow(run.final_status())
+                        run.set_flow(run.final_status(), {"span": run.span} if run.span else None)
                     await self._settle(run)
                 if send is not None:
                     send.close()
@@ -811,10 +822,14 @@ class Engine:
                     self._lost(run, fence)
             raise
         except BaseException as exc:
+            if info is not None:
+                info.error = exc
             if fence is not None and fence.lost and isinstance(exc, Exception):
                 raise self._lost(run, fence) from None
             raise
         finally:
+            if info is not None:
+                self._run_ended(run, info)
             run.end_timers()
             self._live.pop(run.flow_id, None)
             self._async_streams.pop(run.flow_id, None)
@@ -844,6 +859,25 @@ class Engine:
         if not news.isdisjoint(run.receivers):
             await self._external.deliver_resting(run.flow_id)
         return self._finish(run)
+
+    def _run_started(self, run: Run) -> FlowRun:
+        """Tell the instruments that ``run`` begins (see aioflow.instrument)."""
+        assert self._hooks is not None
+        info = run.flow_run = FlowRun(
+            run.flow_id,
+            run.graph.name,
+            resumed=run.restored,
+            parent=run.trace,
+            earlier=tuple(run.spans),
+        )
+        run.span = self._hooks.flow_started(info)
+        return info
+
+    def _run_ended(self, run: Run, info: FlowRun) -> None:
+        assert self._hooks is not None
+        if info.error is None and run.status.is_resting:
+            info.status = run.status
+        self._hooks.flow_ended(info)
 
     async def _revert_cancelled(self, run: Run, failure: Failure) -> Outcome:
         """Revert a run that ``engine.cancel`` stopped (its atoms were cancelled and are

@@ -16,6 +16,7 @@ from typing import Any
 from ._errors import JournalError
 from ._events import Event, EventKind
 from ._failure import Failure
+from ._instruments import EARLIER_RUNS
 from ._states import AtomState, FlowStatus, IllegalTransitionError, check_atom, check_flow
 
 
@@ -53,6 +54,10 @@ class FlowState:
     """Topic -> the id of the last message a receive of the flow took."""
     cancel: Failure | None = None
     """Why the flow is being reverted when ``engine.cancel`` asked for it."""
+    trace: dict[str, str] = field(default_factory=dict)
+    """The trace context recorded where the flow was started (see aioflow.instrument)."""
+    spans: list[dict[str, str]] = field(default_factory=list)
+    """The carriers its latest runs' instruments returned (at most EARLIER_RUNS)."""
     last_seq: int = 0
     created: float | None = None
     updated: float | None = None
@@ -104,6 +109,7 @@ def _apply_flow(state: FlowState, event: Event) -> None:
         state.structure = json.loads(structure) if isinstance(structure, str) else list(structure)
         state.inputs = dict(d.get("inputs", {}))
         state.weights = {str(k): float(v) for k, v in dict(d.get("weights", {})).items()}
+        state.trace = dict(d.get("trace") or {})
         state.created = event.time
     check_flow(state.flow_id, state.status, new)
     state.status = new
@@ -111,6 +117,9 @@ def _apply_flow(state: FlowState, event: Event) -> None:
     cancel = event.details.get("cancel")
     if cancel is not None:
         state.cancel = Failure.from_dict(cancel)
+    span = event.details.get("span")
+    if span:
+        state.spans = [*state.spans[1 - EARLIER_RUNS :], dict(span)]
 
 
 def _apply_atom(state: FlowState, event: Event) -> None:
@@ -199,6 +208,8 @@ def snapshot(state: FlowState, time: float) -> Event:
         "revert_to": state.revert_to,
         "mail": state.mail,
         "cancel": None if state.cancel is None else state.cancel.to_dict(),
+        "trace": state.trace,
+        "spans": state.spans,
         "created": state.created,
         "updated": state.updated,
         "atoms": atoms,
@@ -221,6 +232,8 @@ def _restore_snapshot(state: FlowState, event: Event) -> None:
         state.mail = {str(k): int(v) for k, v in dict(body.get("mail") or {}).items()}
         cancel = body.get("cancel")
         state.cancel = None if cancel is None else Failure.from_dict(cancel)
+        state.trace = dict(body.get("trace") or {})
+        state.spans = [dict(span) for span in body.get("spans") or []]
         state.created = body["created"]
         state.updated = body["updated"]
         for name, saved in dict(body["atoms"]).items():

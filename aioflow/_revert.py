@@ -22,7 +22,9 @@ import anyio
 from ._compile import BARRIER, RETRY, ExecGraph, Node
 from ._errors import DeadlineExceededError, FlowCancelledError
 from ._failure import CANCEL, Failure
+from ._instruments import Hooks
 from ._states import AtomState, FlowStatus
+from .instrument import Attempt, FlowRun
 
 if TYPE_CHECKING:
     import structlog
@@ -76,6 +78,8 @@ class Reverting:
     log: structlog.typing.FilteringBoundLogger
     journal: Journal
     strict: bool
+    hooks: Hooks | None
+    flow_run: FlowRun | None
 
     def init_reverting(self) -> None:
         n = len(self.nodes)
@@ -414,19 +418,31 @@ class Reverting:
 
     async def revert_atom(self, i: int) -> None:
         node = self.nodes[i]
+        hooks = self.hooks if node.task is not None else None
+        entered: list[Any] = []
+        info: Attempt | None = None
         try:
             self.set_atom(i, _S.REVERTING)
             if node.task is not None:
+                injections = (
+                    self.injections(i, self.attempts[i]) if node.task._injects else NO_INJECTIONS
+                )
+                if hooks is not None and self.flow_run is not None:
+                    info = Attempt(self.flow_run, node.name, self.attempts[i], "revert")
+                    entered = hooks.enter(info)
                 await node.task._call_revert(
-                    self.arguments(node),
-                    self.results[i],
-                    dict(self.failures),
-                    self.injections(i, self.attempts[i]) if node.task._injects else NO_INJECTIONS,
+                    self.arguments(node), self.results[i], dict(self.failures), injections
                 )
         except anyio.get_cancelled_exc_class():
             self.cancelled = True
+            if info is not None:
+                info.state = _S.REVERTING
+                Hooks.exit(entered, None)
             raise
         except Exception as exc:
+            if info is not None:
+                info.state, info.error = _S.REVERT_FAILURE, exc
+                Hooks.exit(entered, exc)
             failure = Failure.from_exception(exc)
             self.set_atom(i, _S.REVERT_FAILURE, {"failure": failure.to_dict()})
             self.failures.setdefault(node.name, failure)
@@ -436,6 +452,9 @@ class Reverting:
         finally:
             self.running -= 1
             self.check_idle()
+        if info is not None:
+            info.state = _S.REVERTED
+            Hooks.exit(entered, None)
         ticket = self.set_atom(i, _S.REVERTED)
         if self.strict and node.preds and self.journal.durable < ticket:
             # A dependency is undone only once its dependent's undo is committed, so that

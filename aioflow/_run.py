@@ -32,6 +32,7 @@ from ._eta import AtomTiming, History, summarize
 from ._events import Event, EventKind
 from ._external import External, WaitingAtoms, WaitRequest
 from ._failure import CANCEL, Failure
+from ._instruments import Hooks
 from ._log import get_logger
 from ._outcome import AtomOutcomes, Outcome
 from ._progress import FlowProgress, Progress
@@ -43,6 +44,7 @@ from ._scope import ScopeMembership, membership
 from ._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
 from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
 from ._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
+from .instrument import Attempt, FlowRun
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -151,6 +153,13 @@ class Run(WaitingAtoms, Reverting):
         # engine.cancel: what stops this run (see Engine._drive), and why it reverts.
         self.stop: anyio.CancelScope | None = None
         self.cancel_failure: Failure | None = None
+        # Instruments (aioflow.instrument): None when the engine has none.
+        self.hooks: Hooks | None = None
+        self.flow_run: FlowRun | None = None
+        self.trace: dict[str, str] = {}  # where the flow was started (its first event)
+        self.spans: list[dict[str, str]] = []  # what earlier runs' instruments returned
+        self.span: dict[str, str] = {}  # what this run's returned: recorded at rest
+        self.restored = False  # taken up from the journal (see restore)
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.tg: TaskGroup | None = None
@@ -698,15 +707,12 @@ class Run(WaitingAtoms, Reverting):
             try:
                 args = self.arguments(node)
                 injections = self.injections(i, attempt) if task._injects else _NO_INJECTIONS
-                if node.timed:
-                    result = await self.attempt_in_part(i, task, args, injections)
-                elif self.limiter is not None:
-                    async with self.limiter:
-                        result = await self.attempt(task, args, injections)
-                elif task.timeout is None:
-                    result = await task._call_execute(args, injections)
+                if self.hooks is not None:
+                    result = await self.instrumented(i, attempt, args, injections)
+                elif node.timed or self.limiter is not None or task.timeout is not None:
+                    result = await self.dispatch(i, args, injections)
                 else:
-                    result = await self.attempt(task, args, injections)
+                    result = await task._call_execute(args, injections)
                 if isinstance(result, WaitRequest):
                     self.open_wait(i, result)
                     return
@@ -744,6 +750,46 @@ class Run(WaitingAtoms, Reverting):
                     return
                 await self.journal.wait_durable(ticket)
             self.release(i)
+
+    async def dispatch(self, i: int, args: dict[str, Any], injections: dict[str, Any]) -> Any:
+        """One attempt of atom ``i``'s task: in its part's deadline, under the engine's
+        concurrency limit, within its own timeout, as each applies."""
+        task = self.nodes[i].task
+        assert task is not None
+        if self.nodes[i].timed:
+            return await self.attempt_in_part(i, task, args, injections)
+        if self.limiter is not None:
+            async with self.limiter:
+                return await self.attempt(task, args, injections)
+        return await self.attempt(task, args, injections)
+
+    async def instrumented(
+        self, i: int, attempt: int, args: dict[str, Any], injections: dict[str, Any]
+    ) -> Any:
+        """:meth:`dispatch` inside the instruments' blocks (see aioflow.instrument)."""
+        hooks = self.hooks
+        assert hooks is not None and self.flow_run is not None
+        info = Attempt(self.flow_run, self.nodes[i].name, attempt, "execute")
+        entered = hooks.enter(info)
+        context = injections.get(INJECT_CONTEXT)
+        if info.log_fields and context is not None:
+            context.log = context.log.bind(**info.log_fields)
+        try:
+            result = await self.dispatch(i, args, injections)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                info.state, info.error = _S.FAILURE, exc
+                hooks.exit(entered, exc)
+            else:  # cancelled: the atom goes back to PENDING, which is no error
+                info.state = _S.PENDING
+                hooks.exit(entered, None)
+            raise
+        if isinstance(result, WaitRequest):
+            info.state, info.wait = _S.WAITING, result.kind
+        else:
+            info.state = _S.SUCCESS
+        hooks.exit(entered, None)
+        return result
 
     async def encode_large(
         self, node: Node, details: Mapping[str, Any], hint: int | None
@@ -812,6 +858,8 @@ class Run(WaitingAtoms, Reverting):
         self.status = state.status
         self.checkpoint = state.checkpoint
         self.mail = dict(state.mail)
+        self.trace, self.spans = state.trace, state.spans
+        self.restored = True
         if state.cancel is not None:  # cancelled: it reverts, whatever was interrupted
             self.cancel_failure = state.cancel
             self.failures[CANCEL] = state.cancel
