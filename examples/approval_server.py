@@ -58,7 +58,9 @@ def publish_flow() -> aioflow.Linear:
 
 
 engine = aioflow.Engine(os.environ.get("APPROVAL_JOURNAL", "sqlite:///approval.db"))
-app = create_app(engine, registry=registry)
+# A demo on 127.0.0.1: anyone who reaches it may start flows. In production pass
+# auth= (see docs/web.md) instead of public=True.
+app = create_app(engine, registry=registry, public=True)
 
 if __name__ == "__main__":
     import uvicorn

@@ -79,7 +79,9 @@ async def main(journal: str) -> None:
     registry = aioflow.Registry()
     registry.provides("backup")(backup_flow)
     engine = aioflow.Engine(journal)
-    app = create_app(engine, registry=registry)
+    # A demo on 127.0.0.1: anyone who reaches it may start flows. In production pass
+    # auth= (see docs/web.md) instead of public=True.
+    app = create_app(engine, registry=registry, public=True)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
     server = uvicorn.Server(config)
@@ -104,7 +106,7 @@ async def main(journal: str) -> None:
                 async for line in events.aiter_lines():
                     if line.startswith("data: "):
                         event = json.loads(line[6:])
-                        if event["kind"] in ("FLOW", "ATOM"):
+                        if event.get("kind") in ("FLOW", "ATOM"):  # "end" closes it
                             print(
                                 f"  {event['kind']:<5} {event['atom'] or '':<16} {event['state']}"
                             )

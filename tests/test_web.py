@@ -45,7 +45,9 @@ async def serve(journal_url: str) -> AsyncIterator[httpx.AsyncClient]:
     (A context manager, not a fixture: the engine's task group must be entered and left
     in the test's own task.)"""
     engine = aioflow.Engine(journal_url, secret=SECRET)
-    app = create_app(engine, registry=make_registry(), max_body=4096, poll_interval=0.01)
+    app = create_app(
+        engine, registry=make_registry(), public=True, max_body=4096, poll_interval=0.01
+    )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
@@ -110,7 +112,7 @@ async def test_the_event_stream_follows_the_flow_through_its_wait(
             async with client.stream("GET", f"/flows/{flow_id}/events") as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 async for line in response.aiter_lines():
-                    if line.startswith("data: "):
+                    if line.startswith("data: ") and line != "data: {}":  # {}: the end
                         seen.append(json.loads(line[6:]))
 
         with anyio.fail_after(10):
@@ -156,7 +158,8 @@ async def test_bad_requests_get_clear_json_errors(
 
 async def test_a_body_that_is_not_json_is_refused(journal_url: str) -> None:
     async with serve(journal_url) as client:
-        response = await client.post("/flows", content=b"{not json")
+        json_type = {"content-type": "application/json"}
+        response = await client.post("/flows", content=b"{not json", headers=json_type)
         assert response.status_code == 422
 
 
@@ -169,7 +172,8 @@ async def test_bodies_are_size_limited(journal_url: str) -> None:
             for _ in range(10):
                 yield b" " * 1000
 
-        assert (await client.post("/flows", content=chunks())).status_code == 413
+        json_type = {"content-type": "application/json"}
+        assert (await client.post("/flows", content=chunks(), headers=json_type)).status_code == 413
 
 
 async def test_an_internal_error_is_a_500_without_a_stack_trace(journal_url: str) -> None:
@@ -190,7 +194,7 @@ async def test_an_internal_error_is_a_500_without_a_stack_trace(journal_url: str
 
 async def test_references_are_accepted_only_when_allowed(journal_url: str) -> None:
     engine = aioflow.Engine(journal_url, secret=SECRET)
-    app = create_app(engine, allow_references=True)
+    app = create_app(engine, allow_references=True, public=True)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as c:
@@ -204,7 +208,7 @@ async def test_the_app_mounts_under_a_prefix_with_the_parent_entering_the_engine
     journal_url: str,
 ) -> None:
     engine = aioflow.Engine(journal_url, secret=SECRET)
-    inner = create_app(engine, registry=make_registry())
+    inner = create_app(engine, registry=make_registry(), public=True)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -261,7 +265,7 @@ _SERVER = textwrap.dedent(
         return aioflow.Linear("approval", ask, finish)
 
     engine = aioflow.Engine(sys.argv[2], secret="e2e")
-    app = create_app(engine, registry=registry, poll_interval=0.05)
+    app = create_app(engine, registry=registry, public=True, poll_interval=0.05)
 
     if __name__ == "__main__":
         import uvicorn
@@ -305,7 +309,7 @@ async def test_end_to_end_through_uvicorn(tmp_path: Path, sqlite_url: str) -> No
                 kinds: list[tuple[str, str | None]] = []
                 async with c.stream("GET", f"/flows/{flow_id}/events") as stream:
                     async for line in stream.aiter_lines():
-                        if not line.startswith("data: "):
+                        if not line.startswith("data: ") or line == "data: {}":  # {}: the end
                             continue
                         event = json.loads(line[6:])
                         kinds.append((event["kind"], event["state"]))
@@ -352,7 +356,7 @@ async def test_a_message_posted_to_a_flow_is_received(journal_url: str) -> None:
     engine = aioflow.Engine(journal_url, secret=SECRET)
     registry = aioflow.Registry()
     registry.register(inbox_flow, "inbox", name="inbox")
-    app = create_app(engine, registry=registry)
+    app = create_app(engine, registry=registry, public=True)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:

@@ -15,7 +15,11 @@ takes a seq that the flow's owner is about to write.
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import contextlib
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -257,6 +261,34 @@ class Journal(abc.ABC):
     async def flows(self, status: FlowStatus | None = None) -> list[FlowSummary]:
         """Summaries of the flows in the journal, oldest first, optionally by status."""
 
+    async def list_flows(
+        self,
+        *,
+        status: FlowStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[FlowSummary], str | None]:
+        """One page of the journal's flows, newest first (by ``created``, then flow id),
+        optionally only those in ``status`` or named ``name``, and the cursor of the next
+        page (None on the last): pass it as ``before`` to get that page.
+
+        The cursor is opaque (a ValueError names a malformed one); pages follow one
+        another by key, not by offset, so a flow created meanwhile neither shifts nor
+        repeats them. The built-in backends answer with one query that reads ``limit``
+        rows; this fallback filters :meth:`flows`.
+        """
+        check_limit(limit)
+        after = None if before is None else read_cursor(before)
+        found = [
+            s
+            for s in await self.flows(status)
+            if (name is None or s.name == name)
+            and (after is None or (s.created, s.flow_id) < after)
+        ]
+        found.sort(key=_newest_first, reverse=True)
+        return page(found, limit)
+
     @abc.abstractmethod
     def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         """The flow's committed events with ``seq > after``, in order."""
@@ -441,6 +473,49 @@ async def settle_appends(journal: Journal) -> bool:
     with contextlib.suppress(JournalError, LeaseLostError):
         await journal.wait_durable(journal.appended)
     return True
+
+
+def _newest_first(summary: FlowSummary) -> tuple[float, str]:
+    return summary.created, summary.flow_id
+
+
+def check_limit(limit: int) -> None:
+    """Refuse a page size that is not a whole number >= 1, naming it."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number of flows >= 1, not {limit!r}")
+
+
+def flow_cursor(summary: FlowSummary) -> str:
+    """The cursor of the page that follows ``summary`` (see :meth:`Journal.list_flows`):
+    its (created, flow id) key as URL-safe base64 text."""
+    key = json.dumps([summary.created, summary.flow_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(key.encode()).decode("ascii").rstrip("=")
+
+
+def read_cursor(cursor: str) -> tuple[float, str]:
+    """The (created, flow id) key a :func:`flow_cursor` holds; ValueError for any text
+    that is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode("ascii") + b"=" * (-len(cursor) % 4))
+        created, flow_id = json.loads(raw)
+    except (ValueError, TypeError, binascii.Error, UnicodeError):
+        created = flow_id = None
+    if (
+        isinstance(created, bool)
+        or not isinstance(created, int | float)
+        or not math.isfinite(created)
+        or not isinstance(flow_id, str)
+    ):
+        raise ValueError(f"{cursor!r} is not a page cursor (pass the one a page returned)")
+    return float(created), flow_id
+
+
+def page(newest: list[FlowSummary], limit: int) -> tuple[list[FlowSummary], str | None]:
+    """The first ``limit`` of ``newest`` (a backend reads ``limit + 1`` rows) and the
+    cursor of what follows them, None when nothing does."""
+    if len(newest) <= limit:
+        return newest, None
+    return newest[:limit], flow_cursor(newest[limit - 1])
 
 
 def check_keep(keep: int | None, before: float | None) -> None:

@@ -12,6 +12,7 @@ them. Reads build the events again, with details decoded as any durable journal 
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import AsyncIterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
@@ -26,10 +27,13 @@ from ._base import (
     FlowSummary,
     Journal,
     check_keep,
+    check_limit,
     encode_details,
     encode_message,
     is_orphaned,
+    page,
     plan_compaction,
+    read_cursor,
     taken_over,
 )
 
@@ -202,6 +206,32 @@ class MemoryJournal(Journal):
         ]
         found.sort(key=attrgetter("created"))
         return found
+
+    async def list_flows(
+        self,
+        *,
+        status: FlowStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[FlowSummary], str | None]:
+        check_limit(limit)
+        after = None if before is None else read_cursor(before)
+        # No index in a dict: one pass that keeps the newest limit + 1 (O(n log limit)).
+        keys = (
+            (flow.created, flow_id)
+            for flow_id, flow in self._flows.items()
+            if flow.name is not None
+            and (status is None or flow.status is status)
+            and (name is None or flow.name == name)
+            and (after is None or (flow.created, flow_id) < after)
+        )
+        now = self.clock()
+        newest = [
+            self._summary(flow_id, self._flows[flow_id], now)
+            for _, flow_id in heapq.nlargest(limit + 1, keys)
+        ]
+        return page(newest, limit)
 
     def _summary(self, flow_id: str, flow: _Flow, now: float) -> FlowSummary:
         expires = None if flow.owner is None else self._heartbeats.get(flow.owner)

@@ -30,8 +30,11 @@ from ._base import (
     Fence,
     FlowSummary,
     check_keep,
+    check_limit,
     encode_message,
+    page,
     plan_compaction,
+    read_cursor,
     settle_appends,
     taken_over,
 )
@@ -492,6 +495,38 @@ class PostgresJournal(WriterJournal):
             )
         now = self.clock()
         return [FlowSummary.from_row(row, now) for row in rows]
+
+    async def list_flows(
+        self,
+        *,
+        status: FlowStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[FlowSummary], str | None]:
+        check_limit(limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if status is FlowStatus.PENDING:
+            args.append(status.value)
+            where.append(f"(f.status IS NULL OR f.status = ${len(args)})")
+        elif status is not None:
+            args.append(status.value)
+            where.append(f"f.status = ${len(args)}")
+        if name is not None:
+            args.append(name)
+            where.append(f"f.name = ${len(args)}")
+        if before is not None:
+            # Keyset: a row comparison, which a btree index on (created, flow_id) serves.
+            args.extend(read_cursor(before))
+            where.append(f"(f.created, f.flow_id) < (${len(args) - 1}, ${len(args)})")
+        args.append(limit + 1)
+        sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._fetch(
+            sql + f" ORDER BY f.created DESC, f.flow_id DESC LIMIT ${len(args)}", *args
+        )
+        now = self.clock()
+        return page([FlowSummary.from_row(row, now) for row in rows], limit)
 
     async def summary(self, flow_id: str) -> FlowSummary:
         rows = await self._fetch(_SELECT_FLOWS + " WHERE f.flow_id = $1", flow_id)

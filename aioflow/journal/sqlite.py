@@ -36,9 +36,12 @@ from ._base import (
     Fence,
     FlowSummary,
     check_keep,
+    check_limit,
     encode_details,
     encode_message,
+    page,
     plan_compaction,
+    read_cursor,
     settle_appends,
     taken_over,
 )
@@ -865,6 +868,39 @@ class SqliteJournal(WriterJournal):
             )
         now = self.clock()
         return [FlowSummary.from_row(row, now) for row in rows]
+
+    async def list_flows(
+        self,
+        *,
+        status: FlowStatus | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[FlowSummary], str | None]:
+        check_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if status is FlowStatus.PENDING:
+            where.append("(f.status IS NULL OR f.status = ?)")
+            params.append(status.value)
+        elif status is not None:
+            where.append("f.status = ?")
+            params.append(status.value)
+        if name is not None:
+            where.append("f.name = ?")
+            params.append(name)
+        if before is not None:
+            # Keyset: the rows after the cursor's (created, flow_id), in a form whose
+            # first term is a range on created that an index on it serves.
+            created, flow_id = read_cursor(before)
+            where.append("f.created <= ? AND (f.created < ? OR f.flow_id < ?)")
+            params.extend((created, created, flow_id))
+        sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._query(
+            sql + " ORDER BY f.created DESC, f.flow_id DESC LIMIT ?", (*params, limit + 1)
+        )
+        now = self.clock()
+        return page([FlowSummary.from_row(row, now) for row in rows], limit)
 
     async def summary(self, flow_id: str) -> FlowSummary:
         rows = await self._query(_SELECT_FLOWS + " WHERE f.flow_id = ?", (flow_id,))
