@@ -559,6 +559,58 @@ def postgres_problem(url: str = POSTGRES_URL) -> str | None:
     return None
 
 
+def _otel_instrument() -> Any:
+    """``aioflow.otel.OpenTelemetry`` on the SDK with an exporter that drops every span
+    (what it costs to make spans and metrics, not to ship them)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from aioflow.otel import OpenTelemetry
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    return OpenTelemetry(tracer_provider, MeterProvider())
+
+
+def instruments(cfg: Config) -> list[Result]:
+    """A chain of N no-op tasks on ``memory://``: without instruments, and with the
+    OpenTelemetry instrument (a span per attempt and per run, metrics, spans dropped by
+    the exporter), against N coroutines awaited in turn. Samples in rounds of one of
+    each, so that all meet the same moments of a noisy machine."""
+    n = 200 if cfg.quick else 2 * K
+    otel = _otel_instrument()
+
+    async def run_with(instrumented: bool) -> float:
+        flow = chain_flow(n)
+        options = {"instruments": [otel]} if instrumented else {}
+        async with engine_for("memory", cfg, **options) as engine:
+            return await run_flow(engine, flow)
+
+    subjects: list[tuple[str, AsyncSample]] = [
+        ("await chain", lambda: _floor.chain(n)),
+        ("memory", partial(run_with, False)),
+        ("memory + OpenTelemetry", partial(run_with, True)),
+    ]
+    samples: dict[str, list[float]] = {name: [] for name, _ in subjects}
+    for r in range(cfg.repeat * 2):
+        turn = r % len(subjects)
+        for name, one in subjects[turn:] + subjects[:turn]:
+            samples[name] += sample_async(1, one)
+    floor = per_task(samples["await chain"], n)
+    results = [Result("instruments", "asyncio", "await chain", n, "us/task", floor)]
+    bare = statistics.median(per_task(samples["memory"], n))
+    for name in ("memory", "memory + OpenTelemetry"):
+        per = per_task(samples[name], n)
+        extra = {"over_bare_us": statistics.median(per) - bare}
+        results.append(Result("instruments", "aioflow", name, n, "us/task", per, extra))
+    return with_ratios(results, "await chain")
+
+
 SCENARIOS: dict[str, Callable[[Config], list[Result]]] = {
     "wide": wide,
     "chain": chain,
@@ -568,5 +620,6 @@ SCENARIOS: dict[str, Callable[[Config], list[Result]]] = {
     "progress": progress,
     "memory": memory,
     "import": import_time,
+    "instruments": instruments,
 }
 """Every scenario by name, in the order the suite runs them."""

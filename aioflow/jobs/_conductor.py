@@ -22,7 +22,7 @@ import socket
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -42,6 +42,9 @@ from .._outcome import Outcome
 from .._replay import part_deadlines, replay
 from .._states import AtomState, FlowStatus
 from ._board import Job, JobBoard, JobState
+
+if TYPE_CHECKING:
+    from ..instrument import JobEvent
 
 __all__ = ["Conductor"]
 
@@ -223,13 +226,21 @@ class Conductor:
                         f"(max_attempts={self.max_attempts}): dead-lettered"
                     )
                 )
-                await self.board.finish(job, JobState.FAILED, None, {CONDUCTOR: failure})
+                if await self.board.finish(job, JobState.FAILED, None, {CONDUCTOR: failure}):
+                    self._tell("dead_lettered", job)
                 log.warning("aioflow.job_dead_lettered")
                 return
+            self._tell("claimed", job)
             await self._run_claimed(job, log)
         finally:
             self.running.pop(job.id, None)
             slots.release()
+
+    def _tell(self, event: JobEvent, job: Job) -> None:
+        """Tell the engine's instruments (see aioflow.instrument) what became of a job."""
+        hooks = self.engine._hooks
+        if hooks is not None:
+            hooks.job(event, job)
 
     def _trouble(self, exc: BaseException) -> None:
         """The store failed: wait longer before the next claim (see :meth:`_store_back`)."""
@@ -327,12 +338,18 @@ class Conductor:
         elif outcome is None:
             failure = Failure.from_exception(error or AioflowError("the flow did not end"))
             done = await board.finish(job, JobState.FAILED, None, {CONDUCTOR: failure})
+            if done:
+                self._tell("failed", job)
             log.error("aioflow.job_error", error=str(failure))
         elif outcome.status is FlowStatus.SUCCESS:
             done = await board.finish(job, JobState.COMPLETE, outcome.status)
+            if done:
+                self._tell("completed", job)
             log.info("aioflow.job_complete")
         elif outcome.status in (FlowStatus.REVERTED, FlowStatus.FAILED):
             done = await board.finish(job, JobState.FAILED, outcome.status, outcome.failures)
+            if done:
+                self._tell("failed", job)
             log.info("aioflow.job_failed", status=outcome.status.value)
         elif outcome.status is FlowStatus.WAITING:
             done = await board.park(job)
