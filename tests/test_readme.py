@@ -24,6 +24,15 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_command in ci_lines
 
 
+def test_the_test_command_installs_the_browser_the_dashboard_tests_drive() -> None:
+    test_command = next(c for c in _readme_commands() if "pytest" in c)
+    install, _, rest = test_command.partition(" && python3 -m venv")
+    assert install.startswith("(command -v chromium >/dev/null ||"), test_command
+    assert "apt-get install -y -qq chromium" in install
+    assert rest, "the browser is installed before the suite runs"
+    assert "playwright" in (ROOT / "pyproject.toml").read_text()
+
+
 def test_readme_demo_command_runs_the_bundled_demo() -> None:
     demo = next(c for c in _readme_commands() if "pytest" not in c)
     assert demo.endswith(".venv/bin/aioflow demo")
