@@ -1,5 +1,6 @@
-"""The ``aioflow`` command: the demo, and listing, showing, watching, resuming, drawing and
-compacting the flows of a journal. Needs the ``cli`` extra (rich).
+"""The ``aioflow`` command: the demo, and listing, showing, following (events, watch),
+resuming, cancelling, drawing and compacting the flows of a journal. Needs the ``cli``
+extra (rich).
 
 Conventions, for this module and for modules that add subcommands:
 
@@ -18,27 +19,36 @@ Conventions, for this module and for modules that add subcommands:
   and exits with status 2. Other aioflow errors print one line and exit with status 1.
   No traceback is shown for either.
 
-Exit statuses: 0 done (the flow succeeded, or is resting without failure), 1 a flow that
-was reverted or failed, or an error of the journal, 2 a user's mistake (or a ``resume`` of
-a flow a live engine runs elsewhere), 3 a watched flow is orphaned (no live engine runs
-it), 130 interrupted.
+Exit statuses: 0 done (the flow succeeded, or is resting without failure; ``cancel``: it
+was reverted or its owner was asked to), 1 a flow that was reverted or failed, an action
+refused for the state of its flow or job (``cancel`` of a flow that ended), or an error of
+the journal, 2 a user's mistake (or a ``resume`` of a flow a live engine runs elsewhere,
+or of one it cannot rebuild), 3 a watched or followed flow is orphaned (no live engine
+runs it), 130 interrupted.
+
+``--json`` outputs are one JSON document (JSON lines for ``events``) with stable keys and
+ISO 8601 UTC times; no output ever holds a wait's nonce or a token.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import dataclasses
+import enum
 import importlib
 import inspect
+import json
 import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -52,11 +62,12 @@ from ._errors import (
     MissingInputsError,
     NotFoundError,
 )
-from ._events import EventKind
+from ._events import Event, EventKind
+from ._failure import CANCEL, Failure
 from ._outcome import Outcome
 from ._progress import AtomProgress, FlowProgress
-from ._replay import atom_names, replay
-from ._states import FlowStatus
+from ._replay import FlowState, atom_names, published, replay
+from ._states import AtomState, FlowStatus
 from .journal import FlowSummary, open_journal
 from .journal._base import ACTIVE
 
@@ -104,19 +115,112 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _value(v: object) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _number(x: float) -> str:
+    """A number for people: whole numbers as they are, others to two decimals, very
+    large or small ones to three significant digits (``1.39e9``)."""
+    if isinstance(x, int) or (x.is_integer() and abs(x) < 1e15):
+        return str(int(x))
+    if 1e-3 <= abs(x) < 1e6:
+        return f"{x:.2f}".rstrip("0").rstrip(".")
+    mantissa, _, exponent = f"{x:.3g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+_TIME_KEYS = ("deadline", "until")
+_DURATION_KEYS = ("seconds", "elapsed", "duration", "eta")
+
+
+def _detail(key: str, value: object) -> str:
+    """One progress or event detail for people: bytes and rates of bytes in binary
+    units, durations as such, times in UTC, other numbers rounded (see :func:`_number`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _short(str(value))
+    if "bytes" in key and key.endswith(("per_second", "_rate")):
+        return f"{_size(value)}/s"
+    if "bytes" in key:
+        return _size(value)
+    if key in _TIME_KEYS or key.endswith("_at"):
+        return _when(value)
+    if key in _DURATION_KEYS or key.endswith(("_seconds", "_duration")):
+        return _duration(value)
+    return _number(value)
+
+
+def _details_text(details: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_detail(k, v)}" for k, v in _scrub(details).items())
 
 
 def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return ""
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+    """``timestamp`` in UTC, ISO 8601 to the second, with its zone; "" for None."""
+    return "" if timestamp is None else _utc(timestamp)
 
 
 def _utc(timestamp: float) -> str:
     """``timestamp`` in UTC, ISO 8601 to the second (as FlowBusyError says it)."""
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    """``timestamp`` for JSON output and event lines: UTC, ISO 8601, to the millisecond."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+_HIDDEN = frozenset({"nonce", "token"})
+"""Detail keys never shown: what a completion token is bound to, or a token itself."""
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every ``nonce`` and ``token`` key removed, at any depth."""
+    if isinstance(value, Mapping):
+        return {str(k): _scrub(v) for k, v in value.items() if k not in _HIDDEN}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _jsonable(value: object) -> Any:
+    """What ``json.dumps`` cannot write by itself, as JSON (the codec's richer types)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def _print_json(document: object, *, lines: bool = False) -> None:
+    """Write one JSON document (indented), or one compact line (JSON lines)."""
+    if lines:
+        text = json.dumps(document, default=_jsonable, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = json.dumps(document, default=_jsonable, ensure_ascii=False, indent=2)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _quiet_logs() -> None:
+    """Send aioflow's log lines to stderr, warnings and worse only, so that what a
+    command prints (JSON above all) is all there is on stdout."""
+    import logging
+
+    import structlog
+
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
 
 
 def _status_mark(summary: FlowSummary) -> str:
@@ -433,11 +537,17 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     anything is drawn."""
     _set_speed(args)
     url = _existing_journal(args)
+    registry = _registry(args)
+    if args.flow is not None and ":" not in args.flow and registry is None:
+        raise UsageError(
+            f"--flow {args.flow!r} is not a reference like package.module:factory; a registry"
+            " name needs --registry MODULE:ATTR too"
+        )
     console = _console()
     started = time.monotonic()
     flow_id = args.flow_id
     try:
-        async with Engine(url) as engine:
+        async with Engine(url, registry=registry) as engine:
             state = replay(flow_id, await engine.journal.load(flow_id))
             args._inputs = state.inputs
             if state.status.is_final:
@@ -446,6 +556,14 @@ async def cmd_resume(args: argparse.Namespace) -> int:
             summary = await engine.journal.summary(flow_id)
             if summary.status in ACTIVE and summary.owner is not None and not summary.orphaned:
                 raise FlowBusyError(flow_id, summary.owner, summary.lease_expires)
+            unbuildable = state.ref is None or (":" not in state.ref and registry is None)
+            if args.flow is None and unbuildable:
+                # Said before anything is drawn or taken: a shell cannot pass an object.
+                why, how = _rebuild_advice(args, flow_id, state.ref)
+                raise UsageError(
+                    f"flow {flow_id} ({state.name}) {why}, so this command cannot rebuild it;"
+                    f" resume it with  {how}"
+                )
             if summary.orphaned:
                 left = f" from engine {summary.owner}" if summary.owner else ""
                 console.print(f"flow {flow_id} is orphaned: taking it over{left}", markup=False)
@@ -468,7 +586,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 async def cmd_flows(args: argparse.Namespace) -> int:
     """List the journal's flows, newest last, with who runs each (ORPHANED when no live
-    engine runs a RUNNING or REVERTING flow)."""
+    engine runs a RUNNING or REVERTING flow); ``--json``: one JSON document."""
     from rich.table import Table
 
     url = _existing_journal(args)
@@ -479,22 +597,29 @@ async def cmd_flows(args: argparse.Namespace) -> int:
         except ValueError:
             names = ", ".join(s.value for s in FlowStatus)
             raise UsageError(f"unknown status {args.status!r}; one of {names}") from None
-    table = Table("id", "name", "status", "progress", "started", "owner")
-    table.columns[0].no_wrap = True
-    table.columns[2].no_wrap = True
+    if args.json:
+        _quiet_logs()
+    rows: list[tuple[FlowSummary, FlowProgress]] = []
     async with Engine(url) as engine:
         summaries = await engine.journal.flows(status)
         for summary in summaries[-args.limit :] if args.limit else summaries:
-            progress = await engine.progress(summary.flow_id)
-            mark = _status_mark(summary)
-            table.add_row(
-                summary.flow_id,
-                summary.name,
-                summary.status.value + (f" [bold red]{mark}[/]" if mark else ""),
-                f"{progress.fraction * 100:.0f}%",
-                _when(summary.created),
-                summary.owner or "",
-            )
+            rows.append((summary, await engine.progress(summary.flow_id)))
+    if args.json:
+        _print_json({"flows": [_summary_document(s, p) for s, p in rows]})
+        return EXIT_OK
+    table = Table("id", "name", "status", "progress", "started (UTC)", "owner")
+    table.columns[0].no_wrap = True
+    table.columns[2].no_wrap = True
+    for summary, progress in rows:
+        mark = _status_mark(summary)
+        table.add_row(
+            summary.flow_id,
+            summary.name,
+            summary.status.value + (f" [bold red]{mark}[/]" if mark else ""),
+            f"{progress.fraction * 100:.0f}%",
+            _when(summary.created),
+            summary.owner or "",
+        )
     console = _console()
     if not table.rows:
         console.print(f"no flows in {url}")
@@ -503,19 +628,174 @@ async def cmd_flows(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _summary_document(summary: FlowSummary, progress: FlowProgress) -> dict[str, Any]:
+    """A flow of ``flows --json``."""
+    return {
+        "flow_id": summary.flow_id,
+        "name": summary.name,
+        "status": summary.status.value,
+        "reference": summary.ref,
+        "progress": progress.fraction,
+        "eta": progress.eta,
+        "created": _iso(summary.created),
+        "updated": _iso(summary.updated),
+        "owner": summary.owner,
+        "orphaned": summary.orphaned,
+    }
+
+
+def innermost_frame(failure: Failure) -> str:
+    """Where ``failure`` was raised: its traceback's last frame (``File "...", line N, in
+    f``), or "" without a traceback."""
+    frames = [
+        line.strip() for line in failure.traceback.splitlines() if line.strip().startswith('File "')
+    ]
+    return frames[-1] if frames else ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptFailure:
+    """One failed attempt of an atom, a revert that failed, or the flow's cancellation
+    (atom ``"<cancel>"``), as ``show`` reports it."""
+
+    atom: str
+    attempt: int
+    time: float | None
+    what: str
+    """``failed``, ``revert failed`` or ``cancelled``."""
+    failure: Failure
+
+    @property
+    def where(self) -> str:
+        return innermost_frame(self.failure)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "atom": self.atom,
+            "attempt": self.attempt,
+            "time": _iso(self.time),
+            "what": self.what,
+            "type": self.failure.exc_type,
+            "message": self.failure.message,
+            "traceback": self.failure.traceback,
+        }
+
+
+def attempt_failures(state: FlowState, events: Iterable[Event]) -> list[AttemptFailure]:
+    """Every failure the journal holds, in the order they happened: each failed attempt
+    of each atom, each failed revert, and a cancellation. History that a compaction
+    folded keeps only each atom's last failure, which is reported with its end time."""
+    found: list[AttemptFailure] = []
+    seen: set[tuple[str, int, str]] = set()
+
+    def add(atom: str, attempt: int, time: float | None, what: str, data: object) -> None:
+        key = (atom, attempt, what)
+        if key not in seen:
+            seen.add(key)
+            failure = data if isinstance(data, Failure) else Failure.from_dict(cast(Any, data))
+            found.append(AttemptFailure(atom, attempt, time, what, failure))
+
+    folded: list[AttemptFailure] = []
+    for event in events:
+        if event.kind is EventKind.ATOM and event.atom is not None:
+            data = event.details.get("failure")
+            if isinstance(data, Mapping):
+                what = "revert failed" if event.state is AtomState.REVERT_FAILURE else "failed"
+                add(event.atom, event.attempt, event.time, what, data)
+        elif event.kind is EventKind.FLOW and isinstance(event.details.get("cancel"), Mapping):
+            add(CANCEL, 0, event.time, "cancelled", event.details["cancel"])
+        elif event.kind is EventKind.SNAPSHOT:
+            before = len(found)
+            for name, record in state.atoms.items():
+                if record.failure is not None:
+                    what = "revert failed" if record.state is AtomState.REVERT_FAILURE else "failed"
+                    add(name, record.attempt, record.finished, what, record.failure)
+            if state.cancel is not None:
+                add(CANCEL, 0, None, "cancelled", state.cancel)
+            folded, found[before:] = found[before:], []
+    # What a snapshot folded is older than any event after it; it is put first.
+    return folded + found
+
+
 async def cmd_show(args: argparse.Namespace) -> int:
     """Show one flow: who runs it (its owner, generation and lease; ORPHANED when no live
-    engine does), its atoms, their states, attempts, progress and durations, and the
-    checkpoints it reached."""
+    engine does), its atoms, their states, attempts, progress and durations, the
+    checkpoints it reached, and each failed attempt's error; ``--json``: one document."""
     from rich.table import Table
 
     url = _existing_journal(args)
+    if args.json:
+        _quiet_logs()
     async with Engine(url) as engine:
         events = await engine.journal.load(args.flow_id)
         progress = await engine.progress(args.flow_id)
         summary = await engine.journal.summary(args.flow_id)
     state = replay(args.flow_id, events)
     now = time.time()
+    atoms: list[dict[str, Any]] = []
+    for name, kind in atom_names(state.structure):
+        record = state.atoms.get(name)
+        atom = progress.atoms.get(name)
+        if record is None or atom is None:
+            atoms.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "state": "PENDING",
+                    "attempts": 0,
+                    "progress": 0.0,
+                    "started": None,
+                    "finished": None,
+                    "duration": None,
+                    "details": {},
+                }
+            )
+            continue
+        took = None
+        if record.started is not None and atom.state not in ("PENDING", "IGNORED"):
+            running = atom.state in ("RUNNING", "WAITING")
+            end = now if running or record.finished is None else record.finished
+            took = end - record.started
+        atoms.append(
+            {
+                "name": name,
+                "kind": kind,
+                "state": atom.state,
+                "attempts": record.attempt,
+                "progress": atom.fraction,
+                "started": _iso(record.started),
+                "finished": _iso(record.finished),
+                "duration": took,
+                "details": _scrub(atom.details),
+            }
+        )
+    reached = [
+        (str(e.details["reached"]), e.time)
+        for e in events
+        if e.kind is EventKind.CHECKPOINT and e.details.get("reached")
+    ]
+    failures = attempt_failures(state, events)
+    if args.json:
+        _print_json(
+            {
+                "flow_id": state.flow_id,
+                "name": state.name,
+                "status": state.status.value,
+                "reference": state.ref,
+                "created": _iso(state.created),
+                "updated": _iso(state.updated),
+                "owner": summary.owner,
+                "generation": summary.generation,
+                "lease_expires": _iso(summary.lease_expires),
+                "orphaned": summary.orphaned,
+                "progress": {"fraction": progress.fraction, "eta": progress.eta},
+                "atoms": atoms,
+                "checkpoints": [{"name": n, "time": _iso(t)} for n, t in reached],
+                "failures": [f.document() for f in failures],
+                "results": published(state) if state.status is FlowStatus.SUCCESS else None,
+            }
+        )
+        return EXIT_OK
     console = _console()
     mark = _status_mark(summary)
     console.print(
@@ -535,37 +815,196 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if state.ref:
         console.print(f"  reference {state.ref}", markup=False)
     table = Table("atom", "kind", "state", "attempts", "progress", "duration", "details")
-    for name, kind in atom_names(state.structure):
-        record = state.atoms.get(name)
-        atom = progress.atoms.get(name)
-        if record is None or atom is None:
-            table.add_row(name, kind, "PENDING", "0", "0%", "", "")
-            continue
-        took = None
-        if record.started is not None and atom.state not in ("PENDING", "IGNORED"):
-            running = atom.state in ("RUNNING", "WAITING")
-            end = now if running or record.finished is None else record.finished
-            took = end - record.started
-        details = ", ".join(f"{k}={v}" for k, v in atom.details.items())
+    for row in atoms:
         table.add_row(
-            name,
-            kind,
-            atom.state,
-            str(record.attempt),
-            f"{atom.fraction * 100:.0f}%",
-            _duration(took),
-            details,
+            row["name"],
+            row["kind"],
+            row["state"],
+            str(row["attempts"]),
+            f"{row['progress'] * 100:.0f}%",
+            _duration(row["duration"]),
+            _details_text(row["details"]),
         )
     console.print(table)
-    reached = [e for e in events if e.kind is EventKind.CHECKPOINT and e.details.get("reached")]
     if reached:
         console.print("checkpoints reached:")
-        for event in reached:
-            console.print(f"  {event.details['reached']}  at {_when(event.time)}", markup=False)
-    failures = [(n, r.failure) for n, r in state.atoms.items() if r.failure is not None]
-    for name, failure in failures:
-        console.print(f"{name} failed: {failure.exc_type}: {failure.message}", markup=False)
+        for name, at in reached:
+            console.print(f"  {name}  at {_when(at)}", markup=False)
+    if failures:
+        console.print("failures:")
+    for f in failures:
+        attempt = f"  attempt {f.attempt}" if f.atom != CANCEL else ""
+        when = f" at {_when(f.time)}" if f.time is not None else ""
+        console.print(f"  {f.atom}{attempt}  {f.what}{when}", markup=False, soft_wrap=True)
+        console.print(f"    {f.failure}", markup=False, soft_wrap=True)
+        if args.traceback and f.failure.traceback:
+            for line in f.failure.traceback.rstrip().splitlines():
+                console.print(f"      {line}", markup=False, soft_wrap=True, highlight=False)
+        elif f.where:
+            console.print(f"    {f.where}", markup=False, soft_wrap=True, highlight=False)
+    if failures and not args.traceback and any(f.failure.traceback for f in failures):
+        console.print("  (--traceback shows the full tracebacks)")
     return EXIT_OK
+
+
+def _event_document(event: Event) -> dict[str, Any]:
+    """An event of ``events --json``: every field, the time in UTC, no token nonces."""
+    state = event.state
+    return {
+        "flow_id": event.flow_id,
+        "seq": event.seq,
+        "time": _iso(event.time),
+        "kind": event.kind.value,
+        "atom": event.atom,
+        "state": None if state is None else state.value,
+        "attempt": event.attempt,
+        "progress": event.progress,
+        "details": _scrub(event.details),
+    }
+
+
+_NOT_SHOWN = ("structure", "fingerprint", "weights", "exc_types")
+
+
+def _event_details(event: Event) -> str:
+    """The gist of an event's details on one line: a failure's type and message, a
+    result, input names (not values), progress; never a nonce or token."""
+    details = dict(_scrub(event.details))
+    parts: list[str] = []
+    if event.kind is EventKind.PROGRESS and event.progress is not None:
+        parts.append(f"{event.progress * 100:.0f}%")
+    if event.kind is EventKind.SNAPSHOT:
+        body = details.get("state")
+        status = body.get("status") if isinstance(body, Mapping) else None
+        return f"history folded (status then {status})"
+    for key in ("failure", "cancel"):
+        data = details.pop(key, None)
+        if isinstance(data, Mapping):
+            parts.append(f"{data.get('exc_type')}: {data.get('message')}")
+    for key in _NOT_SHOWN:
+        details.pop(key, None)
+    inputs = details.pop("inputs", None)
+    if isinstance(inputs, Mapping) and inputs:
+        parts.append("inputs=" + ",".join(str(k) for k in inputs))
+    if "result" in details:
+        parts.append(f"result={_short(repr(details.pop('result')), 40)}")
+    parts.extend(f"{k}={_detail(k, v)}" for k, v in details.items() if v is not None)
+    return _short("  ".join(parts), 160)
+
+
+_EVENT_HEADER = (
+    f"{'SEQ':>5}  {'TIME (UTC)':29}  {'KIND':10}  {'ATOM':20}  {'STATE':14}  ATT  DETAILS"
+)
+
+
+def _event_line(event: Event) -> str:
+    state = "-" if event.state is None else event.state.value
+    return (
+        f"{event.seq:>5}  {_iso(event.time):29}  {event.kind.value:10}  {event.atom or '-':20}"
+        f"  {state:14}  {event.attempt:>3}  {_event_details(event)}"
+    ).rstrip()
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    """Print a flow's events from its journal, one a line (``--json``: JSON lines);
+    with ``--follow``, then the new ones as they come, until the flow rests (status 3
+    when it is orphaned: nothing will move it on)."""
+    url = _existing_journal(args)
+    _quiet_logs()
+    engine = Engine(url)
+
+    async def committed() -> AsyncIterator[Event]:
+        for event in await engine.journal.load(args.flow_id):
+            yield event
+
+    header = not args.json
+    async with engine.journal:
+        source = engine.watch(args.flow_id) if args.follow else committed()
+        async for event in source:
+            if header:
+                print(_EVENT_HEADER)
+                header = False
+            if args.json:
+                _print_json(_event_document(event), lines=True)
+            else:
+                print(_event_line(event), flush=True)
+        summary = await engine.journal.summary(args.flow_id)
+    if args.follow and summary.orphaned:
+        for line in _orphan_report(args, summary, time.time()):
+            print(line, file=sys.stderr)
+        return EXIT_ORPHANED
+    return EXIT_OK
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a flow for good: it is stopped wherever it runs and reverted. Status 0 once
+    it is reverted or its owner was asked to; 1 when a revert failed or the flow had
+    already ended; 2 for an unknown flow."""
+    url = _existing_journal(args)
+    _quiet_logs()
+    engine = Engine(url, registry=_registry(args))
+    # Not entered: a resting flow this engine can build is reverted before cancel returns.
+    await engine.cancel(args.flow_id)
+    async with open_journal(url) as journal:
+        summary = await journal.summary(args.flow_id)
+    flow_id, status = args.flow_id, summary.status
+    if status is FlowStatus.REVERTED:
+        print(f"flow {flow_id} cancelled: REVERTED (what it had done was undone)")
+        return EXIT_OK
+    if status is FlowStatus.FAILED:
+        print(
+            f"flow {flow_id} cancelled, but a revert failed: FAILED; see  aioflow show"
+            f" {flow_id}{_journal_option(args)}"
+        )
+        return EXIT_FAILED
+    if summary.owner is not None and not summary.orphaned:
+        print(
+            f"flow {flow_id}: cancel requested; engine {summary.owner}, which runs it, reverts"
+            f" it within seconds. Follow it with  aioflow watch {flow_id}{_journal_option(args)}"
+        )
+    else:
+        why, how = _rebuild_advice(args, flow_id, summary.ref)
+        print(
+            f"flow {flow_id}: cancel requested. It is {status.value} and {why}, so this"
+            f" command cannot rebuild it to revert it; its next resume does:  {how}"
+        )
+    return EXIT_OK
+
+
+def _rebuild_advice(args: argparse.Namespace, flow_id: str, ref: str | None) -> tuple[str, str]:
+    """Why the command cannot rebuild a flow started from ``ref``, and the resume that
+    gives it what it needs."""
+    hint = _resume_hint(args, flow_id)
+    if ref is None:
+        return (
+            "was started from a flow object, which the journal cannot record",
+            f"{hint} --flow package.module:factory  (a factory that builds the same flow;"
+            " or --flow NAME --registry MODULE:ATTR for a registry entry)",
+        )
+    return (
+        f"was started from registry name {ref!r}",
+        f"{hint} --registry MODULE:ATTR  (the registry that provides it)",
+    )
+
+
+def _journal_option(args: argparse.Namespace) -> str:
+    url = journal_url(args)
+    return "" if url == DEFAULT_JOURNAL else f" --journal {url}"
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    """The ``--registry MODULE:ATTR`` given (a Registry, or a factory of one), or None."""
+    from ._registry import Registry
+
+    ref = getattr(args, "registry", None)
+    if ref is None:
+        return None
+    registry = _load_attr(ref)
+    if not isinstance(registry, Registry) and callable(registry):
+        registry = registry()
+    if not isinstance(registry, Registry):
+        raise UsageError(f"{ref!r} is a {type(registry).__name__}, not a Registry")
+    return registry
 
 
 async def cmd_watch(args: argparse.Namespace) -> int:
@@ -754,6 +1193,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def json_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="one JSON document (UTC times)")
+
+    def registry_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--registry",
+            metavar="MODULE:ATTR",
+            help="the Registry (or a factory of one) that builds flows started by name",
+        )
+
     def speed_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--speed", type=float, metavar="FACTOR", help="pace factor of the bundled demo"
@@ -771,8 +1220,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.add_argument(
-        "--flow", metavar="REF", help="the flow's reference, when it was not started from one"
+        "--flow",
+        metavar="REF",
+        help="a package.module:factory that builds the flow (or a name in --registry), when"
+        " it was not started from a reference",
     )
+    registry_option(p)
     speed_options(p)
 
     p = add("flows", cmd_flows, "list the journal's flows, their owners and orphans")
@@ -780,9 +1233,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--limit", type=_count, default=50, help="the latest N flows (0: all; not negative)"
     )
+    json_option(p)
 
-    p = add("show", cmd_show, "show a flow's atoms, states, attempts, progress, durations")
+    p = add(
+        "show",
+        cmd_show,
+        "show a flow's atoms, states, attempts, progress, durations and failed attempts",
+    )
     p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("--traceback", action="store_true", help="full tracebacks of failures")
+    json_option(p)
+
+    p = add("events", cmd_events, "print a flow's events, one a line")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument(
+        "--follow", action="store_true", help="then print new events until the flow rests"
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines, one event each")
+
+    p = add("cancel", cmd_cancel, "cancel a flow: stop it wherever it runs and revert it")
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    registry_option(p)
 
     p = add(
         "watch",
@@ -850,6 +1321,12 @@ def main(argv: list[str] | None = None) -> int:
         return _call(args.func, args)
     except BaseException as caught:
         exc = _unwrap(caught)
+        if isinstance(exc, BrokenPipeError):
+            # The reader went away (``aioflow events ... | head``): nothing more to say.
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_FAILED
         if isinstance(exc, KeyboardInterrupt):
             print("aioflow: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

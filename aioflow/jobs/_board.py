@@ -17,13 +17,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 
 import anyio
 import anyio.lowlevel
 
 from .._codec import Codec, get_codec
-from .._failure import Failure
+from .._errors import AioflowError, FlowCancelledError, NotFoundError
+from .._failure import CANCEL, Failure
 from .._flow import instant
 from .._log import get_logger
 from .._states import FlowStatus
@@ -33,12 +34,19 @@ from ._schedule import Schedule, check_schedule, due, first_run, tick_name
 if TYPE_CHECKING:
     from datetime import datetime, timedelta
 
-__all__ = ["Job", "JobBoard", "JobState"]
+__all__ = ["FlowCanceller", "Job", "JobBoard", "JobState"]
 
 _LOG = get_logger("aioflow.jobs")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class FlowCanceller(Protocol):
+    """What :meth:`JobBoard.cancel` needs of an engine (an :class:`~aioflow.Engine` on the
+    journal the conductors use): a durable cancel request for a flow."""
+
+    async def cancel(self, flow_id: str) -> None: ...
 
 
 class JobState(enum.Enum):
@@ -399,6 +407,112 @@ class JobBoard(abc.ABC):
                     return job
                 await anyio.sleep(self.poll)  # a poll: real time, as wait_for_work
 
+    # ------------------------------------------------------------------- operators
+
+    async def retry(self, job_id: str) -> Job:
+        """Run a FAILED job again, and return the job that will run.
+
+        A job whose flow never ended (``status`` None: a dead letter, whose conductors
+        kept dying; a job cancelled before its flow started; an error around the flow)
+        goes back to UNCLAIMED under the same id with its attempts, status and failures
+        cleared, so a conductor claims it and resumes its flow from the journal. A job
+        whose flow ended (REVERTED or FAILED: what ran was undone) stays as it is, and
+        a new job with the same flow, inputs, name and priority (and no idempotency
+        key) is posted; that one is returned.
+
+        Raises :class:`~aioflow.NotFoundError` for an unknown job, and
+        :class:`~aioflow.AioflowError` for a job that is not FAILED, or that another
+        caller retried meanwhile (two retries at once change the board once).
+        """
+        job = await self.get(job_id)
+        _check_retry(job)
+        if job.status is None:
+            if await self._requeue(job):
+                _LOG.info("aioflow.job_retried", job=job_id)
+                return await self.get(job_id)
+        else:
+            new = await self._repost(job)
+            if new is not None:
+                _LOG.info("aioflow.job_retried", job=job_id, new_job=new.id)
+                return new
+        _check_retry(await self.get(job_id))
+        raise AioflowError(f"job {job_id} was retried by another caller meanwhile; nothing changed")
+
+    async def cancel(self, job_id: str, *, engine: FlowCanceller) -> Job:
+        """Stop a job for good and return it as it then stands.
+
+        A job whose flow has not started (UNCLAIMED, or claimed under a lease that ran
+        out) ends FAILED at once, with :class:`~aioflow.FlowCancelledError` under
+        ``"<cancel>"`` in its failures. Otherwise ``engine`` (on the conductors' journal)
+        records a cancel request for its flow: the engine running the flow reverts it
+        within seconds (a resting flow is reverted by ``engine`` if it can build it, else
+        by the next resume), and the job's conductor then finishes the job FAILED with
+        the flow's failures, which hold ``"<cancel>"``; a WAITING job is made claimable
+        so that a conductor does so. ``await board.wait(job_id)`` waits for that end.
+
+        Raises :class:`~aioflow.NotFoundError` for an unknown job (or one whose flow is
+        not in ``engine``'s journal although it runs), and
+        :class:`~aioflow.AioflowError` for a job that has ended.
+        """
+        failures: dict[str, Failure] | None = None
+        first: Job | None = None
+        while True:
+            job = await self.get(job_id)
+            if job.state.is_final:
+                status = "" if job.status is None else f", its flow {job.status.value}"
+                raise AioflowError(
+                    f"job {job_id} has ended ({job.state.value}{status}); there is nothing to"
+                    " cancel"
+                )
+            try:
+                await engine.cancel(job_id)
+            except NotFoundError:
+                pass  # its flow has not started (yet)
+            else:
+                if job.state is JobState.WAITING:
+                    await self.unpark(job_id)
+                _LOG.info("aioflow.job_cancel_requested", job=job_id)
+                return await self.get(job_id)
+            unclaimed = job.state is JobState.UNCLAIMED
+            if unclaimed or (job.state is JobState.CLAIMED and job.available_at <= self._now()):
+                if failures is None:
+                    failures = {
+                        CANCEL: Failure.from_exception(
+                            FlowCancelledError("cancelled by an operator")
+                        )
+                    }
+                if await self._cancel_unstarted(job, failures):
+                    _LOG.info("aioflow.job_cancelled", job=job_id)
+                    return await self.get(job_id)
+                continue  # claimed (or changed) meanwhile: look again
+            # Claimed by a live conductor whose engine starts the flow at once; a whole
+            # lease without it means the flow is written to another journal.
+            first = first if first is not None and first.generation == job.generation else job
+            if job.state is JobState.WAITING or self._now() > first.available_at:
+                raise NotFoundError(
+                    f"job {job_id} is {job.state.value} but its flow is not in the journal of"
+                    " the engine given to cancel it: give an engine on the conductors' journal"
+                )
+            await anyio.sleep(self.poll)  # a poll: real time, as wait
+
+    async def _requeue(self, job: Job) -> bool:
+        """Make FAILED ``job`` (whose flow did not end) UNCLAIMED again, with its attempts,
+        status and failures cleared and a new generation, if it is still FAILED in
+        ``job.generation``; True when this call did it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot retry jobs")
+
+    async def _repost(self, job: Job) -> Job | None:
+        """Post a copy of FAILED ``job`` (flow, inputs, name, priority) as a new job, and
+        move ``job`` to a new generation, both at once and only if ``job`` is still FAILED
+        in ``job.generation``; the new job, or None when it was not."""
+        raise NotImplementedError(f"{type(self).__name__} cannot retry jobs")
+
+    async def _cancel_unstarted(self, job: Job, failures: Mapping[str, Failure]) -> bool:
+        """End ``job`` FAILED with ``failures`` (a new generation, no owner) if it is in
+        ``job.generation`` and UNCLAIMED, or CLAIMED under a lease that ran out; True when
+        this call did it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot cancel jobs")
+
     # ------------------------------------------------------------------ conductors
 
     @abc.abstractmethod
@@ -450,6 +564,19 @@ class JobBoard(abc.ABC):
 
     def _now(self) -> float:
         return float(self.clock())
+
+
+def _check_retry(job: Job) -> None:
+    """Refuse to retry a job that is not FAILED, saying what it is."""
+    if job.state is JobState.FAILED:
+        return
+    if job.state is JobState.COMPLETE:
+        why = "it completed; post it again to run its flow once more"
+    else:
+        why = "it has not failed; cancel it first to stop it"
+    raise AioflowError(
+        f"job {job.id} is {job.state.value}; only a FAILED job can be retried ({why})"
+    )
 
 
 def available_from(now: float, delay: object, run_at: object) -> float:

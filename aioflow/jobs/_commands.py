@@ -1,5 +1,5 @@
-"""The ``aioflow conductor`` and ``aioflow jobs post|list|schedule|schedules|unschedule``
-subcommands.
+"""The ``aioflow conductor`` and ``aioflow jobs
+post|list|show|retry|cancel|schedule|schedules|unschedule`` subcommands.
 
 ``aioflow.cli`` calls :func:`register` with its argparse subparsers object; each command
 sets ``func`` to a coroutine function that takes the parsed namespace and returns an exit
@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from .._engine import Engine
-from ._board import JobBoard, JobState
+from ._board import Job, JobBoard, JobState
 from ._conductor import Conductor
 
 __all__ = ["BOARD_ENV", "register"]
@@ -30,7 +30,8 @@ BOARD_ENV = "AIOFLOW_BOARD"
 
 
 def register(subparsers: Any) -> None:
-    """Add ``conductor`` and ``jobs`` (``post``, ``list``) to the ``aioflow`` command."""
+    """Add ``conductor`` and ``jobs`` (``post``, ``list``, ``show``, ``retry``, ``cancel``
+    and the schedules) to the ``aioflow`` command."""
 
     def add_urls(p: argparse.ArgumentParser) -> None:
         # SUPPRESS keeps a --journal given before the subcommand.
@@ -83,12 +84,51 @@ def register(subparsers: Any) -> None:
     )
     q.set_defaults(func=cmd_post)
 
+    def add_json(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--json", action="store_true", help="one JSON document (UTC times)")
+
     q = jobs.add_parser("list", help="list jobs", description="List the board's jobs.")
     add_urls(q)
     q.add_argument(
         "--state", choices=[s.value for s in JobState], type=str.upper, help="only this state"
     )
+    add_json(q)
     q.set_defaults(func=cmd_list)
+
+    q = jobs.add_parser(
+        "show",
+        help="show a job",
+        description="Show a job: its flow, inputs, state, owner, attempts and failures.",
+    )
+    add_urls(q)
+    q.add_argument("job_id", metavar="JOB_ID")
+    q.add_argument("--traceback", action="store_true", help="full tracebacks of failures")
+    add_json(q)
+    q.set_defaults(func=cmd_show)
+
+    q = jobs.add_parser(
+        "retry",
+        help="run a FAILED job again",
+        description="Run a FAILED job again: a dead letter (its flow never ended) goes back"
+        " to UNCLAIMED and its flow resumes; a job whose flow ended (REVERTED, FAILED) is"
+        " posted again as a new job.",
+    )
+    add_urls(q)
+    q.add_argument("job_id", metavar="JOB_ID")
+    add_json(q)
+    q.set_defaults(func=cmd_retry)
+
+    q = jobs.add_parser(
+        "cancel",
+        help="cancel a job",
+        description="Cancel a job: one whose flow has not started ends FAILED at once; a"
+        " running, given back or waiting one has its flow reverted, and its conductor then"
+        " ends it FAILED.",
+    )
+    add_urls(q)
+    q.add_argument("job_id", metavar="JOB_ID")
+    add_json(q)
+    q.set_defaults(func=cmd_cancel)
 
     q = jobs.add_parser(
         "schedule",
@@ -253,18 +293,135 @@ async def cmd_unschedule(args: argparse.Namespace) -> int:
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    """Print the board's jobs, oldest first, one per line."""
+    """Print the board's jobs, oldest first, one per line (``--json``: one document)."""
+    from ..cli import _print_json, _quiet_logs, _when
+
     state = None if args.state is None else JobState(args.state)
+    if args.json:
+        _quiet_logs()
     async with JobBoard.open(_urls(args)[0]) as board:
         jobs = await board.jobs(state)
+    if args.json:
+        _print_json({"jobs": [job_document(job) for job in jobs]})
+        return 0
     out = sys.stdout
-    print(f"{'JOB':32}  {'STATE':9}  {'ATT':>3}  {'OWNER':20}  {'POSTED':19}  FLOW", file=out)
+    print(f"{'JOB':32}  {'STATE':9}  {'ATT':>3}  {'OWNER':20}  {'POSTED (UTC)':25}  FLOW", file=out)
     for job in jobs:
-        posted = datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M:%S")
         status = f" ({job.status.value})" if job.status is not None else ""
         print(
             f"{job.id:32}  {job.state.value:9}  {job.attempts:>3}  {(job.owner or '-'):20}  "
-            f"{posted:19}  {job.flow}{status}",
+            f"{_when(job.created):25}  {job.flow}{status}",
             file=out,
+        )
+    return 0
+
+
+def job_document(job: Job) -> dict[str, Any]:
+    """A job as ``jobs list --json`` and ``jobs show --json`` write it."""
+    from ..cli import _iso
+
+    return {
+        "id": job.id,
+        "name": job.name,
+        "flow": job.flow,
+        "inputs": job.inputs,
+        "state": job.state.value,
+        "status": None if job.status is None else job.status.value,
+        "priority": job.priority,
+        "idempotency_key": job.idempotency_key,
+        "owner": job.owner,
+        "generation": job.generation,
+        "attempts": job.attempts,
+        "available_at": _iso(job.available_at),
+        "created": _iso(job.created),
+        "updated": _iso(job.updated),
+        "failures": {
+            key: {"type": f.exc_type, "message": f.message, "traceback": f.traceback}
+            for key, f in job.failures.items()
+        },
+    }
+
+
+def _print_job(job: Job, *, traceback: bool = False) -> None:
+    from ..cli import _when, innermost_frame
+
+    status = f" (its flow {job.status.value})" if job.status is not None else ""
+    print(f"job {job.id}" + (f"  {job.name}" if job.name else "") + f"  {job.state.value}{status}")
+    print(f"  flow {job.flow}  priority {job.priority}  attempts {job.attempts}")
+    owner = job.owner or "none"
+    lease = ""
+    if job.state is JobState.CLAIMED:
+        lease = f"  lease until {_when(job.available_at)} unless renewed"
+    elif job.state is JobState.UNCLAIMED:
+        lease = f"  claimable from {_when(job.available_at)}"
+    print(f"  owner {owner}  generation {job.generation}{lease}")
+    print(f"  posted {_when(job.created)}  updated {_when(job.updated)}")
+    if job.idempotency_key is not None:
+        print(f"  idempotency key {job.idempotency_key}")
+    print(f"  inputs {json.dumps(job.inputs, default=str, ensure_ascii=False)}")
+    if job.failures:
+        print("failures:")
+    for key, failure in job.failures.items():
+        print(f"  {key}: {failure}")
+        if traceback and failure.traceback:
+            for line in failure.traceback.rstrip().splitlines():
+                print(f"      {line}")
+        elif innermost_frame(failure):
+            print(f"    {innermost_frame(failure)}")
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    """Print one job (``--json``: one document); status 2 for an unknown job."""
+    from ..cli import _print_json, _quiet_logs
+
+    if args.json:
+        _quiet_logs()
+    async with JobBoard.open(_urls(args)[0]) as board:
+        job = await board.get(args.job_id)
+    if args.json:
+        _print_json(job_document(job))
+    else:
+        _print_job(job, traceback=args.traceback)
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    """Run a FAILED job again (see ``JobBoard.retry``); status 1 when the job is not
+    FAILED, 2 when it is unknown."""
+    from ..cli import _print_json, _quiet_logs
+
+    _quiet_logs()
+    async with JobBoard.open(_urls(args)[0]) as board:
+        old = await board.get(args.job_id)
+        job = await board.retry(args.job_id)
+    if args.json:
+        _print_json(job_document(job))
+    elif job.id == old.id:
+        print(f"job {job.id}: UNCLAIMED again; a conductor claims it and resumes its flow")
+    else:
+        status = "" if old.status is None else f" {old.status.value}"
+        print(f"job {old.id}: its flow ended{status}; posted again as job {job.id}")
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job (see ``JobBoard.cancel``); status 1 when it has ended, 2 when it is
+    unknown."""
+    from ..cli import _print_json, _quiet_logs
+
+    _quiet_logs()
+    board_url, journal = _urls(args)
+    async with JobBoard.open(board_url) as board:
+        # Not entered: a resting flow it can build is reverted before cancel returns.
+        job = await board.cancel(args.job_id, engine=Engine(journal))
+    if args.json:
+        _print_json(job_document(job))
+    elif job.state is JobState.FAILED:
+        print(f"job {job.id} cancelled: FAILED")
+    else:
+        print(
+            f"job {job.id}: cancel requested; its flow is being reverted, and then its"
+            f" conductor ends the job FAILED (it is {job.state.value} now; see  aioflow jobs"
+            f" show {job.id})"
         )
     return 0

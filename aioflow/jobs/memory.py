@@ -173,6 +173,76 @@ class MemoryJobBoard(JobBoard):
         self._notify()
         return True
 
+    async def _requeue(self, job: Job) -> bool:
+        stored = self._jobs.get(job.id)
+        if (
+            stored is None
+            or stored.state is not JobState.FAILED
+            or stored.status is not None
+            or stored.generation != job.generation
+        ):
+            return False
+        self._put(
+            stored,
+            state=JobState.UNCLAIMED,
+            owner=None,
+            generation=stored.generation + 1,
+            attempts=0,
+            status=None,
+            failures={},
+            available_at=self._now(),
+        )
+        self._notify()
+        return True
+
+    async def _repost(self, job: Job) -> Job | None:
+        stored = self._jobs.get(job.id)
+        if (
+            stored is None
+            or stored.state is not JobState.FAILED
+            or stored.generation != job.generation
+        ):
+            return None
+        # No await between the check and both changes: they happen at once.
+        self._jobs[job.id] = dataclasses.replace(stored, generation=stored.generation + 1)
+        now = self._now()
+        new = dataclasses.replace(
+            stored,
+            id=os.urandom(16).hex(),
+            state=JobState.UNCLAIMED,
+            idempotency_key=None,
+            owner=None,
+            generation=0,
+            attempts=0,
+            available_at=now,
+            created=now,
+            updated=now,
+            status=None,
+            failures={},
+        )
+        self._jobs[new.id] = new
+        self._posted += 1
+        self._order[new.id] = self._posted
+        self._notify()
+        return new
+
+    async def _cancel_unstarted(self, job: Job, failures: Mapping[str, Failure]) -> bool:
+        stored = self._jobs.get(job.id)
+        if stored is None or stored.generation != job.generation:
+            return False
+        lapsed = stored.state is JobState.CLAIMED and stored.available_at <= self._now()
+        if stored.state is not JobState.UNCLAIMED and not lapsed:
+            return False
+        self._put(
+            stored,
+            state=JobState.FAILED,
+            owner=None,
+            generation=stored.generation + 1,
+            status=None,
+            failures=dict(failures),
+        )
+        return True
+
     def shares_database(self, journal: Journal) -> bool:
         return True  # its fences are checked in the process, whatever the journal
 

@@ -292,6 +292,54 @@ class PostgresJobBoard(JobBoard):
             await self._fetch("SELECT pg_notify($1, $2)", CHANNEL, job_id)
         return woken
 
+    async def _requeue(self, job: Job) -> bool:
+        requeued = await self._update(
+            "UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
+            " generation = generation + 1, attempts = 0, status = NULL, failures = NULL,"
+            " available_at = $3, updated = $3"
+            " WHERE id = $1 AND generation = $2 AND state = 'FAILED' AND status IS NULL",
+            job.id,
+            job.generation,
+            self._now(),
+        )
+        if requeued:
+            await self._fetch("SELECT pg_notify($1, $2)", CHANNEL, job.id)
+        return requeued
+
+    async def _repost(self, job: Job) -> Job | None:
+        # One statement: the old job's row lock orders two at once, and the second finds
+        # its generation moved, so it inserts nothing.
+        rows = await self._fetch(
+            "WITH old AS (UPDATE aioflow_jobs SET generation = generation + 1"
+            " WHERE id = $1 AND generation = $2 AND state = 'FAILED'"
+            " RETURNING name, flow, inputs, priority)"
+            " INSERT INTO aioflow_jobs(id, name, flow, inputs, priority, idempotency_key,"
+            " state, generation, attempts, available_at, created, updated)"
+            " SELECT $3, name, flow, inputs, priority, NULL, 'UNCLAIMED', 0, 0, $4, $4, $4"
+            f" FROM old RETURNING {COLUMNS}",
+            job.id,
+            job.generation,
+            uuid.uuid4().hex,
+            self._now(),
+        )
+        if not rows:
+            return None
+        new = job_from_row(rows[0], self.codec)
+        await self._fetch("SELECT pg_notify($1, $2)", CHANNEL, new.id)
+        return new
+
+    async def _cancel_unstarted(self, job: Job, failures: Mapping[str, Failure]) -> bool:
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'FAILED', owner = NULL,"
+            " generation = generation + 1, status = NULL, failures = $3, updated = $4"
+            " WHERE id = $1 AND generation = $2"
+            " AND (state = 'UNCLAIMED' OR (state = 'CLAIMED' AND available_at <= $4))",
+            job.id,
+            job.generation,
+            encode_failures(failures, self.codec),
+            self._now(),
+        )
+
     def shares_database(self, journal: Journal) -> bool:
         return isinstance(journal, PostgresJournal) and dsn_from_url(journal.url) == self._dsn
 

@@ -271,6 +271,57 @@ class SqliteJobBoard(JobBoard):
             (now, now, job_id),
         )
 
+    async def _requeue(self, job: Job) -> bool:
+        now = self._now()
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'UNCLAIMED', owner = NULL,"
+            " generation = generation + 1, attempts = 0, status = NULL, failures = NULL,"
+            " available_at = ?, updated = ?"
+            " WHERE id = ? AND generation = ? AND state = 'FAILED' AND status IS NULL",
+            (now, now, job.id, job.generation),
+        )
+
+    async def _repost(self, job: Job) -> Job | None:
+        now = self._now()
+        new_id = uuid.uuid4().hex
+        async with self._connect() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await db.execute(
+                    "UPDATE aioflow_jobs SET generation = generation + 1"
+                    " WHERE id = ? AND generation = ? AND state = 'FAILED'",
+                    (job.id, job.generation),
+                )
+                rows: list[Any] = []
+                if cursor.rowcount == 1:
+                    rows = list(
+                        await db.execute_fetchall(
+                            "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority,"
+                            " idempotency_key, state, generation, attempts, available_at,"
+                            " created, updated) SELECT ?, name, flow, inputs, priority, NULL,"
+                            " 'UNCLAIMED', 0, 0, ?, ?, ? FROM aioflow_jobs WHERE id = ?"
+                            f" RETURNING {COLUMNS}",
+                            (new_id, now, now, now, job.id),
+                        )
+                    )
+                await db.execute("COMMIT")
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+                raise
+        return job_from_row(rows[0], self.codec) if rows else None
+
+    async def _cancel_unstarted(self, job: Job, failures: Mapping[str, Failure]) -> bool:
+        now = self._now()
+        return await self._update(
+            "UPDATE aioflow_jobs SET state = 'FAILED', owner = NULL,"
+            " generation = generation + 1, status = NULL, failures = ?, updated = ?"
+            " WHERE id = ? AND generation = ?"
+            " AND (state = 'UNCLAIMED' OR (state = 'CLAIMED' AND available_at <= ?))",
+            (encode_failures(failures, self.codec), now, job.id, job.generation, now),
+        )
+
     def shares_database(self, journal: Journal) -> bool:
         if not isinstance(journal, SqliteJournal):
             return False
