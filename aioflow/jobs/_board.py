@@ -250,6 +250,13 @@ class JobBoard(abc.ABC):
         before then (``available_at``, on the board's clock).
         """
 
+    async def trace_of(self, job_id: str) -> dict[str, str]:
+        """The trace context (W3C ``traceparent``, ``tracestate``) of the span that was
+        current where job ``job_id`` was posted, or an empty dict: a conductor whose
+        engine has instruments runs the job's flow as that span's child (see
+        ``docs/observability.md``)."""
+        return {}
+
     # ------------------------------------------------------------------- schedules
 
     async def schedule(

@@ -37,6 +37,7 @@ from .._errors import (
     NotFoundError,
 )
 from .._failure import Failure
+from .._instruments import attached
 from .._log import get_logger
 from .._outcome import Outcome
 from .._replay import part_deadlines, replay
@@ -311,7 +312,12 @@ class Conductor:
         try:
             await self.engine.journal.summary(job.id)
         except NotFoundError:
-            return await self._outcome_of(self.engine.run(job.flow, job.inputs, flow_id=job.id))
+            # Posted inside a span: the flow keeps that trace context (instruments only).
+            trace = await self.board.trace_of(job.id) if self.engine._hooks is not None else {}
+            with attached(trace):
+                return await self._outcome_of(
+                    self.engine.run(job.flow, job.inputs, flow_id=job.id)
+                )
         return await self._outcome_of(self.engine.resume(job.id))
 
     @staticmethod

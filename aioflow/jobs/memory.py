@@ -11,6 +11,7 @@ import anyio
 
 from .._errors import NotFoundError
 from .._failure import Failure
+from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal
 from ._board import Job, JobBoard, JobState, available_from, check_post
@@ -30,6 +31,7 @@ class MemoryJobBoard(JobBoard):
     def __init__(self, url: str = "memory://", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._jobs: dict[str, Job] = {}
+        self._traces: dict[str, dict[str, str]] = {}  # job id -> where it was posted
         self._order: dict[str, int] = {}
         self._posted = 0
         self._wake = anyio.Event()
@@ -72,10 +74,16 @@ class MemoryJobBoard(JobBoard):
             updated=now,
         )
         self._jobs[job.id] = job
+        trace = capture()
+        if trace:
+            self._traces[job.id] = trace
         self._posted += 1
         self._order[job.id] = self._posted
         self._notify()
         return job
+
+    async def trace_of(self, job_id: str) -> dict[str, str]:
+        return dict(self._traces.get(job_id, {}))
 
     async def get(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
@@ -89,6 +97,7 @@ class MemoryJobBoard(JobBoard):
     async def trash(self, job_id: str) -> None:
         if self._jobs.pop(job_id, None) is None:
             raise NotFoundError(f"no job {job_id} on {self.url}")
+        self._traces.pop(job_id, None)
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         now = self._now()

@@ -8,6 +8,7 @@ looks every ``poll`` seconds (a lease that runs out sends no notification).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ import asyncpg
 
 from .._errors import JournalError, NotFoundError
 from .._failure import Failure
+from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal
 from ..journal.postgres import PostgresJournal, _redact, dsn_from_url
@@ -50,6 +52,10 @@ _SCHEDULES = (
     " cron TEXT, every DOUBLE PRECISION, inputs TEXT NOT NULL, timezone TEXT NOT NULL,"
     " catchup TEXT NOT NULL, next_run DOUBLE PRECISION NOT NULL, last_tick DOUBLE PRECISION,"
     " updated DOUBLE PRECISION NOT NULL)"
+)
+# Trace context of jobs posted inside a span (see aioflow.instrument), likewise.
+_TRACES = (
+    "CREATE TABLE IF NOT EXISTS aioflow_job_traces(id TEXT PRIMARY KEY, carrier TEXT NOT NULL)"
 )
 _SCHEMA = (
     "CREATE TABLE aioflow_jobboard(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -138,6 +144,7 @@ class PostgresJobBoard(JobBoard):
                     str(SCHEMA_VERSION),
                 )
             await conn.execute(_SCHEDULES)
+            await conn.execute(_TRACES)
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
@@ -178,6 +185,7 @@ class PostgresJobBoard(JobBoard):
         now = self._now()
         available = available_from(now, delay, run_at)
         job_id = uuid.uuid4().hex
+        trace = capture()
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn:
@@ -196,6 +204,12 @@ class PostgresJobBoard(JobBoard):
                     available,
                 )
                 if inserted is not None:
+                    if trace:
+                        await conn.execute(
+                            "INSERT INTO aioflow_job_traces VALUES ($1, $2)",
+                            job_id,
+                            json.dumps(trace),
+                        )
                     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, job_id)
                     where, key = "id = $1", job_id
                 else:
@@ -204,6 +218,10 @@ class PostgresJobBoard(JobBoard):
         except _ERRORS as exc:
             raise JournalError(f"jobboard {_redact(self.url)}: cannot post: {exc}") from exc
         return job_from_row(row, self.codec)
+
+    async def trace_of(self, job_id: str) -> dict[str, str]:
+        rows = await self._fetch("SELECT carrier FROM aioflow_job_traces WHERE id = $1", job_id)
+        return dict(json.loads(rows[0][0])) if rows else {}
 
     async def get(self, job_id: str) -> Job:
         rows = await self._fetch(f"SELECT {COLUMNS} FROM aioflow_jobs WHERE id = $1", job_id)
@@ -224,6 +242,7 @@ class PostgresJobBoard(JobBoard):
     async def trash(self, job_id: str) -> None:
         if not await self._update("DELETE FROM aioflow_jobs WHERE id = $1", job_id):
             raise NotFoundError(f"no job {job_id} on {_redact(self.url)}")
+        await self._update("DELETE FROM aioflow_job_traces WHERE id = $1", job_id)
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         rows = await self._fetch(_CLAIM, owner, self._now(), float(lease))

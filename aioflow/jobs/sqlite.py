@@ -8,6 +8,7 @@ processes. Conductors poll; there is no wake-up across processes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,7 @@ import anyio
 
 from .._errors import JournalError, NotFoundError
 from .._failure import Failure
+from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal, SqliteJournal
 from ..journal.sqlite import path_from_url, set_wal
@@ -60,6 +62,11 @@ _SCHEDULES = (
     "CREATE TABLE IF NOT EXISTS aioflow_job_schedules(name TEXT PRIMARY KEY, flow TEXT NOT NULL,"
     " cron TEXT, every REAL, inputs TEXT NOT NULL, timezone TEXT NOT NULL, catchup TEXT NOT NULL,"
     " next_run REAL NOT NULL, last_tick REAL, updated REAL NOT NULL)"
+)
+
+# Trace context of jobs posted inside a span (see aioflow.instrument), likewise.
+_TRACES = (
+    "CREATE TABLE IF NOT EXISTS aioflow_job_traces(id TEXT PRIMARY KEY, carrier TEXT NOT NULL)"
 )
 
 _CLAIM = f"""
@@ -136,6 +143,7 @@ class SqliteJobBoard(JobBoard):
                     (str(SCHEMA_VERSION),),
                 )
             await db.execute(_SCHEDULES)
+            await db.execute(_TRACES)
             await db.execute("COMMIT")
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -168,14 +176,19 @@ class SqliteJobBoard(JobBoard):
         now = self._now()
         available = available_from(now, delay, run_at)
         job_id = uuid.uuid4().hex
+        trace = capture()
         async with self._connect() as db:
-            await db.execute(
+            cursor = await db.execute(
                 "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority, idempotency_key,"
                 " state, generation, attempts, available_at, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'UNCLAIMED', 0, 0, ?, ?, ?)"
                 " ON CONFLICT(idempotency_key) DO NOTHING",
                 (job_id, name, flow, text, priority, idempotency_key, available, now, now),
             )
+            if trace and cursor.rowcount == 1:
+                await db.execute(
+                    "INSERT INTO aioflow_job_traces VALUES (?, ?)", (job_id, json.dumps(trace))
+                )
             if idempotency_key is None:
                 where, key = "id = ?", job_id
             else:
@@ -186,6 +199,15 @@ class SqliteJobBoard(JobBoard):
                 )
             )
         return job_from_row(rows[0], self.codec)
+
+    async def trace_of(self, job_id: str) -> dict[str, str]:
+        async with self._connect() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    "SELECT carrier FROM aioflow_job_traces WHERE id = ?", (job_id,)
+                )
+            )
+        return dict(json.loads(rows[0][0])) if rows else {}
 
     async def get(self, job_id: str) -> Job:
         job = await self._one(f"SELECT {COLUMNS} FROM aioflow_jobs WHERE id = ?", (job_id,))
@@ -205,6 +227,7 @@ class SqliteJobBoard(JobBoard):
     async def trash(self, job_id: str) -> None:
         if not await self._update("DELETE FROM aioflow_jobs WHERE id = ?", (job_id,)):
             raise NotFoundError(f"no job {job_id} on {self.url}")
+        await self._update("DELETE FROM aioflow_job_traces WHERE id = ?", (job_id,))
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         async with self._connect() as db:
