@@ -84,6 +84,13 @@ WITH flow AS (
 SELECT EXISTS (SELECT 1 FROM flow), (SELECT id FROM added)
 """
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL)"
+# The order list_flows pages in, newest first. No schema version of its own, as the
+# mailbox: opening adds it to a journal made before it, when it is missing only, and a
+# role that may not create it (only the table's owner may) opens the journal all the
+# same, listing flows by a scan and a sort.
+_FLOWS_CREATED = (
+    "CREATE INDEX IF NOT EXISTS aioflow_flows_created ON aioflow_flows(created, flow_id)"
+)
 _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN owner TEXT",
     "ALTER TABLE aioflow_flows ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
@@ -102,6 +109,7 @@ _SCHEMA = (
     " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
     " ord BIGSERIAL, owner TEXT, generation BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX aioflow_flows_status ON aioflow_flows(status)",
+    _FLOWS_CREATED,
     _OWNERS,
 )
 
@@ -170,6 +178,31 @@ def dsn_from_url(url: str) -> str:
     if not sep or base not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {url!r} (expected postgresql://user@host/db)")
     return "postgresql://" + rest
+
+
+def _list_query(
+    status: FlowStatus | None, name: str | None, limit: int, before: str | None
+) -> tuple[str, list[Any]]:
+    """The statement :meth:`PostgresJournal.list_flows` runs and its arguments: it reads
+    ``limit + 1`` rows in the order of ``aioflow_flows_created``."""
+    where: list[str] = []
+    args: list[Any] = []
+    if status is FlowStatus.PENDING:
+        args.append(status.value)
+        where.append(f"(f.status IS NULL OR f.status = ${len(args)})")
+    elif status is not None:
+        args.append(status.value)
+        where.append(f"f.status = ${len(args)}")
+    if name is not None:
+        args.append(name)
+        where.append(f"f.name = ${len(args)}")
+    if before is not None:
+        # Keyset: a row comparison, which a btree index on (created, flow_id) serves.
+        args.extend(read_cursor(before))
+        where.append(f"(f.created, f.flow_id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + f" ORDER BY f.created DESC, f.flow_id DESC LIMIT ${len(args)}", args
 
 
 class PostgresJournal(WriterJournal):
@@ -308,6 +341,20 @@ class PostgresJournal(WriterJournal):
                 " WHERE schemaname = current_schema() AND tablename = 'aioflow_mailbox')"
             ):
                 await self._create_mailbox(conn)
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_indexes WHERE schemaname ="
+                " current_schema() AND indexname = 'aioflow_flows_created')"
+            ):
+                await self._create_flows_created(conn)
+
+    async def _create_flows_created(self, conn: Any) -> None:
+        """Add the index list_flows pages by (see :data:`_FLOWS_CREATED`); without the
+        privilege to, log why and go on without it."""
+        try:
+            async with conn.transaction():  # a savepoint: the open goes on if refused
+                await conn.execute(_FLOWS_CREATED)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            _LOG.warning("aioflow.journal_without_flows_index", journal=self.label, error=str(exc))
 
     async def _create_mailbox(self, conn: Any) -> None:
         """Add the mailbox's table (see :data:`_MAILBOX`); without the privilege to, log
@@ -505,26 +552,8 @@ class PostgresJournal(WriterJournal):
         before: str | None = None,
     ) -> tuple[list[FlowSummary], str | None]:
         check_limit(limit)
-        where: list[str] = []
-        args: list[Any] = []
-        if status is FlowStatus.PENDING:
-            args.append(status.value)
-            where.append(f"(f.status IS NULL OR f.status = ${len(args)})")
-        elif status is not None:
-            args.append(status.value)
-            where.append(f"f.status = ${len(args)}")
-        if name is not None:
-            args.append(name)
-            where.append(f"f.name = ${len(args)}")
-        if before is not None:
-            # Keyset: a row comparison, which a btree index on (created, flow_id) serves.
-            args.extend(read_cursor(before))
-            where.append(f"(f.created, f.flow_id) < (${len(args) - 1}, ${len(args)})")
-        args.append(limit + 1)
-        sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
-        rows = await self._fetch(
-            sql + f" ORDER BY f.created DESC, f.flow_id DESC LIMIT ${len(args)}", *args
-        )
+        sql, args = _list_query(status, name, limit, before)
+        rows = await self._fetch(sql, *args)
         now = self.clock()
         return page([FlowSummary.from_row(row, now) for row in rows], limit)
 

@@ -58,6 +58,13 @@ Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows`
 engines' heartbeats in ``aioflow_owners``); a version 1 file is migrated when opened."""
 
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT NULL)"
+# The order list_flows pages in, newest first. No schema version of its own: an older
+# aioflow ignores it, and open() adds it to a journal made before it (one scan of the
+# flows' summaries, once). A read-only journal, which open() refuses, is read all the
+# same without it, by a scan and a sort.
+_FLOWS_CREATED = (
+    "CREATE INDEX IF NOT EXISTS aioflow_flows_created ON aioflow_flows(created, flow_id)"
+)
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE aioflow_events(flow_id TEXT, seq INTEGER, time REAL, kind TEXT,"
@@ -66,6 +73,7 @@ _SCHEMA = (
     "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
     " created REAL, updated REAL, last_seq INTEGER, owner TEXT,"
     " generation INTEGER NOT NULL DEFAULT 0)",
+    _FLOWS_CREATED,
     _OWNERS,
 )
 # The mailbox (see Journal.post_message). No schema version of its own: an older aioflow
@@ -290,6 +298,32 @@ def path_from_url(url: str) -> str:
     return url[len(prefix) :]
 
 
+def _list_query(
+    status: FlowStatus | None, name: str | None, limit: int, before: str | None
+) -> tuple[str, list[Any]]:
+    """The statement :meth:`SqliteJournal.list_flows` runs and its parameters: it reads
+    ``limit + 1`` rows in index order (``aioflow_flows_created``), never sorting."""
+    where: list[str] = []
+    params: list[Any] = []
+    if status is FlowStatus.PENDING:
+        where.append("(f.status IS NULL OR f.status = ?)")
+        params.append(status.value)
+    elif status is not None:
+        where.append("f.status = ?")
+        params.append(status.value)
+    if name is not None:
+        where.append("f.name = ?")
+        params.append(name)
+    if before is not None:
+        # Keyset: the rows after the cursor's (created, flow_id), in a form whose
+        # first term is a range on created that an index on it serves.
+        created, flow_id = read_cursor(before)
+        where.append("f.created <= ? AND (f.created < ? OR f.flow_id < ?)")
+        params.extend((created, created, flow_id))
+    sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + " ORDER BY f.created DESC, f.flow_id DESC LIMIT ?", [*params, limit + 1]
+
+
 class SqliteJournal(WriterJournal):
     """A :class:`Journal` in a SQLite file that several processes may share.
 
@@ -353,6 +387,7 @@ class SqliteJournal(WriterJournal):
                 await self._create_schema(db)
             await set_wal(db)
             await db.executescript(_PRAGMAS)
+            await self._add_flows_created(db)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await db.close()
@@ -484,6 +519,19 @@ class SqliteJournal(WriterJournal):
                 _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=2)
 
         await _immediate(db, steps)
+
+    async def _add_flows_created(self, db: aiosqlite.Connection) -> None:
+        """Give a journal made before it the index that list_flows pages by (see
+        :data:`_FLOWS_CREATED`); only a journal without it takes the write lock."""
+        found = await db.execute_fetchall(
+            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'aioflow_flows_created'"
+        )
+        if not found:
+
+            async def create(db: aiosqlite.Connection) -> None:
+                await db.execute(_FLOWS_CREATED)
+
+            await _immediate(db, create)
 
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
         # WAL must be set outside a transaction, and only once the file is known to be
@@ -878,27 +926,7 @@ class SqliteJournal(WriterJournal):
         before: str | None = None,
     ) -> tuple[list[FlowSummary], str | None]:
         check_limit(limit)
-        where: list[str] = []
-        params: list[Any] = []
-        if status is FlowStatus.PENDING:
-            where.append("(f.status IS NULL OR f.status = ?)")
-            params.append(status.value)
-        elif status is not None:
-            where.append("f.status = ?")
-            params.append(status.value)
-        if name is not None:
-            where.append("f.name = ?")
-            params.append(name)
-        if before is not None:
-            # Keyset: the rows after the cursor's (created, flow_id), in a form whose
-            # first term is a range on created that an index on it serves.
-            created, flow_id = read_cursor(before)
-            where.append("f.created <= ? AND (f.created < ? OR f.flow_id < ?)")
-            params.extend((created, created, flow_id))
-        sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
-        rows = await self._query(
-            sql + " ORDER BY f.created DESC, f.flow_id DESC LIMIT ?", (*params, limit + 1)
-        )
+        rows = await self._query(*_list_query(status, name, limit, before))
         now = self.clock()
         return page([FlowSummary.from_row(row, now) for row in rows], limit)
 
