@@ -38,10 +38,11 @@ from ._failure import CANCEL, Failure, is_reserved
 from ._flow import Flow
 from ._instruments import Hooks, capture
 from ._log import get_logger
+from ._migrate import plan
 from ._outcome import AtomOutcome, Outcome, Waiting
 from ._owner import Ownership, check_lease, new_engine_id
 from ._progress import FlowProgress
-from ._replay import FlowState, published, replay
+from ._replay import FlowState, migrate_state, published, replay
 from ._run import Run
 from ._states import AtomState, FlowStatus
 from ._timers import Timers
@@ -500,18 +501,25 @@ class Engine:
         graph: ExecGraph | None = None,
         only: FlowStatus | None = None,
         state: FlowState | None = None,
+        migration: tuple[dict[str, str]] | None = None,
     ) -> Run | None:
         """The restored run of ``flow_id``, taken by this engine unless the flow is final.
 
         With ``only``, a flow in another status is left as it is (None). ``state`` is the
         flow's state when the caller has just read it. Raises :class:`FlowBusyError`
-        when a live engine owns the flow elsewhere.
+        when a live engine owns the flow elsewhere. ``migration`` (the renames) restores
+        it under a changed ``flow`` when :func:`aioflow._migrate.plan` allows it.
         """
         if state is None:
             state = replay(flow_id, await self.journal.load(flow_id))
         if only is not None and state.status is not only:
             return None
         if state.status.is_final:
+            if migration is not None:
+                raise AioflowError(
+                    f"flow {flow_id} has ended ({state.status.value}); there is nothing to"
+                    " migrate"
+                )
             return self._restore(state, flow, graph)
         await self._ownership.ensure()
         generation, last_seq = await self.journal.take(flow_id, self.id)
@@ -520,7 +528,7 @@ class Engine:
                 state = replay(flow_id, await self.journal.load(flow_id))
                 if only is not None and state.status is not only:
                     raise _Moved
-            run = self._restore(state, flow, graph)
+            run = self._restore(state, flow, graph, migration)
             # A cancel asked while no engine here ran the flow: it reverts from now on.
             cancel = None if run.failing else await self._cancel_request(flow_id)
         except BaseException as exc:
@@ -596,20 +604,53 @@ class Engine:
         return self._tg
 
     async def resume(
-        self, flow_id: str, flow: FlowRef | None = None, *, stop_at: str | None = None
+        self,
+        flow_id: str,
+        flow: FlowRef | None = None,
+        *,
+        stop_at: str | None = None,
+        migrate: bool = False,
+        renames: Mapping[str, str] | None = None,
     ) -> Outcome:
         """Continue flow ``flow_id`` from its journal: finished atoms keep their results,
-        atoms that were running run again, a flow that was reverting goes on reverting."""
+        atoms that were running run again, a flow that was reverting goes on reverting.
+
+        With ``migrate=True`` a resting flow goes on under a changed definition ``flow``
+        when the change keeps what already happened true (``renames`` maps old atom
+        names to new ones); otherwise :class:`FlowMismatchError` lists every conflict and
+        nothing changes. The resume's event records the migration (see
+        ``docs/versioning.md``)."""
+        if renames and not migrate:
+            raise ValueError("renames= applies to a migration: pass migrate=True too")
+        if migrate and flow is None:
+            raise ValueError("migrate=True needs the new flow definition (flow=...)")
         async with self._session():
             slot = self._slots.get(flow_id)
             if slot is not None:  # it runs here: join that run
+                if migrate:
+                    raise FlowBusyError(flow_id, self.id, None)
                 joined = await slot.join()
                 return joined if joined is not None else await self.outcome(flow_id)
             with self._holding(flow_id) as slot:
-                run = await self._take(flow_id, flow)
+                migration = (dict(renames or {}),) if migrate else None
+                run = await self._take(flow_id, flow, migration=migration)
                 assert run is not None
                 slot.outcome = await self._continue(run, stop_at)
                 return slot.outcome
+
+    async def check_migration(
+        self, flow_id: str, flow: FlowRef, *, renames: Mapping[str, str] | None = None
+    ) -> list[str]:
+        """Why flow ``flow_id`` cannot be migrated to ``flow`` (``resume(...,
+        migrate=True)``), one line per conflict; an empty list when it can. Changes
+        nothing (``aioflow check FLOW_ID REF`` prints this)."""
+        async with self._session():
+            state = replay(flow_id, await self.journal.load(flow_id))
+        flow_obj, _ = self._resolve(flow)
+        graph = compile_flow(flow_obj, state.inputs.keys())
+        if graph.fingerprint == state.fingerprint and not renames:
+            return []
+        return plan(state, graph, renames).conflicts
 
     async def _continue(self, run: Run, stop_at: str | None) -> Outcome:
         """Drive a restored run on from where its journal left it."""
@@ -626,9 +667,17 @@ class Engine:
                 )
                 begin: Callable[[TaskGroup], None] | None = partial(run.rewind, i)
             else:
+                details: dict[str, Any] = {"resumed": True}
+                if run.migrated is not None:  # journaled with the resume: replay folds it
+                    details["migrated"] = run.migrated
+                    _LOG.info(
+                        "aioflow.flow_migrated",
+                        flow_id=run.flow_id,
+                        old=run.migrated["from"],
+                        new=run.migrated["to"],
+                    )
                 run.set_flow(
-                    FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING,
-                    {"resumed": True},
+                    FlowStatus.REVERTING if run.failing else FlowStatus.RUNNING, details
                 )
                 run.resume_events()
                 begin = None
@@ -715,7 +764,11 @@ class Engine:
                 await self._give_up(run.flow_id, run.fence.generation)
 
     def _restore(
-        self, state: FlowState, flow: FlowRef | None, graph: ExecGraph | None = None
+        self,
+        state: FlowState,
+        flow: FlowRef | None,
+        graph: ExecGraph | None = None,
+        migration: tuple[dict[str, str]] | None = None,
     ) -> Run:
         if graph is None:
             if flow is None:
@@ -727,12 +780,20 @@ class Engine:
                 flow = state.ref
             flow_obj, _ = self._resolve(flow)
             graph = compile_flow(flow_obj, state.inputs.keys())
+        record = None
+        if migration is not None and (graph.fingerprint != state.fingerprint or migration[0]):
+            found = plan(state, graph, migration[0])
+            if found.conflicts:
+                raise FlowMismatchError(state.flow_id, found.conflicts)
+            record = found.record
+            migrate_state(state, record)
         if graph.fingerprint != state.fingerprint:
             raise FlowMismatchError(
                 state.flow_id, describe_differences(state.structure, graph.structure)
             )
         run = self._new_run(graph, state.flow_id, state.inputs, seq=state.last_seq)
         run.restore(state)
+        run.migrated = record
         return run
 
     async def _drive(self, run: Run, begin: Callable[[TaskGroup], None] | None = None) -> Outcome:

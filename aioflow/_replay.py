@@ -114,6 +114,9 @@ def _apply_flow(state: FlowState, event: Event) -> None:
     check_flow(state.flow_id, state.status, new)
     state.status = new
     state.revert_to = event.details.get("revert_to")
+    migrated = event.details.get("migrated")
+    if migrated is not None:  # resumed under a changed definition (see _migrate.py)
+        migrate_state(state, migrated)
     cancel = event.details.get("cancel")
     if cancel is not None:
         state.cancel = Failure.from_dict(cancel)
@@ -161,6 +164,24 @@ def _apply_atom(state: FlowState, event: Event) -> None:
     elif new is AtomState.REVERTING and "failure" in event.details:
         # A part that passed its deadline: its controller carries the part's failure.
         record.failure = Failure.from_dict(event.details["failure"])
+
+
+def migrate_state(state: FlowState, record: Mapping[str, Any]) -> None:
+    """Fold a migration ``record`` (made by ``aioflow._migrate.plan``) into ``state``: the
+    atoms renamed (and those dropped, which never started, forgotten), the new name,
+    structure, fingerprint and weights."""
+    renames = dict(record.get("renames") or {})
+    dropped = set(record.get("dropped") or ())
+    state.atoms = {
+        renames.get(name, name): atom for name, atom in state.atoms.items() if name not in dropped
+    }
+    if state.checkpoint is not None:
+        state.checkpoint = renames.get(state.checkpoint, state.checkpoint)
+    state.fingerprint = str(record["to"])
+    structure = record["structure"]
+    state.structure = json.loads(structure) if isinstance(structure, str) else list(structure)
+    state.name = str(record.get("name") or state.name)
+    state.weights = {str(k): float(v) for k, v in dict(record.get("weights") or {}).items()}
 
 
 def replay(flow_id: str, events: Iterable[Event]) -> FlowState:

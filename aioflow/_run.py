@@ -160,6 +160,7 @@ class Run(WaitingAtoms, Reverting):
         self.spans: list[dict[str, str]] = []  # what earlier runs' instruments returned
         self.span: dict[str, str] = {}  # what this run's returned: recorded at rest
         self.restored = False  # taken up from the journal (see restore)
+        self.migrated: dict[str, Any] | None = None  # a migration to journal as it resumes
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.tg: TaskGroup | None = None
