@@ -1,6 +1,6 @@
 """The ``aioflow`` command: the demo, and listing, showing, following (events, watch),
-resuming, cancelling, drawing and compacting the flows of a journal. Needs the ``cli``
-extra (rich).
+resuming, cancelling, drawing, compacting and purging the flows of a journal. Needs the
+``cli`` extra (rich).
 
 Conventions, for this module and for modules that add subcommands:
 
@@ -41,6 +41,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -1116,6 +1117,61 @@ async def cmd_compact(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str, option: str = "--older-than") -> float:
+    """Seconds in a duration such as ``30d``, ``12h``, ``90m`` or ``3600s``; a
+    :class:`UsageError` naming ``option`` for anything else."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if found is None:
+        raise UsageError(
+            f"{option} {text!r} is not a duration: give a number and a unit, s, m, h or d"
+            " (30d, 12h, 90m, 3600s)"
+        )
+    return float(found[1]) * _UNITS[found[2]]
+
+
+def _final_statuses(names: list[str] | None) -> list[FlowStatus] | None:
+    """The ``--status`` values of ``purge`` as statuses (None: every final one)."""
+    if not names:
+        return None
+    statuses = []
+    for name in names:
+        try:
+            statuses.append(FlowStatus(name.upper()))
+        except ValueError:
+            raise UsageError(
+                f"unknown status {name!r}; purge takes SUCCESS, REVERTED or FAILED"
+            ) from None
+    return statuses
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    """Remove the flows that ended more than ``--older-than`` ago, with all their rows
+    (``--dry-run``: count them only)."""
+    url = _existing_journal(args)
+    seconds = parse_age(args.older_than)
+    statuses = _final_statuses(args.status)
+    _quiet_logs()
+    async with open_journal(url) as journal:
+        before = journal.clock() - seconds
+        count = await journal.purge(seconds, statuses, dry_run=args.dry_run)
+    names = [s.value for s in statuses] if statuses else ["SUCCESS", "REVERTED", "FAILED"]
+    if args.json:
+        _print_json(
+            {"flows": count, "dry_run": args.dry_run, "before": _iso(before), "statuses": names}
+        )
+        return EXIT_OK
+    plural = "flow" if count == 1 else "flows"
+    what = f"{count} {plural} ({', '.join(names)}) that ended before {_utc(before)}"
+    if args.dry_run:
+        print(f"would remove {what}; nothing removed (--dry-run)")
+    else:
+        print(f"removed {what}")
+    return EXIT_OK
+
+
 def _load_attr(ref: str) -> Any:
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
@@ -1270,6 +1326,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compact", cmd_compact, "fold a flow's older journal history into a snapshot")
     p.add_argument("flow_id", metavar="FLOW_ID")
     p.add_argument("--keep", type=int, default=1, help="checkpoints of history to keep")
+
+    p = add(
+        "purge",
+        cmd_purge,
+        "remove the flows that ended (SUCCESS, REVERTED, FAILED) long enough ago, with all"
+        " their events",
+    )
+    p.add_argument(
+        "--older-than",
+        required=True,
+        metavar="AGE",
+        help="how long ago they ended, at least: 30d, 12h, 90m or 3600s",
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        metavar="STATUS",
+        help="only flows that ended in this status (SUCCESS, REVERTED or FAILED; repeat for"
+        " several)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count them, remove nothing")
+    json_option(p)
 
     p = add("providers", cmd_providers, "list the entries of a registry")
     p.add_argument("--registry", required=True, metavar="MODULE:ATTR")

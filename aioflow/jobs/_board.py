@@ -14,7 +14,7 @@ import abc
 import enum
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, cast
@@ -29,6 +29,7 @@ from .._flow import instant
 from .._log import get_logger
 from .._states import FlowStatus
 from ..journal import Journal
+from ..journal._base import purge_cut
 from ._schedule import Schedule, check_schedule, due, first_run, tick_name
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ class JobState(enum.Enum):
     def is_final(self) -> bool:
         """True for COMPLETE and FAILED: nothing will run the job again."""
         return self in (JobState.COMPLETE, JobState.FAILED)
+
+
+FINISHED = frozenset({JobState.COMPLETE, JobState.FAILED})
+"""The states :meth:`JobBoard.purge` removes jobs in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,8 @@ class JobBoard(abc.ABC):
     clock: Clock
     poll: float
     """Seconds between looks at the board when nothing wakes a waiter sooner."""
+    purge_batch: int = 500
+    """The most jobs one transaction of :meth:`purge` removes."""
 
     def __init__(
         self,
@@ -502,6 +509,60 @@ class JobBoard(abc.ABC):
                 )
             await anyio.sleep(self.poll)  # a poll: real time, as wait
 
+    async def purge(
+        self,
+        older_than: float | timedelta,
+        states: JobState | Iterable[JobState] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> int:
+        """Remove the jobs that finished (COMPLETE or FAILED; with ``states``, only
+        those) more than ``older_than`` (seconds, or a :class:`~datetime.timedelta`) ago
+        on the board's clock, with their trace context. Returns how many it removed;
+        with ``dry_run``, how many it would remove now, removing nothing.
+
+        It works in transactions of at most :attr:`purge_batch` jobs, yielding to the
+        event loop between two, and each checks again that its jobs are still finished
+        and old (a job retried meanwhile is kept). A job that may still run (UNCLAIMED,
+        CLAIMED, WAITING) is never removed: naming such a state raises
+        :class:`ValueError`. The flows of the jobs stay in the journal: purge them with
+        :meth:`Journal.purge <aioflow.journal.Journal.purge>`. A removed job's
+        idempotency key may be used again.
+        """
+        wanted = _purge_states(states)
+        cut = purge_cut(older_than, self._now())
+        if dry_run:
+            return await self._count_purgeable(wanted, cut)
+        batch = self.purge_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"purge_batch must be a whole number of jobs >= 1, not {batch!r}")
+        removed = 0
+        after: str | None = None
+        while True:
+            found, after = await self._purge_batch(wanted, cut, after, batch)
+            removed += found
+            if found:
+                _LOG.debug("aioflow.jobs_purge_batch", jobs=found, removed=removed)
+            if after is None:
+                break
+            await anyio.lowlevel.checkpoint()  # let other writers in between two batches
+        if removed:
+            _LOG.info("aioflow.jobs_purged", jobs=removed, before=cut)
+        return removed
+
+    async def _purge_batch(
+        self, states: frozenset[JobState], cut: float, after: str | None, limit: int
+    ) -> tuple[int, str | None]:
+        """Remove, in one transaction, the jobs in ``states`` last updated before ``cut``
+        among the next ``limit`` such jobs by id after ``after``, with their trace rows;
+        return how many it removed and the id to go on after (None once there were fewer
+        than ``limit``: the last batch)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge jobs")
+
+    async def _count_purgeable(self, states: frozenset[JobState], cut: float) -> int:
+        """How many jobs :meth:`_purge_batch` would remove now, in all."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge jobs")
+
     async def _requeue(self, job: Job) -> bool:
         """Make FAILED ``job`` (whose flow did not end) UNCLAIMED again, with its attempts,
         status and failures cleared and a new generation, if it is still FAILED in
@@ -571,6 +632,30 @@ class JobBoard(abc.ABC):
 
     def _now(self) -> float:
         return float(self.clock())
+
+
+def _purge_states(states: JobState | Iterable[JobState] | None) -> frozenset[JobState]:
+    """The states a purge removes jobs in: COMPLETE and FAILED by default, else those
+    named; ValueError for a state in which a job may still run."""
+    if states is None:
+        return FINISHED
+    if isinstance(states, JobState):
+        named = [states]
+    elif isinstance(states, str) or not isinstance(states, Iterable):
+        raise TypeError(f"states is a JobState or several, not {states!r}")
+    else:
+        named = list(states)
+    for state in named:
+        if not isinstance(state, JobState):
+            raise TypeError(f"states is a JobState or several, not {state!r}")
+        if state not in FINISHED:
+            raise ValueError(
+                f"purge removes only finished jobs (COMPLETE, FAILED), not {state.value} ones:"
+                " a conductor may still run them (cancel a job to end it FAILED first)"
+            )
+    if not named:
+        raise ValueError("states names no state: give COMPLETE, FAILED or both")
+    return frozenset(named)
 
 
 def _check_retry(job: Job) -> None:

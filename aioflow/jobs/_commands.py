@@ -1,5 +1,5 @@
 """The ``aioflow conductor`` and ``aioflow jobs
-post|list|show|retry|cancel|schedule|schedules|unschedule`` subcommands.
+post|list|show|retry|cancel|purge|schedule|schedules|unschedule`` subcommands.
 
 ``aioflow.cli`` calls :func:`register` with its argparse subparsers object; each command
 sets ``func`` to a coroutine function that takes the parsed namespace and returns an exit
@@ -30,8 +30,8 @@ BOARD_ENV = "AIOFLOW_BOARD"
 
 
 def register(subparsers: Any) -> None:
-    """Add ``conductor`` and ``jobs`` (``post``, ``list``, ``show``, ``retry``, ``cancel``
-    and the schedules) to the ``aioflow`` command."""
+    """Add ``conductor`` and ``jobs`` (``post``, ``list``, ``show``, ``retry``, ``cancel``,
+    ``purge`` and the schedules) to the ``aioflow`` command."""
 
     def add_urls(p: argparse.ArgumentParser) -> None:
         # SUPPRESS keeps a --journal given before the subcommand.
@@ -129,6 +129,29 @@ def register(subparsers: Any) -> None:
     q.add_argument("job_id", metavar="JOB_ID")
     add_json(q)
     q.set_defaults(func=cmd_cancel)
+
+    q = jobs.add_parser(
+        "purge",
+        help="remove finished jobs",
+        description="Remove the jobs that finished (COMPLETE, FAILED) long enough ago, with"
+        " their trace context. Their flows stay in the journal: aioflow purge removes them.",
+    )
+    add_urls(q)
+    q.add_argument(
+        "--older-than",
+        required=True,
+        metavar="AGE",
+        help="how long ago they finished, at least: 30d, 12h, 90m or 3600s",
+    )
+    q.add_argument(
+        "--state",
+        action="append",
+        metavar="STATE",
+        help="only jobs in this state (COMPLETE or FAILED; repeat for both)",
+    )
+    q.add_argument("--dry-run", action="store_true", help="count them, remove nothing")
+    add_json(q)
+    q.set_defaults(func=cmd_purge)
 
     q = jobs.add_parser(
         "schedule",
@@ -401,6 +424,41 @@ async def cmd_retry(args: argparse.Namespace) -> int:
     else:
         status = "" if old.status is None else f" {old.status.value}"
         print(f"job {old.id}: its flow ended{status}; posted again as job {job.id}")
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    """Remove the jobs that finished more than ``--older-than`` ago (``--dry-run``: count
+    them only)."""
+    from ..cli import UsageError, _iso, _print_json, _quiet_logs, _utc, parse_age
+
+    seconds = parse_age(args.older_than)
+    states: list[JobState] | None = None
+    if args.state:
+        states = []
+        for name in args.state:
+            try:
+                states.append(JobState(name.upper()))
+            except ValueError:
+                raise UsageError(
+                    f"unknown job state {name!r}; purge takes COMPLETE or FAILED"
+                ) from None
+    _quiet_logs()
+    async with JobBoard.open(_urls(args)[0]) as board:
+        before = board.clock() - seconds
+        count = await board.purge(seconds, states, dry_run=args.dry_run)
+    names = [s.value for s in states] if states else ["COMPLETE", "FAILED"]
+    if args.json:
+        _print_json(
+            {"jobs": count, "dry_run": args.dry_run, "before": _iso(before), "states": names}
+        )
+        return 0
+    what = f"{count} {'job' if count == 1 else 'jobs'} ({', '.join(names)}) that finished"
+    what += f" before {_utc(before)}"
+    if args.dry_run:
+        print(f"would remove {what}; nothing removed (--dry-run)")
+    else:
+        print(f"removed {what}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,27 @@ class MemoryJobBoard(JobBoard):
         if self._jobs.pop(job_id, None) is None:
             raise NotFoundError(f"no job {job_id} on {self.url}")
         self._traces.pop(job_id, None)
+
+    async def _purge_batch(
+        self, states: frozenset[JobState], cut: float, after: str | None, limit: int
+    ) -> tuple[int, str | None]:
+        # No await: finding the jobs and removing them is one step.
+        doomed = heapq.nsmallest(
+            limit,
+            (
+                job_id
+                for job_id, job in self._jobs.items()
+                if (after is None or job_id > after) and job.state in states and job.updated < cut
+            ),
+        )
+        for job_id in doomed:
+            del self._jobs[job_id]
+            self._traces.pop(job_id, None)
+            self._order.pop(job_id, None)
+        return len(doomed), (doomed[-1] if len(doomed) == limit else None)
+
+    async def _count_purgeable(self, states: frozenset[JobState], cut: float) -> int:
+        return sum(1 for job in self._jobs.values() if job.state in states and job.updated < cut)
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         now = self._now()

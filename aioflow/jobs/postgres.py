@@ -78,6 +78,24 @@ WHERE id = best.claimed
 RETURNING {COLUMNS}
 """
 _HELD = " WHERE id = $1 AND generation = $2 AND state = 'CLAIMED'"
+# One batch of a purge, one statement: it locks the next $3 finished jobs by id after $4
+# (the primary key's order: no index of its own on the claim path's tables), skipping
+# rows another transaction holds, and deletes them with their trace context; it returns
+# how many it removed and the last id, in the database's order. The lock re-reads a row
+# changed since the statement began and drops it if it no longer qualifies (a job
+# retried meanwhile is kept).
+_PURGE = """
+WITH doomed AS (
+    SELECT id FROM aioflow_jobs
+    WHERE id > $4 AND state = ANY($1::text[]) AND updated < $2
+    ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED
+), traces AS (
+    DELETE FROM aioflow_job_traces WHERE id IN (SELECT id FROM doomed)
+), gone AS (
+    DELETE FROM aioflow_jobs WHERE id IN (SELECT id FROM doomed) RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT max(id) FROM doomed)
+"""
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
@@ -243,6 +261,22 @@ class PostgresJobBoard(JobBoard):
         if not await self._update("DELETE FROM aioflow_jobs WHERE id = $1", job_id):
             raise NotFoundError(f"no job {job_id} on {_redact(self.url)}")
         await self._update("DELETE FROM aioflow_job_traces WHERE id = $1", job_id)
+
+    async def _purge_batch(
+        self, states: frozenset[JobState], cut: float, after: str | None, limit: int
+    ) -> tuple[int, str | None]:
+        values = sorted(state.value for state in states)
+        rows = await self._fetch(_PURGE, values, cut, limit, after or "")
+        removed, last = rows[0]
+        return removed, (last if removed == limit else None)
+
+    async def _count_purgeable(self, states: frozenset[JobState], cut: float) -> int:
+        rows = await self._fetch(
+            "SELECT count(*) FROM aioflow_jobs WHERE state = ANY($1::text[]) AND updated < $2",
+            sorted(state.value for state in states),
+            cut,
+        )
+        return int(rows[0][0])
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         rows = await self._fetch(_CLAIM, owner, self._now(), float(lease))

@@ -78,6 +78,8 @@ WHERE id = (SELECT id FROM aioflow_jobs
 RETURNING {COLUMNS}
 """
 _HELD = " WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
+_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+"""The most values one statement may take (SQLite's limit)."""
 
 
 class SqliteJobBoard(JobBoard):
@@ -228,6 +230,56 @@ class SqliteJobBoard(JobBoard):
         if not await self._update("DELETE FROM aioflow_jobs WHERE id = ?", (job_id,)):
             raise NotFoundError(f"no job {job_id} on {self.url}")
         await self._update("DELETE FROM aioflow_job_traces WHERE id = ?", (job_id,))
+
+    async def _purge_batch(
+        self, states: frozenset[JobState], cut: float, after: str | None, limit: int
+    ) -> tuple[int, str | None]:
+        values = sorted(state.value for state in states)
+        where = "state IN (" + ", ".join("?" * len(values)) + ") AND updated < ?"
+        limit = min(limit, _MAX_VARIABLES - len(values) - 2)
+        async with self._connect() as db:
+            # The candidates are read holding no lock (WAL); the write transaction checks
+            # each again, so the write lock is held for the deletes only.
+            rows = await db.execute_fetchall(
+                f"SELECT id FROM aioflow_jobs WHERE id > ? AND {where} ORDER BY id LIMIT ?",
+                (after or "", *values, cut, limit),
+            )
+            ids = [job_id for (job_id,) in rows]
+            if not ids:
+                return 0, None
+            in_ids = "id IN (" + ", ".join("?" * len(ids)) + ")"
+            # Shielded: a cancelled caller must not leave the write lock held (see
+            # aioflow.journal.sqlite._immediate).
+            with anyio.CancelScope(shield=True):
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    cursor = await db.execute(
+                        f"DELETE FROM aioflow_jobs WHERE {in_ids} AND {where}",
+                        (*ids, *values, cut),
+                    )
+                    removed = cursor.rowcount
+                    await db.execute(
+                        f"DELETE FROM aioflow_job_traces WHERE {in_ids} AND NOT EXISTS"
+                        " (SELECT 1 FROM aioflow_jobs j WHERE j.id = aioflow_job_traces.id)",
+                        ids,
+                    )
+                    await db.execute("COMMIT")
+                finally:
+                    if db.in_transaction:
+                        await db.execute("ROLLBACK")
+        return removed, (ids[-1] if len(ids) == limit else None)
+
+    async def _count_purgeable(self, states: frozenset[JobState], cut: float) -> int:
+        values = sorted(state.value for state in states)
+        marks = ", ".join("?" * len(values))
+        async with self._connect() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT count(*) FROM aioflow_jobs WHERE state IN ({marks}) AND updated < ?",
+                    (*values, cut),
+                )
+            )
+        return int(rows[0][0])
 
     async def claim(self, owner: str, lease: float) -> Job | None:
         async with self._connect() as db:

@@ -20,23 +20,37 @@ import binascii
 import contextlib
 import json
 import math
+import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._codec import Codec, Encoded, size_hint
 from .._errors import JournalError, LeaseLostError, NotFoundError, SerializationError
 from .._events import Event, EventKind
+from .._log import get_logger
 from .._replay import compaction_cut, replay, snapshot
 from .._states import AtomState, FlowStatus
 from .._values import OFF_LOOP_BYTES
 
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+_LOG = get_logger("aioflow.journal")
+
 ACTIVE = frozenset({FlowStatus.RUNNING, FlowStatus.REVERTING})
 """The statuses in which a flow has an owner running it (else it rests, or is PENDING)."""
+
+PURGEABLE = frozenset({FlowStatus.SUCCESS, FlowStatus.REVERTED, FlowStatus.FAILED})
+"""The statuses :meth:`Journal.purge` removes flows in: the final ones."""
+
+PurgeKey: TypeAlias = tuple[float, str]
+"""Where a purge has got to: the (created, flow id) of the last flow it looked at."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +186,8 @@ class Journal(abc.ABC):
     _fences: dict[str, Fence]
     clock: Callable[[], float] = time.time
     """The time leases are measured with (an engine gives the journal its own clock)."""
+    purge_batch: int = 500
+    """The most flows one transaction of :meth:`purge` removes."""
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -313,6 +329,63 @@ class Journal(abc.ABC):
         :class:`~aioflow.NotFoundError` for an unknown flow.
         """
         raise JournalError(f"journal {self.url} cannot compact flows")
+
+    # Retention ---------------------------------------------------------------------------
+
+    async def purge(
+        self,
+        older_than: float | timedelta,
+        status: FlowStatus | Iterable[FlowStatus] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> int:
+        """Remove every flow that ended (SUCCESS, REVERTED or FAILED; with ``status``,
+        only those of the final statuses it names) more than ``older_than`` (seconds, or
+        a :class:`~datetime.timedelta`) ago on the journal's :attr:`clock`, with all its
+        rows: events (snapshots too), summary and mailbox. Returns how many flows it
+        removed; with ``dry_run``, how many it would remove now, removing nothing.
+
+        Only whole flows go, in transactions of at most :attr:`purge_batch` flows,
+        yielding to the event loop between two, so other writers get in between. Each
+        transaction checks again that its flows are still final, unowned and older
+        than the cut: a flow that an engine took meanwhile is kept, and a reader (a
+        resume) sees a flow whole or not at all (:meth:`load` reads in one snapshot).
+        A flow that may still move (RUNNING, SUSPENDED, WAITING, ...) is never removed:
+        naming such a status raises :class:`ValueError` saying why.
+        """
+        statuses = purge_statuses(status)
+        cut = purge_cut(older_than, self.clock())
+        if dry_run:
+            return await self._count_purgeable(statuses, cut)
+        batch = self.purge_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"purge_batch must be a whole number of flows >= 1, not {batch!r}")
+        removed = 0
+        after: PurgeKey | None = None
+        while True:
+            found, after = await self._purge_batch(statuses, cut, after, batch)
+            removed += found
+            if found:
+                _LOG.debug("aioflow.journal_purge_batch", flows=found, removed=removed)
+            if after is None:
+                break
+            await anyio.lowlevel.checkpoint()  # let other writers in between two batches
+        if removed:
+            _LOG.info("aioflow.journal_purged", flows=removed, before=cut)
+        return removed
+
+    async def _purge_batch(
+        self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
+    ) -> tuple[int, PurgeKey | None]:
+        """Remove, in one transaction, the purgeable flows (in ``statuses``, unowned,
+        created and last changed before ``cut``) among the next ``limit`` of them by
+        (created, flow id) after ``after``; return how many it removed and the key to go
+        on after (None once there were fewer than ``limit``: the last batch)."""
+        raise JournalError(f"journal {self.url} cannot purge flows")
+
+    async def _count_purgeable(self, statuses: frozenset[FlowStatus], cut: float) -> int:
+        """How many flows :meth:`_purge_batch` would remove now, in all."""
+        raise JournalError(f"journal {self.url} cannot purge flows")
 
     def set_fence(self, flow_id: str, fence: Fence | None) -> None:
         """Check ``fence`` before committing any event of ``flow_id``; None retires the
@@ -473,6 +546,58 @@ async def settle_appends(journal: Journal) -> bool:
     with contextlib.suppress(JournalError, LeaseLostError):
         await journal.wait_durable(journal.appended)
     return True
+
+
+_KEPT_BECAUSE = {
+    FlowStatus.PENDING: "it has not started",
+    FlowStatus.RUNNING: "an engine may be running it",
+    FlowStatus.REVERTING: "an engine may be reverting it",
+    FlowStatus.SUSPENDED: "it may still be resumed (cancel it to end it REVERTED first)",
+    FlowStatus.WAITING: "it waits for an external completion (cancel it first)",
+}
+
+
+def purge_statuses(status: FlowStatus | Iterable[FlowStatus] | None) -> frozenset[FlowStatus]:
+    """The statuses a purge removes flows in: every final one by default, else those
+    named; ValueError for a status that is not final, saying why such flows stay."""
+    if status is None:
+        return PURGEABLE
+    if isinstance(status, FlowStatus):
+        named = [status]
+    elif isinstance(status, str) or not isinstance(status, Iterable):
+        raise TypeError(f"status is a FlowStatus or several, not {status!r}")
+    else:
+        named = list(status)
+    for one in named:
+        if not isinstance(one, FlowStatus):
+            raise TypeError(f"status is a FlowStatus or several, not {one!r}")
+        if one not in PURGEABLE:
+            raise ValueError(
+                f"purge removes only flows that ended (SUCCESS, REVERTED, FAILED), not "
+                f"{one.value} ones: {_KEPT_BECAUSE[one]}"
+            )
+    if not named:
+        raise ValueError("status names no status: give one or more of SUCCESS, REVERTED, FAILED")
+    return frozenset(named)
+
+
+def purge_cut(older_than: float | timedelta, now: float) -> float:
+    """The time before which a purge removes what rested (``now - older_than``); a
+    TypeError or ValueError naming a bad ``older_than``."""
+    # A timedelta exists only once its caller imported datetime (aioflow does not, to be
+    # quick to import).
+    datetime = sys.modules.get("datetime")
+    if datetime is not None and isinstance(older_than, datetime.timedelta):
+        seconds = float(older_than.total_seconds())
+    elif isinstance(older_than, bool) or not isinstance(older_than, int | float):
+        raise TypeError(
+            f"older_than is a number of seconds or a datetime.timedelta, not {older_than!r}"
+        )
+    else:
+        seconds = float(older_than)
+    if not (0 <= seconds < math.inf):
+        raise ValueError(f"older_than must be a finite time >= 0, not {older_than!r}")
+    return now - seconds
 
 
 def _newest_first(summary: FlowSummary) -> tuple[float, str]:

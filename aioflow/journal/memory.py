@@ -26,6 +26,7 @@ from ._base import (
     Fence,
     FlowSummary,
     Journal,
+    PurgeKey,
     check_keep,
     check_limit,
     encode_details,
@@ -86,6 +87,17 @@ class _Flow:
         self.created = self.updated = time
 
 
+def _purgeable(flow: _Flow, statuses: frozenset[FlowStatus], cut: float) -> bool:
+    """Whether :meth:`MemoryJournal.purge` removes ``flow`` (see :meth:`Journal.purge`)."""
+    return (
+        flow.name is not None
+        and flow.status in statuses
+        and flow.owner is None
+        and flow.created < cut
+        and flow.updated < cut
+    )
+
+
 class MemoryJournal(Journal):
     """A :class:`Journal` in a dict: nothing survives the process.
 
@@ -105,11 +117,12 @@ class MemoryJournal(Journal):
         self._open = False
         self._fences: dict[str, Fence] = {}
         self._heartbeats: dict[str, float] = {}
-        # The mailbox: flow -> topic -> [(id, text)] by id, and the (flow, key) pairs used.
+        # The mailbox: flow -> topic -> [(id, text)] by id, and flow -> the keys used.
         self._mail: dict[str, dict[str, list[tuple[int, str]]]] = {}
-        self._mail_keys: set[tuple[str, str]] = set()
+        self._mail_keys: dict[str, set[str]] = {}
         self._mail_ids = 0
-        self._mail_log: list[tuple[str, str]] = []  # (flow id, topic) of message id i + 1
+        # (flow id, topic) of message id i + 1; None once its flow was purged.
+        self._mail_log: list[tuple[str, str] | None] = []
 
     def __repr__(self) -> str:
         return f"MemoryJournal({self._count} events, {len(self._flows)} flows)"
@@ -315,6 +328,34 @@ class MemoryJournal(Journal):
         flow.events[:n] = [row]
         return n - 1
 
+    async def _purge_batch(
+        self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
+    ) -> tuple[int, PurgeKey | None]:
+        # No await: finding the flows and removing them is one step.
+        keys = ((flow.created, flow_id) for flow_id, flow in self._flows.items())
+        doomed = heapq.nsmallest(
+            limit,
+            (
+                key
+                for key in keys
+                if (after is None or key > after) and _purgeable(self._flows[key[1]], statuses, cut)
+            ),
+        )
+        for _, flow_id in doomed:
+            self._remove(flow_id)
+        return len(doomed), (doomed[-1] if len(doomed) == limit else None)
+
+    async def _count_purgeable(self, statuses: frozenset[FlowStatus], cut: float) -> int:
+        return sum(1 for flow in self._flows.values() if _purgeable(flow, statuses, cut))
+
+    def _remove(self, flow_id: str) -> None:
+        """Forget a flow: its events, summary and mailbox."""
+        del self._flows[flow_id]
+        for kept in self._mail.pop(flow_id, {}).values():
+            for mail_id, _ in kept:
+                self._mail_log[mail_id - 1] = None
+        self._mail_keys.pop(flow_id, None)
+
     async def post_message(
         self, flow_id: str, topic: str, message: Any, *, key: str | None = None, time: float
     ) -> int | None:
@@ -325,9 +366,10 @@ class MemoryJournal(Journal):
         if flow_id not in self._flows:
             raise NotFoundError(f"no flow {flow_id} in the memory journal")
         if key is not None:
-            if (flow_id, key) in self._mail_keys:
+            used = self._mail_keys.setdefault(flow_id, set())
+            if key in used:
                 return None
-            self._mail_keys.add((flow_id, key))
+            used.add(key)
         self._mail_ids += 1
         self._mail.setdefault(flow_id, {}).setdefault(topic, []).append((self._mail_ids, text))
         self._mail_log.append((flow_id, topic))
@@ -337,7 +379,7 @@ class MemoryJournal(Journal):
         if after is None or after >= self._mail_ids:
             return self._mail_ids, []
         found = self._mail_log[after : after + MAIL_BATCH]  # ids are 1, 2, ...
-        return after + len(found), found
+        return after + len(found), [sent for sent in found if sent is not None]
 
     async def next_message(
         self, flow_id: str, topic: str, after: int = 0

@@ -11,6 +11,7 @@ flows (jobs run by a conductor) is a transaction of three: the claim check
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeAlias, cast
 
@@ -29,6 +30,7 @@ from ._base import (
     MAIL_BATCH,
     Fence,
     FlowSummary,
+    PurgeKey,
     check_keep,
     check_limit,
     encode_message,
@@ -71,11 +73,14 @@ _MAILBOX = (
 # in the order asked, and a reader that took id 8 would skip an id 7 committed after it.
 # All posts of a schema take turns on the lock, for as long as one commit. A key already
 # used stores nothing (the unique index decides, whichever process came first); the flow
-# column tells an unknown flow from a used key.
+# column tells an unknown flow from a used key. FOR KEY SHARE holds the flow's row until
+# the post commits: a purge (which locks the rows it deletes) either skips the flow or
+# has removed it, so no message outlives its flow. Only a delete, a take or a fenced
+# commit of the same flow (FOR UPDATE) makes a post wait, never an ordinary commit.
 _POST = """
 WITH flow AS (
     SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_mailbox'))
-    FROM aioflow_flows WHERE flow_id = $1
+    FROM aioflow_flows WHERE flow_id = $1 FOR KEY SHARE
 ), added AS (
     INSERT INTO aioflow_mailbox(flow_id, topic, key, message, sent)
     SELECT $1, $2, $3, $4, $5 FROM flow
@@ -158,6 +163,39 @@ _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
     " WHERE flow_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
 )
+_LOAD = (
+    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    " WHERE flow_id = $1 ORDER BY seq"
+)
+"""A whole flow, in one statement: one snapshot (pages could straddle a purge)."""
+# What makes a flow purgeable (see Journal.purge): $1 the statuses, $2 the cut. ``created
+# < cut`` is implied by ``updated < cut`` (a flow changes after it starts) and lets the
+# (created, flow_id) index find the candidates, oldest first.
+_PURGEABLE = (
+    "status = ANY($1::text[]) AND owner IS NULL AND created < $2::float8 AND updated < $2::float8"
+)
+# One batch of a purge, one statement: it locks the next $3 purgeable flows by (created,
+# flow_id) after ($4, $5), skipping rows another transaction holds (a take, a fenced
+# commit, a post), and deletes their events, mailbox ({mail}) and summaries; it returns
+# how many it removed and the key of the last one, in the database's order. The lock
+# re-reads a row changed since the statement began and drops it if it no longer
+# qualifies, so a flow taken meanwhile is kept. One transaction: a reader sees each flow
+# whole or not at all.
+_PURGE = (
+    "WITH doomed AS (SELECT flow_id, created FROM aioflow_flows WHERE "
+    + _PURGEABLE
+    + " {after} ORDER BY created, flow_id LIMIT $3 FOR UPDATE SKIP LOCKED),"
+    " events AS (DELETE FROM aioflow_events WHERE flow_id IN (SELECT flow_id FROM doomed)){mail},"
+    " gone AS (DELETE FROM aioflow_flows WHERE flow_id IN (SELECT flow_id FROM doomed)"
+    " RETURNING 1),"
+    " last AS (SELECT created, flow_id FROM doomed ORDER BY created DESC, flow_id DESC LIMIT 1)"
+    " SELECT (SELECT count(*) FROM gone), (SELECT created FROM last),"
+    " (SELECT flow_id FROM last)"
+)
+_PURGE_MAIL = (
+    ", mail AS (DELETE FROM aioflow_mailbox WHERE flow_id IN (SELECT flow_id FROM doomed))"
+)
+_PURGE_AFTER = "AND (created, flow_id) > ($4::float8, $5::text)"
 _SELECT_FLOWS = (
     "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
     " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
@@ -713,10 +751,58 @@ class PostgresJournal(WriterJournal):
             after = page[-1][0]
 
     async def load(self, flow_id: str) -> list[Event]:
-        loaded = [event async for event in self.events(flow_id)]
-        if not loaded:
+        rows = await self._fetch(_LOAD, flow_id)
+        if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
-        return loaded
+        return [self._event(flow_id, row) for row in rows]
+
+    async def _purge_batch(
+        self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
+    ) -> tuple[int, PurgeKey | None]:
+        values = sorted(status.value for status in statuses)
+        args: list[Any] = [values, cut, limit]
+        if after is not None:
+            args += after
+        async with self._connection() as conn:
+            if conn is None:
+                return 0, None
+            mail = _PURGE_MAIL if await self._has_mailbox(conn) else ""
+            sql = _PURGE.format(after="" if after is None else _PURGE_AFTER, mail=mail)
+            try:
+                removed, created, flow_id = await conn.fetchrow(sql, *args)
+            except _ERRORS as exc:
+                raise self._error("cannot purge flows", exc) from exc
+        if removed < limit:
+            return removed, None
+        return removed, (created, flow_id)
+
+    async def _count_purgeable(self, statuses: frozenset[FlowStatus], cut: float) -> int:
+        values = sorted(status.value for status in statuses)
+        sql = "SELECT count(*) FROM aioflow_flows WHERE " + _PURGEABLE
+        rows = await self._fetch(sql, values, cut)
+        return int(rows[0][0]) if rows else 0
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A connection from the open journal's pool, else one of its own; None when
+        the schema holds no journal (nothing is created)."""
+        try:
+            if self._pool is not None:
+                async with self._pool.acquire() as conn:
+                    yield conn
+                return
+            conn = await asyncpg.connect(self._dsn)
+        except _ERRORS as exc:
+            raise self._error("cannot connect", exc) from exc
+        try:
+            yield conn if await self._check_schema(conn) else None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    async def _has_mailbox(self, conn: Any) -> bool:
+        """Whether the schema has the mailbox's table (see :data:`_MAILBOX`)."""
+        return bool(await conn.fetchval("SELECT to_regclass('aioflow_mailbox') IS NOT NULL"))
 
     async def compact(
         self, flow_id: str, *, keep: int | None = 1, before: float | None = None

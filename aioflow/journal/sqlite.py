@@ -35,6 +35,7 @@ from ._base import (
     MAIL_BATCH,
     Fence,
     FlowSummary,
+    PurgeKey,
     check_keep,
     check_limit,
     encode_details,
@@ -180,6 +181,13 @@ _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
     " WHERE flow_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
+_LOAD = (
+    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    " WHERE flow_id = ? ORDER BY seq"
+)
+"""A whole flow, in one statement: one read transaction, hence one snapshot of the WAL."""
+_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+"""The most values one statement may take (SQLite's limit): a purge batch's bound."""
 _SELECT_FLOWS = (
     "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
     " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
@@ -322,6 +330,64 @@ def _list_query(
         params.extend((created, created, flow_id))
     sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
     return sql + " ORDER BY f.created DESC, f.flow_id DESC LIMIT ?", [*params, limit + 1]
+
+
+# What makes a flow purgeable (see Journal.purge), with the status marks filled in:
+# ``created < cut`` is implied by ``updated < cut`` (a flow changes after it starts) and
+# lets the (created, flow_id) index find the candidates, oldest first.
+_PURGEABLE = "status IN ({marks}) AND owner IS NULL AND created < ? AND updated < ?"
+
+
+def _purge_sync(
+    conn: sqlite3.Connection,
+    statuses: list[str],
+    cut: float,
+    after: PurgeKey | None,
+    limit: int,
+) -> tuple[int, PurgeKey | None]:
+    """One batch of :meth:`SqliteJournal.purge` on a connection of a worker thread.
+
+    The candidates are read first, holding no lock (WAL readers never block the writer);
+    the write transaction then checks each again and removes those that still qualify,
+    events, mailbox and summary together, so the write lock is held for the deletes
+    only and a reader sees a flow whole or not at all."""
+    marks = ", ".join("?" * len(statuses))
+    where = _PURGEABLE.format(marks=marks)
+    params: list[Any] = [*statuses, cut, cut]
+    sql = "SELECT created, flow_id FROM aioflow_flows WHERE " + where
+    if after is not None:
+        # Keyset, in a form whose first term is a range on created that the index serves.
+        sql += " AND created >= ? AND (created > ? OR flow_id > ?)"
+        params += [after[0], after[0], after[1]]
+    rows = conn.execute(sql + " ORDER BY created, flow_id LIMIT ?", [*params, limit]).fetchall()
+    if not rows:
+        return 0, None
+    ids = [flow_id for _, flow_id in rows]
+    in_ids = "flow_id IN (" + ", ".join("?" * len(ids)) + ")"
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        gone = [
+            flow_id
+            for (flow_id,) in conn.execute(
+                f"SELECT flow_id FROM aioflow_flows WHERE {in_ids} AND {where}",
+                [*ids, *statuses, cut, cut],
+            ).fetchall()
+        ]
+        if gone:
+            in_gone = "flow_id IN (" + ", ".join("?" * len(gone)) + ")"
+            conn.execute(f"DELETE FROM aioflow_events WHERE {in_gone}", gone)
+            mailbox = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aioflow_mailbox'"
+            ).fetchone()
+            if mailbox is not None:
+                conn.execute(f"DELETE FROM aioflow_mailbox WHERE {in_gone}", gone)
+            conn.execute(f"DELETE FROM aioflow_flows WHERE {in_gone}", gone)
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    last: PurgeKey = (rows[-1][0], rows[-1][1])
+    return len(gone), (last if len(rows) == limit else None)
 
 
 class SqliteJournal(WriterJournal):
@@ -1117,10 +1183,77 @@ class SqliteJournal(WriterJournal):
                     await temporary.close()
 
     async def load(self, flow_id: str) -> list[Event]:
-        loaded = [event async for event in self.events(flow_id)]
-        if not loaded:
+        fetch, temporary = await self._reading()
+        try:
+            rows = [] if fetch is None else list(await fetch(_LOAD, (flow_id,)))
+        except (sqlite3.Error, ValueError) as exc:
+            raise self._error(f"cannot read flow {flow_id}", exc) from exc
+        finally:
+            if temporary is not None:
+                with anyio.CancelScope(shield=True):
+                    await temporary.close()
+        if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+        decode = self.codec.decode
+        loaded = []
+        for seq, time, kind_name, atom, state, attempt, progress, details in rows:
+            kind = _KINDS[kind_name]
+            loaded.append(
+                Event(
+                    flow_id,
+                    seq,
+                    time,
+                    kind,
+                    atom,
+                    decode_state(kind, state),
+                    attempt,
+                    progress,
+                    {} if details is None else cast("Mapping[str, Any]", decode(details)),
+                )
+            )
         return loaded
+
+    async def _purge_batch(
+        self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
+    ) -> tuple[int, PurgeKey | None]:
+        values = sorted(status.value for status in statuses)
+        limit = min(limit, _MAX_VARIABLES - len(values) - 2)
+        done: tuple[int, PurgeKey | None] = await self._on_worker(
+            "cannot purge flows", (0, None), _purge_sync, values, cut, after, limit
+        )
+        return done
+
+    async def _count_purgeable(self, statuses: frozenset[FlowStatus], cut: float) -> int:
+        values = sorted(status.value for status in statuses)
+        marks = ", ".join("?" * len(values))
+        sql = "SELECT count(*) FROM aioflow_flows WHERE " + _PURGEABLE.format(marks=marks)
+
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, [*values, cut, cut]).fetchone()[0])
+
+        found: int = await self._on_worker("cannot count the flows to purge", 0, count)
+        return found
+
+    async def _on_worker(self, doing: str, empty: Any, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(connection, *args)`` in a worker thread, one call at a time, on the open
+        journal's worker connection (else on one of its own); ``empty`` when the file
+        holds no journal yet."""
+        async with self._worker_lock:
+            try:
+                if self._db is not None:
+                    worker = await self._worker_connection()
+                    return await anyio.to_thread.run_sync(work, worker, *args)
+                conn = await anyio.to_thread.run_sync(self._connect_worker)
+                try:
+                    return await anyio.to_thread.run_sync(work, conn, *args)
+                finally:
+                    conn.close()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return empty
+                raise self._error(doing, exc) from exc
+            except sqlite3.Error as exc:
+                raise self._error(doing, exc) from exc
 
     async def compact(
         self, flow_id: str, *, keep: int | None = 1, before: float | None = None
