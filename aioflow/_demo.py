@@ -18,7 +18,7 @@ import time
 import anyio
 
 from ._flow import Linear
-from ._progress import Progress
+from ._handles import Progress
 from ._task import task
 
 REFERENCE = "aioflow._demo:backup_flow"

@@ -33,17 +33,19 @@ from ._errors import (
 from ._eta import History, appended_since, copy_progress, load_history, settled
 from ._eta import from_state as progress_from_state
 from ._events import Event, EventKind
-from ._external import EXTERNAL, ExternalWork, _Parked, wait_kind
+from ._external import ExternalWork, _Parked
 from ._failure import CANCEL, Failure, is_reserved
 from ._flow import Flow
+from ._handles import EXTERNAL
 from ._instruments import Hooks, capture
+from ._kernel import Run
+from ._kernel.waits import wait_kind
 from ._log import get_logger
 from ._migrate import plan
 from ._outcome import AtomOutcome, Outcome, Waiting
 from ._owner import Ownership, check_lease, new_engine_id
 from ._progress import FlowProgress
 from ._replay import FlowState, migrate_state, published, replay
-from ._run import Run
 from ._states import AtomState, FlowStatus
 from ._timers import Timers
 from ._values import DEFAULT_MAX_VALUE_BYTES, check_limit
@@ -375,7 +377,7 @@ class Engine:
             max_value_bytes=self.max_value_bytes,
             timers=self._timers,
         )
-        run.watch_mail = self._external.watch_mail
+        run.waits.watch_mail = self._external.watch_mail
         run.hooks = self._hooks
         return run
 
@@ -459,9 +461,7 @@ class Engine:
     def _let_go(self, flow_id: str, slot: _Slot) -> None:
         if self._slots.get(flow_id) is slot:
             del self._slots[flow_id]
-            rewake = self._external.rewake
-            if flow_id in rewake:  # a completion or message came while it was held
-                self._external.wake(flow_id, rewake.pop(flow_id))
+            self._external.let_go(flow_id)  # wakes it if a completion came meanwhile
         slot.done.set()
 
     def _busy(self) -> bool:
@@ -539,7 +539,7 @@ class Engine:
             raise
         self._fence(run, generation)
         if cancel is not None:
-            run.cancel_flow(cancel)
+            run.reverter.cancel_flow(cancel)
         return run
 
     async def _cancel_request(self, flow_id: str) -> Failure | None:
@@ -589,7 +589,7 @@ class Engine:
                 # A flow resting WAITING is followed by handle.wait() itself, so that a
                 # thousand sleeping flows do not keep a thousand tasks.
                 handle._outcome = outcome
-                handle._parked = self._external.parked.get(run.flow_id)
+                handle._parked = self._external.resting(run.flow_id)
         except Exception as exc:
             handle._error = exc
         finally:
@@ -811,9 +811,9 @@ class Engine:
             fence.on_lost = lambda _error: lost.cancel()
         # After registering: a completion must find the run live. Only a flow whose
         # tasks can hand out a token needs the signer (reading it may cost a commit).
-        if run.signer is None and run.graph.issues_tokens:
+        if run.waits.signer is None and run.graph.issues_tokens:
             try:
-                run.signer = await self._external.signer()
+                run.waits.signer = await self._external.signer()
             except BaseException:
                 self._live.pop(run.flow_id, None)
                 raise
@@ -910,14 +910,14 @@ class Engine:
             # A message or a cancel sent from elsewhere while the run was ending found it
             # running and was left to it: look once now that it rests (a later one finds
             # it resting), with one query on the mailbox.
-            news = await self.journal.mail_topics(run.flow_id, run.mail)
+            news = await self.journal.mail_topics(run.flow_id, run.waits.mail)
             if CANCEL in news:
                 return await self._cancel_rested(run)
         if run.status is FlowStatus.WAITING:
-            if run.signer is None:  # the outcome lists the open waits with their tokens
-                run.signer = await self._external.signer()
+            if run.waits.signer is None:  # the outcome lists the open waits with their tokens
+                run.waits.signer = await self._external.signer()
             self._external.rest(run)
-        if not news.isdisjoint(run.receivers):
+        if not news.isdisjoint(run.waits.receivers):
             await self._external.deliver_resting(run.flow_id)
         return self._finish(run)
 
@@ -949,8 +949,8 @@ class Engine:
         state = replay(run.flow_id, await self.journal.load(run.flow_id))
         fresh = self._restore(state, None, run.graph)
         self._fence(fresh, fence.generation)
-        fresh.signer = run.signer
-        fresh.cancel_flow(failure)
+        fresh.waits.signer = run.waits.signer
+        fresh.reverter.cancel_flow(failure)
         return await self._drive(fresh)
 
     async def _cancel_rested(self, run: Run) -> Outcome:
@@ -959,7 +959,7 @@ class Engine:
         taken = await self._take(run.flow_id, graph=run.graph)
         if taken is None or taken.status.is_final:
             return self._finish(run)
-        taken.signer = run.signer
+        taken.waits.signer = run.waits.signer
         return await self._continue(taken, None)
 
     async def _serve_timers(self, scope: anyio.CancelScope) -> None:
@@ -1275,7 +1275,7 @@ class Engine:
             return
         if flow_id in self._slots:
             return  # being taken (the taking applies it) or coming to rest (so does that)
-        parked = self._external.parked.get(flow_id)
+        parked = self._external.resting(flow_id)
         if parked is not None:
             self._external.wake(flow_id, None)  # the waking takes it, and so reverts it
             return

@@ -18,39 +18,11 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 import anyio.to_thread
 
-from ._external import External
-from ._progress import Progress
+from ._handles import External, Progress, TaskContext
 
 if TYPE_CHECKING:
-    import structlog
 
     from ._retry import Retry
-
-
-class TaskContext:
-    """What a running task may know about itself: ``flow_id``, ``atom``, ``attempt``, a
-    structlog ``log`` with those bound, its ``progress`` and its ``external`` handle."""
-
-    __slots__ = ("atom", "attempt", "external", "flow_id", "log", "progress")
-
-    def __init__(
-        self,
-        flow_id: str,
-        atom: str,
-        attempt: int,
-        log: structlog.typing.FilteringBoundLogger,
-        progress: Progress,
-        external: External,
-    ) -> None:
-        self.flow_id = flow_id
-        self.atom = atom
-        self.attempt = attempt
-        self.log = log
-        self.progress = progress
-        self.external = external
-
-    def __repr__(self) -> str:
-        return f"TaskContext(flow_id={self.flow_id!r}, atom={self.atom!r}, attempt={self.attempt})"
 
 
 INJECT_PROGRESS: Final = "progress"

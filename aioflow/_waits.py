@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._external import RECEIVE, SLEEP, WaitRequest
 from ._failure import is_reserved
 from ._flow import instant, is_datetime, seconds_of
+from ._handles import RECEIVE, SLEEP, WaitRequest
 from ._task import Task
 
 if TYPE_CHECKING:

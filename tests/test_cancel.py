@@ -163,7 +163,7 @@ async def test_cancel_a_resting_waiting_flow_parked_here() -> None:
         with pytest.raises(aioflow.FlowFailedError) as caught:
             with anyio.fail_after(10):
                 await until(
-                    lambda: engine._external.parked.get(handle.flow_id) is not None, "rest"
+                    lambda: engine._external.resting(handle.flow_id) is not None, "rest"
                 )
                 await engine.cancel(handle.flow_id)
                 await handle.wait()

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 import aioflow
-import aioflow._run
+import aioflow._kernel.run
 from aioflow import AtomState, FlowStatus
 from aioflow._scope import membership
 
@@ -30,7 +30,7 @@ def worker_scopes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     """Both ways workers are cancelled: as members of the run's task group scope (with
     the anyio we test with), and each in a scope of its own (the fallback)."""
     if request.param == "own scopes":
-        monkeypatch.setattr(aioflow._run, "membership", lambda scope: None)
+        monkeypatch.setattr(aioflow._kernel.run, "membership", lambda scope: None)
     return str(request.param)
 
 

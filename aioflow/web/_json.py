@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._events import Event, EventKind
-from .._external import wait_fields
 from .._failure import CANCEL, Failure
+from .._kernel.waits import wait_fields
 from .._progress import FlowProgress
 from .._replay import FlowState, atom_names, published
 from .._states import AtomState, FlowStatus

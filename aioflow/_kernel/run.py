@@ -14,76 +14,53 @@ branches revert concurrently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import math
 import threading
-import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
-from ._codec import NO_RESULT, Encoded, size_hint
-from ._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
-from ._errors import DeadlineExceededError, SerializationError
-from ._eta import AtomTiming, History, summarize
-from ._events import Event, EventKind
-from ._external import External, WaitingAtoms, WaitRequest
-from ._failure import CANCEL, Failure
-from ._instruments import Hooks
-from ._log import get_logger
-from ._outcome import AtomOutcomes, Outcome
-from ._progress import FlowProgress, Progress
-from ._replay import FlowState
-from ._revert import FINISHED as _FINISHED
-from ._revert import NO_INJECTIONS as _NO_INJECTIONS
-from ._revert import TO_REVERT, Reverting
-from ._scope import ScopeMembership, membership
-from ._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
-from ._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task, TaskContext
-from ._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
-from .instrument import Attempt, FlowRun
+from .._codec import NO_RESULT, Encoded, size_hint
+from .._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
+from .._errors import DeadlineExceededError, SerializationError
+from .._eta import AtomTiming, History, summarize
+from .._events import Event, EventKind
+from .._failure import CANCEL, Failure
+from .._handles import External, Progress, TaskContext, WaitRequest
+from .._instruments import Hooks
+from .._log import get_logger
+from .._outcome import AtomOutcomes, Outcome
+from .._progress import FlowProgress
+from .._replay import FlowState
+from .._scope import membership
+from .._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
+from .._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task
+from .._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
+from ..instrument import Attempt, FlowRun
+from .reverting import FINISHED as _FINISHED
+from .reverting import NO_INJECTIONS as _NO_INJECTIONS
+from .reverting import TO_REVERT, Reverter
+from .waits import Waits
+from .workers import Workers
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
-    from ._timers import Timers
-    from .journal import Journal
-    from .journal._base import Fence
+    from .._timers import Timers
+    from ..journal import Journal
+    from ..journal._base import Fence
 
 _S = AtomState
 _LOG = get_logger("aioflow")
 _YIELD_EVERY = 64
-_IN_GROUP: contextlib.nullcontext[None] = contextlib.nullcontext()
 _NO_ARGS: dict[str, Any] = {}  # handed out by Run.arguments, never changed
 
 
-@types.coroutine
-def _go_on(step: Coroutine[Any, Any, Any], awaited: Any) -> Generator[Any, Any, None]:
-    """Drive ``step``, a coroutine that was started by hand and is waiting on ``awaited``,
-    to its end from the task that awaits this: it stays in the task it began in, so its
-    cancel scopes and its context stay valid."""
-    while True:
-        try:
-            sent = yield awaited
-        except GeneratorExit:
-            step.close()
-            raise
-        except BaseException as exc:  # cancellation included: the step handles it
-            try:
-                awaited = step.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                awaited = step.send(sent)
-            except StopIteration:
-                return
-
-
-class Run(WaitingAtoms, Reverting):
+class Run:
     """The live state of one flow run in one engine."""
 
     def __init__(
@@ -160,33 +137,68 @@ class Run(WaitingAtoms, Reverting):
         self.spans: list[dict[str, str]] = []  # what earlier runs' instruments returned
         self.span: dict[str, str] = {}  # what this run's returned: recorded at rest
         self.restored = False  # taken up from the journal (see restore)
+        self.grown = False  # nodes were appended (see grow): the graph is this run's own
         self.migrated: dict[str, Any] | None = None  # a migration to journal as it resumes
         self.compacting = False
         self.compaction: tuple[int, int | None, float | None] | None = None
         self.tg: TaskGroup | None = None
-        self.atom_tasks: dict[asyncio.Task[None], None] = {}
-        self.unstarted: set[asyncio.Task[None]] = set()
-        self.deferred: deque[tuple[int, int]] = deque()  # (ticket, atom) to release
-        self.deferred_at: dict[int, int] = {}  # atom -> the ticket it waits for
-        self.releasing = False
-        self.worker_name = f"atoms of {flow_id}"
-        self.worker_done = self.atom_done  # one bound method for every worker
-        self.atom_scopes: dict[anyio.CancelScope, None] = {}
-        # Workers join the task group's cancel scope (see _scope.py); None: each enters
-        # a scope of its own (scope_class) instead.
-        self.members: ScopeMembership | None = None
-        # The backend's own class of anyio.CancelScope: anyio.CancelScope() looks the
-        # running backend up on every call (~2 us), the class is the same every time.
-        self.scope_class: type[anyio.CancelScope] = anyio.CancelScope
-        self.atom_error: BaseException | None = None
-        self.atoms_idle: anyio.Event | None = None
-        self.guarding = False
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = threading.get_ident()
         self.log = _LOG.bind(flow_id=flow_id)
-        self.init_reverting()
-        self.init_waits()
+        self.ended = anyio.Event()  # set when the engine's drive of this run has ended
+        # The run's rooms (see aioflow/_kernel/__init__.py): what runs atoms on asyncio,
+        # what reverts, and what waits.
+        self.workers = Workers(self)
+        self.reverter = Reverter(self)
+        self.waits = Waits(self)
+        # The scheduler counts the atoms running in each part, and skips parts failing.
+        self.scope_failing = self.reverter.scope_failing
+        self.scope_running = self.reverter.scope_running
+
+    def grow(self, nodes: list[Node]) -> None:
+        """Append ``nodes`` to this run's graph while it runs: each node's index follows
+        the last, its predecessors are nodes already there (or earlier among ``nodes``),
+        and it starts PENDING; a node whose predecessors have all finished is ready at
+        the next release. The compiled graph, which other runs share, is copied first."""
+        graph = self.graph
+        if not self.grown:
+            graph = self.graph = dataclasses.replace(
+                graph, nodes=list(graph.nodes), index=dict(graph.index)
+            )
+            self.nodes = graph.nodes
+            self.grown = True
+        for node in nodes:
+            if node.index != len(graph.nodes) or node.name in graph.index:
+                raise ValueError(
+                    f"node {node.name!r} (index {node.index}) cannot be appended: it needs"
+                    f" index {len(graph.nodes)} and a name of its own"
+                )
+            for p in node.preds:
+                if not 0 <= p < node.index:
+                    raise ValueError(f"node {node.name!r}: predecessor {p} is not in the graph")
+                pred = graph.nodes[p]
+                graph.nodes[p] = dataclasses.replace(pred, succs=(*pred.succs, node.index))
+            graph.nodes.append(node)
+            graph.index[node.name] = node.index
+        n = len(nodes)
+        self.states.extend([_S.PENDING] * n)
+        self.attempts.extend([0] * n)
+        self.results.extend([None] * n)
+        self.values.extend([None] * n)
+        self.progress.extend([0.0] * n)
+        self.details.extend([None] * n)
+        self.started.extend([None] * n)
+        self.finished.extend([None] * n)
+        self.saved_at.extend([-math.inf] * n)
+        self.unsaved.extend([False] * n)
+        self.retry_until.extend([0.0] * n)
+        done = _FINISHED
+        self.indegree.extend(
+            sum(1 for p in node.preds if self.states[p] not in done) for node in nodes
+        )
+        self.reverter.grow(n)
+        self.waits.grow(n)
 
     # Events --------------------------------------------------------------------------
 
@@ -340,20 +352,20 @@ class Run(WaitingAtoms, Reverting):
             self.loop = None
         self.loop_thread = threading.get_ident()
         if self.loop is not None:
-            self.members = membership(tg.cancel_scope)
-            if self.members is None:
-                self.scope_class = type(anyio.CancelScope())
-        self.start_wakes()
-        self.arm_waits()
+            self.workers.members = membership(tg.cancel_scope)
+            if self.workers.members is None:
+                self.workers.scope_class = type(anyio.CancelScope())
+        self.waits.start_wakes()
+        self.waits.arm_waits()
         if self.failing or self.reverting:
-            self.start_revert()
+            self.reverter.start_revert()
             return
-        self.arm_parts()  # a deadline already past fails its part (and may revert) now
+        self.reverter.arm_parts()  # a deadline already past fails its part (and may revert) now
         if self.reverting:
             return
         for s, failing in enumerate(self.scope_failing):
             if failing:
-                self.check_scope(s)
+                self.reverter.check_scope(s)
         roots = [
             i
             for i, state in enumerate(self.states)
@@ -363,7 +375,7 @@ class Run(WaitingAtoms, Reverting):
             if self.ready(i):
                 self.release(i)
         self.spawn()
-        self.check_idle()
+        self.reverter.check_idle()
 
     def ready(self, i: int) -> bool:
         """Handle a node whose predecessors all finished; True if it finished at once."""
@@ -379,7 +391,7 @@ class Run(WaitingAtoms, Reverting):
             try:
                 go = all(bool(decider(upstream)) for decider in node.deciders)
             except Exception as exc:
-                self.fail(node, Failure.from_exception(exc), exc)
+                self.reverter.fail(node, Failure.from_exception(exc), exc)
                 return False
             if not go:
                 return self.ignore(i)
@@ -389,7 +401,7 @@ class Run(WaitingAtoms, Reverting):
         if node.kind == CHECKPOINT:
             return self.reach_checkpoint(i)
         if node.kind == RETRY:
-            return self.start_retry(i)
+            return self.reverter.start_retry(i)
         self.running += 1
         for s in node.scopes:
             self.scope_running[s] += 1
@@ -418,134 +430,9 @@ class Run(WaitingAtoms, Reverting):
                 i = self.startable.popleft()
                 tg.start_soon(self.run_atom, i, name=self.nodes[i].name)
             return
-        if self.unstarted or asyncio.current_task() in self.atom_tasks:
+        if self.workers.unstarted or asyncio.current_task() in self.workers.atom_tasks:
             return  # a worker will take them: one about to start, or the one running this
-        self.add_workers(loop, 1)
-
-    def add_workers(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
-        tasks, members = self.atom_tasks, self.members
-        for _ in range(n):
-            task = loop.create_task(self.work(), name=self.worker_name)
-            if members is not None:
-                members.join(task)
-            tasks[task] = None
-            self.unstarted.add(task)
-            task.add_done_callback(self.worker_done)
-        if not self.guarding:
-            self.guarding = True
-            assert self.tg is not None
-            self.tg.start_soon(self.guard_atoms, name=self.worker_name)
-
-    async def work(self) -> None:
-        """A worker: run ready atoms one after another, each in place until it first
-        waits (then it keeps this worker, and up to two more workers take what is still
-        ready), and release what waits for a commit (see :meth:`defer_release`), until
-        none is left (see :meth:`spawn`)."""
-        self.unstarted.discard(asyncio.current_task())
-        ready = self.startable
-        steps = 0
-        # A member of the task group's scope needs no scope of its own (see _scope.py).
-        with _IN_GROUP if self.members is not None else self.scope_class() as scope:
-            if scope is not None:
-                self.atom_scopes[scope] = None
-            try:
-                while True:
-                    while ready:
-                        steps += 1
-                        if steps % _YIELD_EVERY == 0:
-                            await anyio.lowlevel.checkpoint()  # let others run meanwhile
-                            continue
-                        i = ready.popleft()
-                        step = self.execute(i)
-                        try:
-                            try:
-                                awaited = step.send(None)
-                            except StopIteration:
-                                continue  # done without waiting
-                            spare = len(ready) - len(self.unstarted)
-                            if spare > 0:
-                                assert self.loop is not None
-                                self.add_workers(self.loop, min(spare, 2))
-                            await _go_on(step, awaited)
-                        except anyio.get_cancelled_exc_class():
-                            self.cancelled = True
-                            raise
-                        finally:
-                            self.atom_ended(i)
-                    if not self.deferred or self.releasing:
-                        return
-                    await self.release_durable()
-            finally:
-                if scope is not None:
-                    del self.atom_scopes[scope]
-
-    def defer_release(self, i: int, ticket: int) -> None:
-        """Release ``i``'s successors once ``ticket`` is committed (strict durability),
-        without holding up the worker: atoms finishing together share one wait, and a
-        fan-out of 10k atoms does not become 10k waiting tasks. Until then the atom
-        counts as running."""
-        self.running += 1
-        self.deferred.append((ticket, i))
-        self.deferred_at[i] = ticket
-
-    async def release_durable(self) -> None:
-        """Release the deferred atoms whose results are committed (one worker at a time),
-        until none is left or some atom became ready."""
-        self.releasing = True
-        try:
-            deferred = self.deferred
-            while deferred and not self.startable:
-                await self.journal.wait_durable(deferred[0][0])
-                durable = self.journal.durable
-                while deferred and deferred[0][0] <= durable:
-                    ticket, i = deferred.popleft()
-                    self.running -= 1
-                    # A part retried meanwhile ran the atom again: that run releases.
-                    if self.deferred_at.get(i) == ticket:
-                        del self.deferred_at[i]
-                        if not self.failing and self.states[i] is _S.SUCCESS:
-                            self.release(i)
-                self.check_idle()
-        finally:
-            self.releasing = False
-
-    def atom_done(self, task: asyncio.Task[None]) -> None:
-        if self.members is not None:
-            self.members.leave(task)
-        del self.atom_tasks[task]
-        self.unstarted.discard(task)
-        if not task.cancelled() and self.atom_error is None:
-            self.atom_error = task.exception()
-        if (not self.atom_tasks or self.atom_error is not None) and self.atoms_idle is not None:
-            self.atoms_idle.set()
-
-    async def guard_atoms(self) -> None:
-        """Stay in the run's task group while workers run (see :meth:`spawn`)."""
-        try:
-            try:
-                while self.atom_tasks and self.atom_error is None:
-                    self.atoms_idle = anyio.Event()
-                    await self.atoms_idle.wait()
-            except anyio.get_cancelled_exc_class():
-                await self.stop_atoms()
-                raise
-            if self.atom_error is not None:
-                await self.stop_atoms()
-                raise self.atom_error
-        finally:
-            self.guarding = False
-
-    async def stop_atoms(self) -> None:
-        """Cancel the atom tasks and wait, shielded, until they have all ended."""
-        if self.members is not None:
-            assert self.tg is not None
-            self.tg.cancel_scope.cancel()  # the workers' scope; the run ends either way
-        for scope in list(self.atom_scopes):
-            scope.cancel()
-        with anyio.CancelScope(shield=True):
-            while self.atom_tasks:
-                self.atoms_idle = anyio.Event()
-                await self.atoms_idle.wait()
+        self.workers.add_workers(loop, 1)
 
     def ignore(self, i: int) -> bool:
         if self.nodes[i].kind == BARRIER:
@@ -653,7 +540,7 @@ class Run(WaitingAtoms, Reverting):
         """What the engine hands a task: its progress reporter, external handle, context."""
         node = self.nodes[i]
         progress = Progress(self.reporter(i, attempt))
-        external = External(self.token_for(i, attempt))
+        external = External(self.waits.token_for(i, attempt))
         context = TaskContext(
             self.flow_id,
             node.name,
@@ -688,9 +575,9 @@ class Run(WaitingAtoms, Reverting):
         self.running -= 1
         for s in self.nodes[i].scopes:
             self.scope_running[s] -= 1
-            self.check_scope(s)
+            self.reverter.check_scope(s)
         if self.running == 0:  # check_idle acts on nothing else
-            self.check_idle()
+            self.reverter.check_idle()
 
     async def execute(self, i: int) -> None:
         node = self.nodes[i]
@@ -715,7 +602,7 @@ class Run(WaitingAtoms, Reverting):
                 else:
                     result = await task._call_execute(args, injections)
                 if isinstance(result, WaitRequest):
-                    self.open_wait(i, result)
+                    self.waits.open_wait(i, result)
                     return
                 value = self.published(node, result)
                 details: Mapping[str, Any] = NO_RESULT
@@ -739,7 +626,7 @@ class Run(WaitingAtoms, Reverting):
                         await self.sleep(delay)
                     if not self.halted(node):
                         continue
-                self.fail(node, failure, exc)
+                self.reverter.fail(node, failure, exc)
                 return
             self.results[i] = result
             self.values[i] = value
@@ -747,7 +634,7 @@ class Run(WaitingAtoms, Reverting):
         if node.succs and not self.failing:
             if self.strict and self.journal.durable < ticket:
                 if self.loop is not None:  # a worker (see work): no wait here
-                    self.defer_release(i, ticket)
+                    self.workers.defer_release(i, ticket)
                     return
                 await self.journal.wait_durable(ticket)
             self.release(i)
@@ -824,7 +711,7 @@ class Run(WaitingAtoms, Reverting):
         """An attempt of atom ``i`` of a part with a deadline, which may cancel it: then it
         fails with DeadlineExceededError (a thread task is abandoned, as past its own
         timeout)."""
-        with self.scope_class() as scope:
+        with self.workers.scope_class() as scope:
             self.cancels[i] = scope
             try:
                 if self.limiter is not None:
@@ -839,8 +726,8 @@ class Run(WaitingAtoms, Reverting):
 
     def end_timers(self) -> None:
         """Call off this run's timers (the run has ended)."""
-        self.stop_timers()
-        self.disarm_parts()
+        self.waits.stop_timers()
+        self.reverter.disarm_parts()
 
     @staticmethod
     async def attempt(
@@ -858,7 +745,7 @@ class Run(WaitingAtoms, Reverting):
         engine had decided: which failures a retry takes, which part is being retried."""
         self.status = state.status
         self.checkpoint = state.checkpoint
-        self.mail = dict(state.mail)
+        self.waits.mail = dict(state.mail)
         self.trace, self.spans = state.trace, state.spans
         self.restored = True
         if state.cancel is not None:  # cancelled: it reverts, whatever was interrupted
@@ -894,7 +781,7 @@ class Run(WaitingAtoms, Reverting):
                     self.failures.setdefault(node.name, record.failure)
                     self.revert_failed = self.failing = True
             elif state_ is _S.WAITING:
-                self.restore_wait(i, record)
+                self.waits.restore_wait(i, record)
             elif state_ in (_S.REVERTING, _S.REVERTED):
                 unwinding.append(i)
                 if record.failure is not None:
@@ -904,7 +791,7 @@ class Run(WaitingAtoms, Reverting):
                 self.values[i] = record.result
                 deadline = record.details.get("deadline")
                 if deadline is not None and node.controls is not None:
-                    self.part_deadlines[node.controls] = (record.attempt, float(deadline))
+                    self.reverter.part_deadlines[node.controls] = (record.attempt, float(deadline))
         self.revert_to = state.revert_to
         if state.status is FlowStatus.REVERTING and self.revert_to is None:
             self.failing = True
@@ -928,12 +815,12 @@ class Run(WaitingAtoms, Reverting):
                 and retry.should_retry(self.attempts[i], failure)
             ):
                 self.retry_pending.append(i)
-            elif state.status is FlowStatus.SUSPENDED and self.suspends(node, failure):
+            elif state.status is FlowStatus.SUSPENDED and self.reverter.suspends(node, failure):
                 # Suspended by Retry.times(then="suspend"): a resume runs it again now.
                 self.retry_pending.append(i)
                 self.again_now.add(i)
             else:
-                self.fail(node, failure, None)
+                self.reverter.fail(node, failure, None)
         for s, scope in enumerate(self.graph.scopes):
             parent = scope.parent
             while parent is not None and self.scope_failing[s]:
@@ -956,7 +843,7 @@ class Run(WaitingAtoms, Reverting):
             self.set_atom(i, _S.RETRYING, {"until": self.retry_until[i]})
         self.retry_pending.clear()
         self.again_now.clear()
-        self.expire_waits()
+        self.waits.expire_waits()
 
     def after(self, i: int) -> list[int]:
         """Every node that (transitively) follows node ``i``, in index order."""
@@ -978,13 +865,13 @@ class Run(WaitingAtoms, Reverting):
         targets = [j for j in later if self.states[j] in TO_REVERT]
 
         def done() -> None:
-            self.reset(later)
+            self.reverter.reset(later)
             name = self.nodes[i].name
             self.emit(EventKind.CHECKPOINT, name, None, details={"reverted_to": name})
             self.checkpoint = self.stopped_at = name
             self.revert_to = None
 
-        self.revert_group(targets, done)
+        self.reverter.revert_group(targets, done)
 
     def interrupted(self) -> list[int]:
         """Atoms the journal shows running: their work must be done again (a wait
@@ -1028,7 +915,7 @@ class Run(WaitingAtoms, Reverting):
             dict(self.failures),
             atoms,
             self.checkpoint,
-            self.waiting(),
+            self.waits.waiting(),
         )
 
     def flow_progress(self, now: float, history: History | None = None) -> FlowProgress:
