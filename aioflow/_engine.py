@@ -6,6 +6,7 @@ import importlib
 import inspect
 import math
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 from functools import partial
@@ -83,10 +84,34 @@ def load_reference(ref: str) -> Flow:
             f"module {module_name!r} has no {attr!r} (flow reference {ref!r})"
         ) from exc
     if not isinstance(obj, Flow) and callable(obj):
+        if not _makes_a_flow(obj):
+            # Calling any callable a reference names would let a caller run anything
+            # (``os:abort``): only a factory that says it returns a flow is called.
+            raise NotFoundError(
+                f"flow reference {ref!r} names a callable that is not a flow factory:"
+                " annotate its return type as a flow (def make() -> aioflow.Linear: ...)"
+            )
         obj = obj()
     if not isinstance(obj, Flow):
         raise NotFoundError(f"flow reference {ref!r} gives {type(obj).__name__}, not a flow")
     return obj
+
+
+_FLOW_CLASSES = frozenset({"Flow", "Linear", "Unordered", "Graph"})
+
+
+def _makes_a_flow(factory: Any) -> bool:
+    """True for a function whose return annotation is a flow class."""
+    if not inspect.isfunction(factory):
+        return False
+    returns = factory.__annotations__.get("return")
+    if isinstance(returns, str):  # postponed (from __future__ import annotations)
+        hint = returns
+        try:
+            returns = typing.get_type_hints(factory).get("return")
+        except Exception:  # an unresolvable hint: judge by its name
+            return hint.rpartition(".")[2] in _FLOW_CLASSES
+    return isinstance(returns, type) and issubclass(returns, Flow)
 
 
 def _checkpoint_index(graph: ExecGraph, name: str, label: str = "") -> int:

@@ -382,3 +382,26 @@ async def test_a_message_posted_to_a_flow_is_received(journal_url: str) -> None:
             assert unknown.status_code == 404
             bad = await client.post(f"/flows/{flow_id}/messages/answers", json={"msg": 1})
             assert bad.status_code == 422
+
+
+def shutdown() -> None:
+    raise AssertionError("a reference to a callable that is no flow factory was called")
+
+
+async def test_a_reference_to_a_callable_that_is_no_flow_factory_is_never_called() -> None:
+    """With allow_references=True, {"flow": "os:abort"} once killed the server."""
+    engine = aioflow.Engine()
+    app = create_app(engine, allow_references=True, public=True)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://app") as client,
+    ):
+        for ref in ("os:abort", "tests.test_web:shutdown"):
+            response = await client.post("/flows", json={"flow": ref, "inputs": {}})
+            assert response.status_code == 404, response.text
+            assert "not a flow factory" in response.json()["error"]
+        ok = await client.post(
+            "/flows", json={"flow": "tests.flows_for_tests:make_flow", "inputs": {"number": 1}}
+        )
+        assert ok.status_code == 202
