@@ -544,6 +544,11 @@ async def cmd_resume(args: argparse.Namespace) -> int:
             f"--flow {args.flow!r} is not a reference like package.module:factory; a registry"
             " name needs --registry MODULE:ATTR too"
         )
+    renames = _renames(args)
+    if (args.migrate or renames) and args.flow is None:
+        raise UsageError("--migrate and --rename need the new definition: --flow REF")
+    if renames and not args.migrate:
+        raise UsageError("--rename applies to a migration: add --migrate")
     console = _console()
     started = time.monotonic()
     flow_id = args.flow_id
@@ -576,13 +581,43 @@ async def cmd_resume(args: argparse.Namespace) -> int:
                 engine,
                 flow_id,
                 state.name,
-                lambda: engine.resume(flow_id, args.flow),
+                lambda: engine.resume(
+                    flow_id, args.flow, migrate=args.migrate, renames=renames or None
+                ),
                 console,
                 ready=owned,
             )
     except FlowBusyError as exc:  # it was taken between our look and our taking, too
         raise UsageError(_busy_message(args, exc)) from None
     return _report_end(console, args, flow_id, outcome, failure, interrupted, started)
+
+
+def _renames(args: argparse.Namespace) -> dict[str, str]:
+    """``--rename OLD=NEW`` options as a mapping (a bad one is a usage error)."""
+    renames: dict[str, str] = {}
+    for text in getattr(args, "rename", None) or ():
+        old, sep, new = text.partition("=")
+        if not sep or not old or not new:
+            raise UsageError(f"--rename takes OLD=NEW (two atom names), not {text!r}")
+        renames[old] = new
+    return renames
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    """Whether a flow can be migrated to the definition REF (``resume --migrate``): status
+    0 when it can, 1 (listing every conflict) when it cannot."""
+    url = _existing_journal(args)
+    _quiet_logs()
+    renames = _renames(args)
+    engine = Engine(url, registry=_registry(args))
+    conflicts = await engine.check_migration(args.flow_id, args.ref, renames=renames or None)
+    if not conflicts:
+        print(f"flow {args.flow_id} can be migrated to {args.ref}")
+        return EXIT_OK
+    print(f"flow {args.flow_id} cannot be migrated to {args.ref}:")
+    for line in conflicts:
+        print(f"  - {line}")
+    return EXIT_FAILED
 
 
 async def cmd_flows(args: argparse.Namespace) -> int:
@@ -1282,7 +1317,25 @@ def build_parser() -> argparse.ArgumentParser:
         " it was not started from a reference",
     )
     registry_option(p)
+    p.add_argument(
+        "--migrate",
+        action="store_true",
+        help="go on under the changed definition --flow (see docs/versioning.md)",
+    )
+    p.add_argument(
+        "--rename", action="append", metavar="OLD=NEW", help="with --migrate: an atom renamed"
+    )
     speed_options(p)
+
+    p = add(
+        "check",
+        cmd_check,
+        "say whether a flow can be migrated to a changed definition, and why not",
+    )
+    p.add_argument("flow_id", metavar="FLOW_ID")
+    p.add_argument("ref", metavar="REF", help="the new definition, package.module:factory")
+    p.add_argument("--rename", action="append", metavar="OLD=NEW", help="an atom renamed")
+    registry_option(p)
 
     p = add("flows", cmd_flows, "list the journal's flows, their owners and orphans")
     p.add_argument("--status", help="only flows with this status")

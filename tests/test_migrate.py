@@ -214,3 +214,64 @@ async def test_migrating_a_flow_running_here_is_busy() -> None:
             await engine.resume(handle.flow_id, Linear("busy", slow, audit), migrate=True)
         gate.set()
         await handle.wait()
+
+
+RELEASES = '''
+import aioflow
+
+@aioflow.task(provides="a")
+async def fetch() -> int:
+    return 1
+
+@aioflow.task(provides="b")
+async def build(a: int) -> int:
+    return a + 1
+
+@aioflow.task(provides="c")
+async def publish(b: int) -> int:
+    return b * 10
+
+@aioflow.task(provides="z")
+async def audit() -> int:
+    return 0
+
+def v1() -> aioflow.Linear:
+    return aioflow.Linear("release", fetch, build, aioflow.Checkpoint("built"), publish)
+
+def v2() -> aioflow.Linear:  # audit after what ran: fine
+    return aioflow.Linear("release", fetch, build, aioflow.Checkpoint("built"), publish, audit)
+
+def v3() -> aioflow.Linear:  # audit before fetch, which ran: refused
+    return aioflow.Linear("release", audit, fetch, build, aioflow.Checkpoint("built"), publish)
+'''
+
+
+async def test_the_command_line_checks_and_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from .test_cli import aioflow_cmd
+
+    (tmp_path / "releases.py").write_text(RELEASES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    async with aioflow.Engine(url) as engine:
+        outcome = await engine.run("releases:v1", stop_at="built")
+    flow_id = outcome.flow_id
+    ok = aioflow_cmd("check", flow_id, "releases:v2", "--journal", url, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert f"flow {flow_id} can be migrated to releases:v2" in ok.stdout
+    refused = aioflow_cmd("check", flow_id, "releases:v3", "--journal", url, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert "cannot be migrated" in refused.stdout
+    assert "'fetch' has finished but the new flow puts it after 'audit'" in refused.stdout
+    bad = aioflow_cmd(
+        "check", flow_id, "releases:v2", "--rename", "fetch", "--journal", url, cwd=tmp_path
+    )
+    assert bad.returncode == 2 and "OLD=NEW" in bad.stderr
+    moved = aioflow_cmd(
+        "resume", flow_id, "--flow", "releases:v2", "--migrate", "--journal", url, cwd=tmp_path
+    )
+    assert moved.returncode == 0, moved.stderr + moved.stdout
+    async with aioflow.Engine(url) as engine:
+        done = await engine.outcome(flow_id)
+    assert done.status is FlowStatus.SUCCESS and done["z"] == 0
