@@ -53,7 +53,7 @@ def test_the_command_finds_references_in_the_current_folder(
     folder = Path(str(tmp_path))
     (folder / "mymod.py").write_text(
         "import aioflow\n\n@aioflow.task\nasync def hello() -> None:\n    pass\n\n"
-        "def flow():\n    return aioflow.Linear('greet', hello)\n"
+        "def flow() -> aioflow.Linear:\n    return aioflow.Linear('greet', hello)\n"
     )
     command = Path(sys.executable).parent / "aioflow"
     done = subprocess.run(
