@@ -390,6 +390,23 @@ def _purge_sync(
     return len(gone), (last if len(rows) == limit else None)
 
 
+
+def _event(flow_id: str, row: Sequence[Any], decode: Callable[[str], Any]) -> Event:
+    """The event a row of ``_SELECT_EVENTS`` or ``_LOAD`` holds."""
+    seq, time, kind_name, atom, state, attempt, progress, details = row
+    kind = _KINDS[kind_name]
+    return Event(
+        flow_id,
+        seq,
+        time,
+        kind,
+        atom,
+        decode_state(kind, state),
+        attempt,
+        progress,
+        {} if details is None else cast("Mapping[str, Any]", decode(details)),
+    )
+
 class SqliteJournal(WriterJournal):
     """A :class:`Journal` in a SQLite file that several processes may share.
 
@@ -1161,19 +1178,8 @@ class SqliteJournal(WriterJournal):
                     page = list(await fetch(_SELECT_EVENTS, (flow_id, after, _PAGE)))
                 except (sqlite3.Error, ValueError) as exc:
                     raise self._error(f"cannot read flow {flow_id}", exc) from exc
-                for seq, time, kind_name, atom, state, attempt, progress, details in page:
-                    kind = _KINDS[kind_name]
-                    yield Event(
-                        flow_id,
-                        seq,
-                        time,
-                        kind,
-                        atom,
-                        decode_state(kind, state),
-                        attempt,
-                        progress,
-                        {} if details is None else cast("Mapping[str, Any]", decode(details)),
-                    )
+                for row in page:
+                    yield _event(flow_id, row, decode)
                 if len(page) < _PAGE:
                     return
                 after = page[-1][0]
@@ -1195,23 +1201,7 @@ class SqliteJournal(WriterJournal):
         if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
         decode = self.codec.decode
-        loaded = []
-        for seq, time, kind_name, atom, state, attempt, progress, details in rows:
-            kind = _KINDS[kind_name]
-            loaded.append(
-                Event(
-                    flow_id,
-                    seq,
-                    time,
-                    kind,
-                    atom,
-                    decode_state(kind, state),
-                    attempt,
-                    progress,
-                    {} if details is None else cast("Mapping[str, Any]", decode(details)),
-                )
-            )
-        return loaded
+        return [_event(flow_id, row, decode) for row in rows]
 
     async def _purge_batch(
         self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
