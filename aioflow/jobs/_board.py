@@ -148,6 +148,13 @@ def job_from_row(row: Any, codec: Codec) -> Job:
     )
 
 
+def claimed_in_order(rows: Iterable[Any], codec: Codec) -> list[Job]:
+    """The :class:`Job` of each row of :data:`COLUMNS` plus a last column that orders
+    jobs of equal priority and age (a claim's ``RETURNING`` has no order), best first."""
+    ordered = sorted((tuple(row) for row in rows), key=lambda r: (-r[4], r[11], r[-1]))
+    return [job_from_row(row[:-1], codec) for row in ordered]
+
+
 def encode_failures(failures: Mapping[str, Failure], codec: Codec) -> str | None:
     return codec.encode({k: f.to_dict() for k, f in failures.items()}) if failures else None
 
@@ -590,6 +597,21 @@ class JobBoard(abc.ABC):
         now + ``lease`` with a new generation and one more attempt. None if there is none.
         """
 
+    async def claim_many(self, owner: str, lease: float, n: int) -> list[Job]:
+        """Claim up to ``n`` claimable jobs for ``owner`` at once, best first (the order
+        of :meth:`claim`), each changed as :meth:`claim` changes one; fewer, or none,
+        when fewer are claimable. The memory, SQLite and PostgreSQL boards claim them
+        in one statement; this default, for other boards, calls :meth:`claim` ``n``
+        times. :class:`ValueError` unless ``n`` is a whole number >= 1."""
+        check_claim_count(n)
+        jobs: list[Job] = []
+        while len(jobs) < n:
+            job = await self.claim(owner, lease)
+            if job is None:
+                break
+            jobs.append(job)
+        return jobs
+
     @abc.abstractmethod
     async def renew(self, job: Job, lease: float) -> bool:
         """Extend the claim to now + ``lease``; False if ``job.generation`` is stale."""
@@ -685,6 +707,12 @@ def available_from(now: float, delay: object, run_at: object) -> float:
     if not (0 <= delay < math.inf):
         raise ValueError(f"a job's delay must be a finite number of seconds >= 0, not {delay!r}")
     return now + float(delay)
+
+
+def check_claim_count(n: object) -> None:
+    """Refuse a count of jobs to claim that is not a whole number >= 1, naming it."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"claim_many takes a whole number of jobs >= 1, not {n!r}")
 
 
 def check_post(flow: object, inputs: object, priority: object) -> dict[str, Any]:

@@ -66,6 +66,11 @@ _BACKOFF = (0.05, 5.0)
 """The first and the longest pause of a conductor whose store fails (doubling between)."""
 
 
+def _release(slots: anyio.Semaphore, count: int) -> None:
+    for _ in range(count):
+        slots.release()
+
+
 class Conductor:
     """Claims jobs from ``board`` and runs them in ``engine``, ``capacity`` at a time.
 
@@ -105,6 +110,7 @@ class Conductor:
         self._stack: AsyncExitStack | None = None
         self._log = _LOG.bind(conductor=self.name)
         self._backoff = 0.0  # > 0 while the store fails: claims wait that long first
+        self._unstarted: dict[str, Job] = {}  # claimed by run(), their task not begun yet
 
     def __repr__(self) -> str:
         return f"Conductor({self.name!r}, {len(self.running)}/{self.capacity} jobs)"
@@ -140,33 +146,65 @@ class Conductor:
             slots = anyio.Semaphore(self.capacity)
             claimed = 0
             next_wake = -math.inf
-            async with anyio.create_task_group() as tg:
-                schedules = anyio.CancelScope()
-                tg.start_soon(self._fire_schedules, schedules, name="aioflow schedules")
-                while max_jobs is None or claimed < max_jobs:
-                    await slots.acquire()
-                    try:
-                        if self._backoff:
-                            await self._store_back()
-                        job = await self.board.claim(self.name, self.lease)
-                    except JournalError as exc:
-                        slots.release()
-                        self._trouble(exc)  # no claim while the store is away
-                        continue
-                    except BaseException:
-                        slots.release()
-                        raise
-                    if job is None:
-                        slots.release()
-                        if self.board.clock() >= next_wake:
-                            # Reads every WAITING job's journal: not at every poll.
-                            next_wake = self.board.clock() + max(self.poll, _WAKE_EVERY)
-                            await self.wake_parked()
-                        await self.board.wait_for_work(self.poll)
-                        continue
-                    claimed += 1
-                    tg.start_soon(self._job, job, slots, name=f"job {job.id}")
-                schedules.cancel()  # max_jobs reached: only the jobs held are awaited
+            try:
+                async with anyio.create_task_group() as tg:
+                    schedules = anyio.CancelScope()
+                    tg.start_soon(self._fire_schedules, schedules, name="aioflow schedules")
+                    while max_jobs is None or claimed < max_jobs:
+                        free = await self._free_slots(slots, max_jobs, claimed)
+                        try:
+                            if self._backoff:
+                                await self._store_back()
+                            # Shielded: a cancel while the claim commits must not lose
+                            # its jobs; each is then started (its task gives it back
+                            # when cancelled) or given back by _give_back_unstarted.
+                            with anyio.CancelScope(shield=True):
+                                jobs = await self.board.claim_many(self.name, self.lease, free)
+                        except JournalError as exc:
+                            _release(slots, free)
+                            self._trouble(exc)  # no claim while the store is away
+                            continue
+                        except BaseException:
+                            _release(slots, free)
+                            raise
+                        _release(slots, free - len(jobs))
+                        if not jobs:
+                            if self.board.clock() >= next_wake:
+                                # Reads every WAITING job's journal: not at every poll.
+                                next_wake = self.board.clock() + max(self.poll, _WAKE_EVERY)
+                                await self.wake_parked()
+                            await self.board.wait_for_work(self.poll)
+                            continue
+                        claimed += len(jobs)
+                        for job in jobs:
+                            self._unstarted[job.id] = job
+                            tg.start_soon(self._job, job, slots, name=f"job {job.id}")
+                    schedules.cancel()  # max_jobs reached: only the jobs held are awaited
+            finally:
+                await self._give_back_unstarted()
+
+    async def _free_slots(self, slots: anyio.Semaphore, max_jobs: int | None, claimed: int) -> int:
+        """Wait for a free slot, then take every other free one too (no more than the
+        jobs ``max_jobs`` leaves to claim): how many jobs the next claim may take."""
+        await slots.acquire()
+        free = 1
+        wanted = self.capacity if max_jobs is None else min(self.capacity, max_jobs - claimed)
+        while free < wanted and slots.value > 0:
+            slots.acquire_nowait()
+            free += 1
+        return free
+
+    async def _give_back_unstarted(self) -> None:
+        """Give back the claimed jobs whose task never began (the run was cancelled, or
+        failed, between the claim and their start), now rather than after the lease."""
+        jobs, self._unstarted = list(self._unstarted.values()), {}
+        if not jobs:
+            return
+        with anyio.CancelScope(shield=True):
+            for job in jobs:
+                with suppress(JournalError):
+                    if await self.board.release(job):
+                        self._log.info("aioflow.job_released", job=job.id, started=False)
 
     async def _fire_schedules(self, scope: anyio.CancelScope) -> None:
         """Post the jobs of due schedules (see ``JobBoard.schedule``), sleeping on the
@@ -217,6 +255,8 @@ class Conductor:
         await self._job(job, anyio.Semaphore(0))
 
     async def _job(self, job: Job, slots: anyio.Semaphore) -> None:
+        # Before any await: from here on this task, not run()'s clean-up, gives it back.
+        self._unstarted.pop(job.id, None)
         log = self._log.bind(job=job.id, flow=job.flow, attempt=job.attempts)
         self.running[job.id] = job
         try:

@@ -15,7 +15,7 @@ from .._failure import Failure
 from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal
-from ._board import Job, JobBoard, JobState, available_from, check_post
+from ._board import Job, JobBoard, JobState, available_from, check_claim_count, check_post
 from ._schedule import Schedule
 
 if TYPE_CHECKING:
@@ -122,19 +122,29 @@ class MemoryJobBoard(JobBoard):
         return sum(1 for job in self._jobs.values() if job.state in states and job.updated < cut)
 
     async def claim(self, owner: str, lease: float) -> Job | None:
+        jobs = await self.claim_many(owner, lease, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_many(self, owner: str, lease: float, n: int) -> list[Job]:
+        check_claim_count(n)
         now = self._now()
-        ready = [j for j in self._jobs.values() if j.state in _CLAIMABLE and j.available_at <= now]
-        if not ready:
-            return None
-        best = min(ready, key=lambda j: (-j.priority, j.created, self._order[j.id]))
-        return self._put(
-            best,
-            state=JobState.CLAIMED,
-            owner=owner,
-            generation=best.generation + 1,
-            attempts=best.attempts + 1,
-            available_at=now + lease,
+        # No await: choosing the jobs and claiming them is one step.
+        best = heapq.nsmallest(
+            n,
+            (j for j in self._jobs.values() if j.state in _CLAIMABLE and j.available_at <= now),
+            key=lambda j: (-j.priority, j.created, self._order[j.id]),
         )
+        return [
+            self._put(
+                job,
+                state=JobState.CLAIMED,
+                owner=owner,
+                generation=job.generation + 1,
+                attempts=job.attempts + 1,
+                available_at=now + lease,
+            )
+            for job in best
+        ]
 
     def _held(self, job: Job) -> Job | None:
         """The stored job if ``job``'s claim is still current, else None."""

@@ -28,7 +28,9 @@ from ._board import (
     JobBoard,
     JobState,
     available_from,
+    check_claim_count,
     check_post,
+    claimed_in_order,
     encode_failures,
     job_from_row,
 )
@@ -76,6 +78,17 @@ FROM (SELECT id AS claimed FROM aioflow_jobs
       ORDER BY priority DESC, created, ord LIMIT 1 FOR UPDATE SKIP LOCKED) AS best
 WHERE id = best.claimed
 RETURNING {COLUMNS}
+"""
+# Up to $4 jobs in one statement. The ids are chosen by an ARRAY subquery, which runs
+# once (an InitPlan), so a join can never run the locking LIMIT twice; ord orders jobs of
+# equal priority and age, as RETURNING comes in no particular order.
+_CLAIM_MANY = f"""
+UPDATE aioflow_jobs SET state = 'CLAIMED', owner = $1, generation = generation + 1,
+    attempts = attempts + 1, available_at = $2 + $3, updated = $2
+WHERE id = ANY(ARRAY(SELECT id FROM aioflow_jobs
+                     WHERE state IN ('UNCLAIMED', 'CLAIMED') AND available_at <= $2
+                     ORDER BY priority DESC, created, ord LIMIT $4 FOR UPDATE SKIP LOCKED))
+RETURNING {COLUMNS}, ord
 """
 _HELD = " WHERE id = $1 AND generation = $2 AND state = 'CLAIMED'"
 # One batch of a purge, one statement: it locks the next $3 finished jobs by id after $4
@@ -281,6 +294,11 @@ class PostgresJobBoard(JobBoard):
     async def claim(self, owner: str, lease: float) -> Job | None:
         rows = await self._fetch(_CLAIM, owner, self._now(), float(lease))
         return job_from_row(rows[0], self.codec) if rows else None
+
+    async def claim_many(self, owner: str, lease: float, n: int) -> list[Job]:
+        check_claim_count(n)
+        rows = await self._fetch(_CLAIM_MANY, owner, self._now(), float(lease), n)
+        return claimed_in_order(rows, self.codec)
 
     async def renew(self, job: Job, lease: float) -> bool:
         return await self._update(

@@ -31,7 +31,9 @@ from ._board import (
     JobBoard,
     JobState,
     available_from,
+    check_claim_count,
     check_post,
+    claimed_in_order,
     encode_failures,
     job_from_row,
 )
@@ -69,13 +71,15 @@ _TRACES = (
     "CREATE TABLE IF NOT EXISTS aioflow_job_traces(id TEXT PRIMARY KEY, carrier TEXT NOT NULL)"
 )
 
+# Up to ?4 jobs in one statement (inside the caller's BEGIN IMMEDIATE), with the rowid
+# that orders jobs of equal priority and age: RETURNING comes in no particular order.
 _CLAIM = f"""
 UPDATE aioflow_jobs SET state = 'CLAIMED', owner = ?1, generation = generation + 1,
     attempts = attempts + 1, available_at = ?2 + ?3, updated = ?2
-WHERE id = (SELECT id FROM aioflow_jobs
-            WHERE state IN ('UNCLAIMED', 'CLAIMED') AND available_at <= ?2
-            ORDER BY priority DESC, created, rowid LIMIT 1)
-RETURNING {COLUMNS}
+WHERE id IN (SELECT id FROM aioflow_jobs
+             WHERE state IN ('UNCLAIMED', 'CLAIMED') AND available_at <= ?2
+             ORDER BY priority DESC, created, rowid LIMIT ?4)
+RETURNING {COLUMNS}, rowid
 """
 _HELD = " WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
@@ -282,17 +286,22 @@ class SqliteJobBoard(JobBoard):
         return int(rows[0][0])
 
     async def claim(self, owner: str, lease: float) -> Job | None:
+        jobs = await self.claim_many(owner, lease, 1)
+        return jobs[0] if jobs else None
+
+    async def claim_many(self, owner: str, lease: float, n: int) -> list[Job]:
+        check_claim_count(n)
         async with self._connect() as db:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                rows = list(await db.execute_fetchall(_CLAIM, (owner, self._now(), lease)))
+                rows = await db.execute_fetchall(_CLAIM, (owner, self._now(), lease, n))
                 await db.execute("COMMIT")
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     if db.in_transaction:
                         await db.execute("ROLLBACK")
                 raise
-        return job_from_row(rows[0], self.codec) if rows else None
+        return claimed_in_order(rows, self.codec)
 
     async def renew(self, job: Job, lease: float) -> bool:
         now = self._now()
