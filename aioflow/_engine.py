@@ -23,6 +23,7 @@ from ._errors import (
     AioflowError,
     FlowBusyError,
     FlowCancelledError,
+    FlowExistsError,
     FlowFailedError,
     FlowMismatchError,
     InvalidFlowError,
@@ -496,11 +497,11 @@ class Engine:
     async def _begin(self, run: Run, start: dict[str, Any], *, explicit_id: bool) -> None:
         if explicit_id:
             try:
-                await self.journal.load(run.flow_id)
+                await self.journal.summary(run.flow_id)  # one row, not the flow's events
             except NotFoundError:
                 pass
             else:
-                raise AioflowError(
+                raise FlowExistsError(
                     f"flow {run.flow_id} already exists in the journal; resume it instead"
                 )
         await self._ownership.ensure()

@@ -15,6 +15,7 @@ Every one derives from :class:`AioflowError`; where a builtin fits, it is a base
     ├── LeaseLostError
     ├── FlowBusyError
     ├── FlowCancelledError
+    ├── FlowExistsError
     ├── JournalError
     └── SerializationError (TypeError)
 
@@ -157,6 +158,11 @@ class FlowBusyError(AioflowError):
             f"flow {flow_id} is being run by engine {owner}{until}; it cannot be resumed "
             "here while that engine lives (wait for it with engine.wait(flow_id))"
         )
+
+
+class FlowExistsError(AioflowError):
+    """Raised by ``engine.run(..., flow_id=...)`` (and ``start``) for a flow id the
+    journal already holds: resume that flow instead."""
 
 
 class FlowCancelledError(AioflowError):

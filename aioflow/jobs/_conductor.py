@@ -31,6 +31,7 @@ from .._engine import Engine
 from .._errors import (
     AioflowError,
     FlowBusyError,
+    FlowExistsError,
     FlowFailedError,
     JournalError,
     LeaseLostError,
@@ -349,16 +350,19 @@ class Conductor:
             tg.cancel_scope.cancel()
 
     async def _drive(self, job: Job) -> Outcome:
+        # Most jobs are new: start the flow, and resume it only when the journal has it
+        # already (one read of the journal either way, not a look and then a start).
+        # Posted inside a span: the flow keeps that trace context (instruments only).
+        if job.id in self.engine._slots:  # this engine runs it already (a wake-up): join
+            return await self._outcome_of(self.engine.resume(job.id))
+        trace = await self.board.trace_of(job.id) if self.engine._hooks is not None else {}
         try:
-            await self.engine.journal.summary(job.id)
-        except NotFoundError:
-            # Posted inside a span: the flow keeps that trace context (instruments only).
-            trace = await self.board.trace_of(job.id) if self.engine._hooks is not None else {}
             with attached(trace):
                 return await self._outcome_of(
                     self.engine.run(job.flow, job.inputs, flow_id=job.id)
                 )
-        return await self._outcome_of(self.engine.resume(job.id))
+        except FlowExistsError:
+            return await self._outcome_of(self.engine.resume(job.id))
 
     @staticmethod
     async def _outcome_of(run: Any) -> Outcome:
