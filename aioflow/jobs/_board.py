@@ -29,7 +29,7 @@ from .._flow import instant
 from .._log import get_logger
 from .._states import FlowStatus
 from ..journal import Journal
-from ..journal._base import purge_cut
+from ..journal._base import purge_cut, purge_in_batches
 from ._schedule import Schedule, check_schedule, due, first_run, tick_name
 
 if TYPE_CHECKING:
@@ -540,19 +540,11 @@ class JobBoard(abc.ABC):
         cut = purge_cut(older_than, self._now())
         if dry_run:
             return await self._count_purgeable(wanted, cut)
-        batch = self.purge_batch
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"purge_batch must be a whole number of jobs >= 1, not {batch!r}")
-        removed = 0
-        after: str | None = None
-        while True:
-            found, after = await self._purge_batch(wanted, cut, after, batch)
-            removed += found
-            if found:
-                _LOG.debug("aioflow.jobs_purge_batch", jobs=found, removed=removed)
-            if after is None:
-                break
-            await anyio.lowlevel.checkpoint()  # let other writers in between two batches
+        removed = await purge_in_batches(
+            lambda after, limit: self._purge_batch(wanted, cut, after, limit),
+            self.purge_batch,
+            "jobs",
+        )
         if removed:
             _LOG.info("aioflow.jobs_purged", jobs=removed, before=cut)
         return removed

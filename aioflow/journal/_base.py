@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias
@@ -357,19 +357,11 @@ class Journal(abc.ABC):
         cut = purge_cut(older_than, self.clock())
         if dry_run:
             return await self._count_purgeable(statuses, cut)
-        batch = self.purge_batch
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"purge_batch must be a whole number of flows >= 1, not {batch!r}")
-        removed = 0
-        after: PurgeKey | None = None
-        while True:
-            found, after = await self._purge_batch(statuses, cut, after, batch)
-            removed += found
-            if found:
-                _LOG.debug("aioflow.journal_purge_batch", flows=found, removed=removed)
-            if after is None:
-                break
-            await anyio.lowlevel.checkpoint()  # let other writers in between two batches
+        removed = await purge_in_batches(
+            lambda after, limit: self._purge_batch(statuses, cut, after, limit),
+            self.purge_batch,
+            "flows",
+        )
         if removed:
             _LOG.info("aioflow.journal_purged", flows=removed, before=cut)
         return removed
@@ -579,6 +571,29 @@ def purge_statuses(status: FlowStatus | Iterable[FlowStatus] | None) -> frozense
     if not named:
         raise ValueError("status names no status: give one or more of SUCCESS, REVERTED, FAILED")
     return frozenset(named)
+
+
+async def purge_in_batches(
+    step: Callable[[Any, int], Awaitable[tuple[int, Any]]], batch: object, what: str
+) -> int:
+    """Run ``step(after, batch)`` (remove up to ``batch`` of ``what``, in one short
+    transaction, after the key ``after``; return how many and the key to go on after,
+    None at the end) until it is done, letting other writers in between two batches;
+    how many were removed in all."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"purge_batch must be a whole number of {what} >= 1, not {batch!r}")
+    removed = 0
+    after: Any = None
+    while True:
+        found, after = await step(after, batch)
+        removed += found
+        if found:
+            # aioflow.journal_purge_batch (flows=...), aioflow.jobs_purge_batch (jobs=...)
+            event = "aioflow.journal_purge_batch" if what == "flows" else "aioflow.jobs_purge_batch"
+            _LOG.debug(event, **{what: found}, removed=removed)
+        if after is None:
+            return removed
+        await anyio.lowlevel.checkpoint()
 
 
 def purge_cut(older_than: float | timedelta, now: float) -> float:
