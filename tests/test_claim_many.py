@@ -16,6 +16,7 @@ import aioflow
 from aioflow import Conductor, Engine, FlowStatus, JobState
 from aioflow.jobs import Job, JobBoard
 
+from .boards import BACKENDS, Clock, url_for
 from .pg import pg_schema, pg_url
 
 __all__ = ["pg_schema", "pg_url"]
@@ -32,24 +33,11 @@ def one_step() -> aioflow.Linear:
     return aioflow.Linear("one-step", step)
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of the board, and of the journal of any engine (same database)."""
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
+    return url_for(request, tmp_path)
 
 
 def open_board(url: str, clock: Clock | None = None) -> JobBoard:

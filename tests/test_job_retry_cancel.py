@@ -20,6 +20,7 @@ import aioflow
 from aioflow import AioflowError, Conductor, Engine, FlowStatus, JobBoard, JobState, NotFoundError
 from aioflow.jobs import Job
 
+from .boards import BACKENDS, Clock, url_for
 from .pg import pg_schema, pg_url
 
 __all__ = ["pg_schema", "pg_url"]
@@ -87,22 +88,11 @@ def waiting_flow() -> aioflow.Linear:
     return aioflow.Linear("approval", ask)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The URL of the board and of the journal (one database, for fencing)."""
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
+    return url_for(request, tmp_path)
 
 
 def make(url: str, **kwargs: Any) -> tuple[JobBoard, Engine]:

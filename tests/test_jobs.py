@@ -13,30 +13,18 @@ from aioflow.jobs import Job, JobBoard, JobState, MemoryJobBoard, SqliteJobBoard
 from aioflow.journal import open_journal
 from aioflow.journal._base import Fence
 
+from .boards import BACKENDS, Clock, url_for
 from .pg import pg_schema, pg_url
 from .test_journal import atom_event, flow_start
 
 __all__ = ["pg_schema", "pg_url"]
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def board_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A jobboard URL per backend (the journal may share it: same file, same schema)."""
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
+    return url_for(request, tmp_path)
 
 
 @pytest.fixture
