@@ -4,9 +4,9 @@ The same layout as the SQLite journal (``aioflow_meta``, ``aioflow_events``,
 ``aioflow_flows``), in the first schema of the connection's ``search_path`` (give
 ``?search_path=name`` in the URL to pick one). A commit of any size is one statement: the
 events go in through ``unnest`` of one array per column, and a data-modifying CTE upserts
-the flow summaries, so a batch costs one round trip. A batch holding events of fenced
-flows (jobs run by a conductor) is a transaction of three: the claim check
-(``SELECT ... FOR SHARE`` on the jobboard's ``aioflow_jobs``), that statement, ``COMMIT``.
+the flow summaries, so a batch costs one round trip, fenced flows included: the same
+statement locks the summary rows of the flows whose owner must still hold them (their
+generation), and writes nothing unless all do (see :data:`_COMMIT`).
 """
 
 from __future__ import annotations
