@@ -24,6 +24,7 @@ from ._errors import (
     FlowFailedError,
     InvalidTokenError,
     NotFoundError,
+    SerializationError,
 )
 from ._events import Event, EventKind
 from ._failure import CANCEL, Failure
@@ -34,6 +35,7 @@ from ._replay import replay
 from ._states import AtomState, FlowStatus
 from ._tokens import SECRET_META_KEY, Claim, Signer, new_secret, secret_from
 from ._values import encode_large, measure_from
+from .journal._base import encode_message
 
 if TYPE_CHECKING:
 
@@ -219,6 +221,7 @@ class ExternalWork:
                     f"flow {flow_id} has ended ({summary.status.value}): no receive of it"
                     f" will ever take a message on {topic!r}"
                 )
+            await self._check_size(flow_id, topic, message)
             stored = await journal.post_message(
                 flow_id, topic, message, key=idempotency_key, time=engine._clock()
             )
@@ -229,6 +232,23 @@ class ExternalWork:
                 run.waits.mail_arrived(topic)
                 return
             await self.deliver_resting(flow_id)
+
+    async def _check_size(self, flow_id: str, topic: str, message: Any) -> None:
+        """Refuse a message beyond the engine's ``max_value_bytes`` (SerializationError,
+        nothing stored): a receive's result is held to the limit any result is."""
+        limit = self.engine.max_value_bytes
+        if limit is None:
+            return
+        hint = size_hint(message)
+        if hint is not None and hint < measure_from(limit):
+            return  # surely small enough: no need to encode it twice
+        text = await encode_message(self.engine.journal.codec, flow_id, topic, message)
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise SerializationError(
+                f"a message on topic {topic!r} for flow {flow_id} is {size} bytes, beyond the"
+                f" engine's max_value_bytes ({limit}); send a reference to it instead"
+            )
 
     async def mark_mail(self) -> None:
         """Start looking at the mailbox from its newest message (once per engine): a

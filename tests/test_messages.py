@@ -221,3 +221,14 @@ def test_the_example_trial_runs() -> None:
     assert "ann: SUCCESS, invoice-ann" in done.stdout
     assert "bob: REVERTED" in done.stdout
     assert "the trial of bob ends" in done.stdout and "the trial of ann" not in done.stdout
+
+
+async def test_a_message_beyond_max_value_bytes_is_refused_and_nothing_is_stored() -> None:
+    async with aioflow.Engine(max_value_bytes=1000) as engine:
+        handle = await engine.start(aioflow.Linear("inbox", aioflow.Receive("r", "t")))
+        await engine.wait(handle.flow_id)
+        with pytest.raises(aioflow.SerializationError, match="beyond the engine's max_value"):
+            await engine.send(handle.flow_id, "t", "x" * 5000)
+        await engine.send(handle.flow_id, "t", "small")
+        outcome = await handle.wait()
+    assert outcome.atoms["r"].result == "small"  # the big one never reached the mailbox
