@@ -232,3 +232,41 @@ async def test_a_message_beyond_max_value_bytes_is_refused_and_nothing_is_stored
         await engine.send(handle.flow_id, "t", "small")
         outcome = await handle.wait()
     assert outcome.atoms["r"].result == "small"  # the big one never reached the mailbox
+
+
+async def test_a_run_of_an_engine_that_is_not_entered_takes_messages_while_it_runs(
+    tmp_path: Path,
+) -> None:
+    """The run stays live (a slow branch); a message sent from another engine reaches
+    its receive while it runs, through the run's own mailbox poll."""
+    url = f"sqlite:///{tmp_path / 'j.db'}"
+    taken = anyio.Event()
+
+    @aioflow.task
+    async def slow() -> None:
+        with anyio.fail_after(20):
+            await taken.wait()
+
+    def saw(event: aioflow.Event) -> None:
+        if event.atom == "r" and event.state is aioflow.AtomState.SUCCESS:
+            taken.set()
+
+    runner = aioflow.Engine(url, listeners=[saw])
+    flow = aioflow.Linear("both", aioflow.Unordered("b", slow, aioflow.Receive("r", "t")))
+    result: dict[str, aioflow.Outcome] = {}
+
+    async def run() -> None:
+        result["outcome"] = await runner.run(flow, flow_id="live")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        async with aioflow.Engine(url) as sender:
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await sender.send("live", "t", "hello")
+                        break
+                    except aioflow.NotFoundError:
+                        await anyio.sleep(0.02)
+    assert result["outcome"].status is aioflow.FlowStatus.SUCCESS
+    assert result["outcome"].atoms["r"].result == "hello"
