@@ -13,6 +13,8 @@ all of them are connected and told to go until the last job is COMPLETE (the lar
 
 Samples of the subjects are interleaved; the table shows medians. ``--profile`` runs one
 conductor in this process under pyinstrument instead (``pip install pyinstrument``).
+``--taskset CPUS`` runs the K processes under ``taskset -c CPUS`` (e.g. ``1``: the server,
+which this benchmark does not pin, then has core 0 to itself unless the OS moves it).
 """
 
 from __future__ import annotations
@@ -150,14 +152,16 @@ def child(argv: Sequence[str] | None = None) -> None:
 class Children:
     """K benchmark processes with their output in log files; all killed on exit."""
 
-    def __init__(self, argv: list[str], k: int, logs: Path) -> None:
+    def __init__(self, argv: list[str], k: int, logs: Path, cpus: str | None = None) -> None:
         self.logs = [logs / f"child-{i}.log" for i in range(k)]
         self.procs: list[subprocess.Popen[bytes]] = []
+        pin = ["taskset", "-c", cpus] if cpus else []
         for path in self.logs:
             with path.open("wb") as log:
                 self.procs.append(
                     subprocess.Popen(
                         [
+                            *pin,
                             sys.executable,
                             "-c",
                             "from benchmarks.jobboard import child; child()",
@@ -220,9 +224,17 @@ async def post_jobs(url: str, n: int) -> None:
 
 
 async def sample(
-    subject: str, k: int, n: int, url: str, capacity: int, durability: str, logs: Path
+    subject: str,
+    k: int,
+    n: int,
+    url: str,
+    capacity: int,
+    durability: str,
+    logs: Path,
+    cpus: str | None = None,
 ) -> dict[str, Any]:
-    """One timed sample of ``subject`` with ``k`` processes on a fresh schema."""
+    """One timed sample of ``subject`` with ``k`` processes on a fresh schema (pinned to
+    ``cpus`` with ``taskset -c`` when given)."""
     schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
     admin = await asyncpg.connect(dsn_from_url(url))
     try:
@@ -230,7 +242,7 @@ async def sample(
         here = url_in(url, schema)
         await post_jobs(here, n)
         argv = ["floor", here] if subject == "floor" else [subject, here, str(capacity), durability]
-        children = Children(argv, k, logs)
+        children = Children(argv, k, logs, cpus)
         conn = await asyncpg.connect(dsn_from_url(here))
         try:
             await children.ready()
@@ -373,6 +385,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile one in-process conductor instead"
     )
+    parser.add_argument(
+        "--taskset",
+        metavar="CPUS",
+        help="run the K processes under `taskset -c CPUS` (e.g. 1); the server is not pinned",
+    )
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.processes.split(",") if k.strip()]
     if args.profile:
@@ -393,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
                             args.capacity,
                             args.durability,
                             Path(tmp),
+                            args.taskset,
                         )
                     )
                     results.append(r)
@@ -407,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{args.jobs} one-task jobs, conductor capacity {args.capacity}, journal"
         f" {args.durability}; medians of {args.repeat}"
+        + (f"; processes pinned with taskset -c {args.taskset}" if args.taskset else "")
     )
     print(table(results, ks))
     if args.json is not None:
