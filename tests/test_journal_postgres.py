@@ -257,3 +257,24 @@ async def test_of_concurrent_completions_across_engines_exactly_one_wins(pg_url:
     outcome = await aioflow.Engine(pg_url, secret="s3cret").resume(waiting.flow_id)
     assert outcome.status is aioflow.FlowStatus.SUCCESS
     assert outcome["answer"] == f"got yes-{wins[0]}"
+
+
+async def test_a_connection_given_back_mid_transaction_is_rolled_back(pg_url: str) -> None:
+    """The pools skip asyncpg's reset (a round trip per release) but still roll back a
+    transaction a cancelled caller left open."""
+    from aioflow.journal.postgres import PostgresJournal
+
+    journal = open_journal(pg_url)
+    assert isinstance(journal, PostgresJournal)
+    async with journal:
+        pool = journal._open_pool()
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open(x int)")
+            assert conn.is_in_transaction()
+            pid = conn.get_server_pid()
+        async with pool.acquire() as again:
+            assert again.get_server_pid() == pid  # the one idle connection, given again
+            assert not again.is_in_transaction()
+            exists = await again.fetchval("SELECT to_regclass('pg_temp.left_open')")
+            assert exists is None  # rolled back, not committed

@@ -243,6 +243,16 @@ def _list_query(
     return sql + f" ORDER BY f.created DESC, f.flow_id DESC LIMIT ${len(args)}", args
 
 
+
+async def lean_reset(conn: asyncpg.Connection) -> None:
+    """What a pool does to a connection given back, beyond what asyncpg always does (it
+    rolls back a transaction a cancelled caller left open, and drops listeners): nothing.
+    asyncpg's default reset adds a round trip per release (``RESET ALL``, ``UNLISTEN *``,
+    unlocking advisory locks) that aioflow never needs: it sets no session state, its
+    advisory locks are transaction scoped, and it listens on a connection of its own.
+    That round trip was half of a job's (docs/scaling.md)."""
+
+
 class PostgresJournal(WriterJournal):
     """A :class:`Journal` in a PostgreSQL database shared by any number of machines.
 
@@ -271,7 +281,9 @@ class PostgresJournal(WriterJournal):
         if self._pool is not None:
             raise JournalError(f"journal {_redact(self.url)} is already open")
         try:
-            pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=1, max_size=self._pool_size, reset=lean_reset
+            )
         except _ERRORS as exc:
             raise self._error("cannot connect", exc) from exc
         assert pool is not None
