@@ -17,7 +17,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 from typing import Any, TypeAlias, cast
 
 import aiosqlite
@@ -653,10 +653,21 @@ class SqliteJournal(WriterJournal):
 
     def _read_only(self) -> str | None:
         """What keeps this process from writing the journal: the file, one of the files
-        SQLite keeps beside it, or their folder (None when nothing does)."""
+        SQLite keeps beside it, or their folder (None when nothing does). Other processes
+        create and delete the -wal and -shm files as their connections come and go, so a
+        file is read-only only when two looks, a moment apart, both say so (a worker
+        thread runs this)."""
+        why = self._read_only_now()
+        if why is not None:
+            sleep(0.02)
+            why = self._read_only_now()
+        return why
+
+    def _read_only_now(self) -> str | None:
         path = Path(self.path).absolute()
         for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if file.exists() and not _writable(file, os.W_OK):
+            # os.access says no for a missing file: it must be there before and after.
+            if file.exists() and not _writable(file, os.W_OK) and file.exists():
                 return f"the file {file} is read-only"
         folder = path.parent
         if folder.is_dir() and not _writable(folder, os.W_OK | os.X_OK):
