@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
@@ -101,8 +102,10 @@ def load_reference(ref: str) -> Flow:
 _FLOW_CLASSES = frozenset({"Flow", "Linear", "Unordered", "Graph"})
 
 
+@functools.lru_cache(maxsize=512)
 def _makes_a_flow(factory: Any) -> bool:
-    """True for a function whose return annotation is a flow class."""
+    """True for a function whose return annotation is a flow class (remembered: resolving
+    a postponed annotation compiles it, and a conductor asks once per job)."""
     if not inspect.isfunction(factory):
         return False
     returns = factory.__annotations__.get("return")
