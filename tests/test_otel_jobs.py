@@ -114,3 +114,32 @@ async def test_conductor_job_metrics() -> None:
         for p in m.data.data_points
     }
     assert points == {"claimed": 3, "completed": 3}
+
+
+async def test_a_dead_lettered_job_is_counted() -> None:
+    reader = InMemoryMetricReader()
+    instrument = OpenTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
+    board = aioflow.JobBoard.open("memory://", poll=0.01)
+    job = await board.post(FLOW, inputs={"number": 1})
+    assert await board.claim("a-conductor-that-died", 0.01) is not None  # attempt 1, lapses
+    await anyio.sleep(0.05)
+    engine = aioflow.Engine(instruments=[instrument])
+    async with (
+        aioflow.Conductor(board, engine, capacity=1, max_attempts=1) as conductor,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(conductor.run)
+        done = await board.wait(job.id, timeout=30)
+        tg.cancel_scope.cancel()
+    assert done.state is JobState.FAILED
+    data = reader.get_metrics_data()
+    assert data is not None
+    events = {
+        p.attributes["aioflow.job.event"]: p.value
+        for r in data.resource_metrics
+        for s in r.scope_metrics
+        for m in s.metrics
+        if m.name == "aioflow.jobs"
+        for p in m.data.data_points
+    }
+    assert events == {"dead_lettered": 1}
