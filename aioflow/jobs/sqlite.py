@@ -24,7 +24,7 @@ from .._failure import Failure
 from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal, SqliteJournal
-from ..journal.sqlite import path_from_url, set_wal
+from ..journal.sqlite import immediate, path_from_url, set_wal
 from ._board import (
     COLUMNS,
     Job,
@@ -252,25 +252,19 @@ class SqliteJobBoard(JobBoard):
             if not ids:
                 return 0, None
             in_ids = "id IN (" + ", ".join("?" * len(ids)) + ")"
-            # Shielded: a cancelled caller must not leave the write lock held (see
-            # aioflow.journal.sqlite._immediate).
-            with anyio.CancelScope(shield=True):
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    cursor = await db.execute(
-                        f"DELETE FROM aioflow_jobs WHERE {in_ids} AND {where}",
-                        (*ids, *values, cut),
-                    )
-                    removed = cursor.rowcount
-                    await db.execute(
-                        f"DELETE FROM aioflow_job_traces WHERE {in_ids} AND NOT EXISTS"
-                        " (SELECT 1 FROM aioflow_jobs j WHERE j.id = aioflow_job_traces.id)",
-                        ids,
-                    )
-                    await db.execute("COMMIT")
-                finally:
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
+
+            async def remove(db: aiosqlite.Connection) -> int:
+                cursor = await db.execute(
+                    f"DELETE FROM aioflow_jobs WHERE {in_ids} AND {where}", (*ids, *values, cut)
+                )
+                await db.execute(
+                    f"DELETE FROM aioflow_job_traces WHERE {in_ids} AND NOT EXISTS"
+                    " (SELECT 1 FROM aioflow_jobs j WHERE j.id = aioflow_job_traces.id)",
+                    ids,
+                )
+                return int(cursor.rowcount)
+
+            removed: int = await immediate(db, remove)
         return removed, (ids[-1] if len(ids) == limit else None)
 
     async def _count_purgeable(self, states: frozenset[JobState], cut: float) -> int:
@@ -291,16 +285,12 @@ class SqliteJobBoard(JobBoard):
 
     async def claim_many(self, owner: str, lease: float, n: int) -> list[Job]:
         check_claim_count(n)
+
+        async def claim(db: aiosqlite.Connection) -> list[Any]:
+            return list(await db.execute_fetchall(_CLAIM, (owner, self._now(), lease, n)))
+
         async with self._connect() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = await db.execute_fetchall(_CLAIM, (owner, self._now(), lease, n))
-                await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                raise
+            rows = await immediate(db, claim)
         return claimed_in_order(rows, self.codec)
 
     async def renew(self, job: Job, lease: float) -> bool:
@@ -368,32 +358,27 @@ class SqliteJobBoard(JobBoard):
     async def _repost(self, job: Job) -> Job | None:
         now = self._now()
         new_id = uuid.uuid4().hex
-        async with self._connect() as db:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = await db.execute(
-                    "UPDATE aioflow_jobs SET generation = generation + 1"
-                    " WHERE id = ? AND generation = ? AND state = 'FAILED'",
-                    (job.id, job.generation),
+        async def repost(db: aiosqlite.Connection) -> list[Any]:
+            cursor = await db.execute(
+                "UPDATE aioflow_jobs SET generation = generation + 1"
+                " WHERE id = ? AND generation = ? AND state = 'FAILED'",
+                (job.id, job.generation),
+            )
+            if cursor.rowcount != 1:
+                return []
+            return list(
+                await db.execute_fetchall(
+                    "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority,"
+                    " idempotency_key, state, generation, attempts, available_at,"
+                    " created, updated) SELECT ?, name, flow, inputs, priority, NULL,"
+                    " 'UNCLAIMED', 0, 0, ?, ?, ? FROM aioflow_jobs WHERE id = ?"
+                    f" RETURNING {COLUMNS}",
+                    (new_id, now, now, now, job.id),
                 )
-                rows: list[Any] = []
-                if cursor.rowcount == 1:
-                    rows = list(
-                        await db.execute_fetchall(
-                            "INSERT INTO aioflow_jobs(id, name, flow, inputs, priority,"
-                            " idempotency_key, state, generation, attempts, available_at,"
-                            " created, updated) SELECT ?, name, flow, inputs, priority, NULL,"
-                            " 'UNCLAIMED', 0, 0, ?, ?, ? FROM aioflow_jobs WHERE id = ?"
-                            f" RETURNING {COLUMNS}",
-                            (new_id, now, now, now, job.id),
-                        )
-                    )
-                await db.execute("COMMIT")
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                raise
+            )
+
+        async with self._connect() as db:
+            rows = await immediate(db, repost)
         return job_from_row(rows[0], self.codec) if rows else None
 
     async def _cancel_unstarted(self, job: Job, failures: Mapping[str, Failure]) -> bool:

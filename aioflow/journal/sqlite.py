@@ -274,7 +274,7 @@ def _writable(path: Path, mode: int) -> bool:
     return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
 
 
-async def _immediate(
+async def immediate(
     db: aiosqlite.Connection, steps: Callable[[aiosqlite.Connection], Awaitable[Any]]
 ) -> Any:
     """Run ``steps`` in one IMMEDIATE transaction on ``db``, rolled back if they raise.
@@ -601,7 +601,7 @@ class SqliteJournal(WriterJournal):
                     await db.execute(statement)
                 _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=2)
 
-        await _immediate(db, steps)
+        await immediate(db, steps)
 
     async def _add_flows_created(self, db: aiosqlite.Connection) -> None:
         """Give a journal made before it the index that list_flows pages by (see
@@ -614,7 +614,7 @@ class SqliteJournal(WriterJournal):
             async def create(db: aiosqlite.Connection) -> None:
                 await db.execute(_FLOWS_CREATED)
 
-            await _immediate(db, create)
+            await immediate(db, create)
 
     async def _create_schema(self, db: aiosqlite.Connection) -> None:
         # WAL must be set outside a transaction, and only once the file is known to be
@@ -1050,7 +1050,7 @@ class SqliteJournal(WriterJournal):
             raise JournalError(f"journal {self.url} is not open")
         try:
             async with self._lock:
-                return await _immediate(db, steps)
+                return await immediate(db, steps)
         except (sqlite3.Error, ValueError) as exc:
             raise self._error(doing, exc) from exc
 
