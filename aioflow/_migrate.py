@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._compile import BARRIER, CHECKPOINT, RETRY
-from ._replay import UNPACK_ONE, AtomRecord, FlowState, atom_names
+from ._replay import AtomRecord, FlowState, atom_names, provided
 from ._states import AtomState, FlowStatus
 
 if TYPE_CHECKING:
@@ -39,26 +39,6 @@ class Migration:
 
     conflicts: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
-
-
-def _provides(structure: list[Any]) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """Each task's provided symbols and whether it unpacks, from a recorded structure;
-    each retry controller's (``Retry.for_each``) symbol."""
-    out: dict[str, tuple[tuple[str, ...], bool]] = {}
-    stack = [structure] if structure else []
-    while stack:
-        node = stack.pop()
-        if not isinstance(node, list) or not node:
-            continue
-        if node[0] == "task":
-            provides = tuple(str(p) for p in node[3])
-            out[str(node[1])] = (provides, len(provides) > 1 or node[4:] == [UNPACK_ONE])
-        elif node[0] in ("linear", "unordered", "graph"):
-            last = node[-1]
-            if isinstance(last, list) and last[:1] == ["retry"]:
-                out[str(node[1])] = (tuple(str(p) for p in last[2]), False)
-            stack.extend(m for m in node[2] if isinstance(m, list))
-    return out
 
 
 def plan(
@@ -83,7 +63,7 @@ def plan(
         conflicts.append(f"renames name atoms the new flow does not have: {', '.join(missing)}")
     if len(set(renames.values())) != len(renames):
         conflicts.append("renames give two atoms the same new name")
-    old_provides = _provides(state.structure)
+    old_provides = {name: (tuple(p), unpack) for name, p, unpack in provided(state.structure)}
     # What each atom of the new flow stands for in the journal: its record, if any.
     records: dict[str, AtomRecord] = {}
     for old, record in state.atoms.items():

@@ -343,13 +343,14 @@ def part_deadlines(state: FlowState) -> list[float]:
     return out
 
 
-def published(state: FlowState) -> dict[str, Any]:
-    """The symbols the flow's finished tasks published, read from the recorded structure
-    (a task that provides a tuple of symbols unpacks its result, from a mapping or a
-    sequence; a symbol provided twice takes the later provider's value)."""
-    out: dict[str, Any] = {}
-    stack = [state.structure] if state.structure else []
+def provided(
+    structure: list[Any], *, controllers: bool = True
+) -> list[tuple[str, list[str], bool]]:
+    """What each atom of a recorded structure provides, in definition order: (name, the
+    symbols, whether it unpacks its result). Tasks, and (with ``controllers``) the retry
+    controllers of parts with ``Retry.for_each`` (their value under its symbol)."""
     order: list[tuple[str, list[str], bool]] = []
+    stack = [structure] if structure else []
     while stack:
         node = stack.pop()
         if not isinstance(node, list) or not node:
@@ -361,7 +362,20 @@ def published(state: FlowState) -> dict[str, Any]:
             unpack = len(provides) > 1 or node[4:] == [UNPACK_ONE]
             order.append((str(node[1]), provides, unpack))
         elif kind in ("linear", "unordered", "graph") and len(node) > 2:
+            last = node[-1]
+            is_retry = isinstance(last, list) and last[:1] == ["retry"]
+            if controllers and is_retry and last[2:3] and last[2]:
+                order.append((str(node[1]), [str(p) for p in last[2]], False))
             stack.extend(reversed([m for m in node[2] if isinstance(m, list)]))
+    return order
+
+
+def published(state: FlowState) -> dict[str, Any]:
+    """The symbols the flow's finished tasks published, read from the recorded structure
+    (a task that provides a tuple of symbols unpacks its result, from a mapping or a
+    sequence; a symbol provided twice takes the later provider's value)."""
+    out: dict[str, Any] = {}
+    order = provided(state.structure, controllers=False)
     for name, provides, unpack in order:
         record = state.atoms.get(name)
         if record is None or record.state is not AtomState.SUCCESS or not provides:
