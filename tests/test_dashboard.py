@@ -42,6 +42,14 @@ WAIT_MS = 20_000
 """How long a browser expectation may wait for the page to catch up (a hang guard, not a
 timing assertion: every wait ends on a condition)."""
 
+async def has_count(locator: Any, n: int) -> None:
+    """Wait until ``locator`` matches ``n`` elements: the list re-renders while it is
+    live, so a count read once may catch it between two renders."""
+    from playwright.async_api import expect
+
+    await expect(locator).to_have_count(n, timeout=WAIT_MS)
+
+
 # Flows ----------------------------------------------------------------------------------
 
 GATES: dict[str, anyio.Event] = {}
@@ -389,30 +397,30 @@ async def test_the_list_filters_by_status_and_name_and_loads_more(
 
         await d.open("#/?status=RUNNING")
         await d.row(running).wait_for()
-        assert await d.page.locator("#flows tr").count() == 1
+        await has_count(d.page.locator("#flows tr"), 1)
         assert await d.page.locator("#status-filter").input_value() == "RUNNING"
 
         await d.page.select_option("#status-filter", "SUCCESS")
         await d.page.wait_for_url("**/#/?status=SUCCESS")
         for flow_id in quick:
             await d.row(flow_id).wait_for()
-        assert await d.row(running).count() == 0
+        await has_count(d.row(running), 0)
 
         await d.page.select_option("#status-filter", "")
         await d.page.fill("#name-filter", "gated")
         await d.page.press("#name-filter", "Enter")
         await d.page.wait_for_url("**/#/?name=gated")
         await d.row(running).wait_for()
-        assert await d.page.locator("#flows tr").count() == 1
+        await has_count(d.page.locator("#flows tr"), 1)
 
         # Pages of two: the rest arrives with "Load more".
         await d.open("#/?limit=2")
         await d.page.locator("#flows tr").nth(1).wait_for()
-        assert await d.page.locator("#flows tr").count() == 2
+        await has_count(d.page.locator("#flows tr"), 2)
         await d.page.click("#load-more")
         for flow_id in [*quick, running]:
             await d.row(flow_id).wait_for()
-        assert await d.page.locator("#flows tr").count() == 4
+        await has_count(d.page.locator("#flows tr"), 4)
         gate("half").set()
         gate("done").set()
 
