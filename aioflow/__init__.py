@@ -37,6 +37,7 @@ from ._handles import External as External
 from ._handles import Progress as Progress
 from ._handles import TaskContext as TaskContext
 from ._listeners import StructlogListener as StructlogListener
+from ._map import Map as Map
 from ._outcome import AtomOutcome as AtomOutcome
 from ._outcome import Outcome as Outcome
 from ._progress import AtomProgress as AtomProgress
@@ -93,6 +94,7 @@ __all__ = [
     "JournalError",
     "LeaseLostError",
     "Linear",
+    "Map",
     "MissingInputsError",
     "NotFoundError",
     "Outcome",

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from ._errors import InvalidFlowError, MissingInputsError
 from ._flow import Checkpoint, Decider, Flow, Graph, Linear, Member, Unordered
+from ._map import Map
 from ._replay import UNPACK_ONE
 from ._retry import Retry
 from ._task import Task
@@ -29,6 +30,11 @@ TASK: Final = "task"
 CHECKPOINT: Final = "checkpoint"
 BARRIER: Final = "barrier"
 RETRY: Final = "retry"
+MAP: Final = "map"
+ITEM: Final = -2
+"""A provider meaning "the element of the sequence this copy of a Map runs for"."""
+OUTER: Final = -3
+"""A provider meaning "what is visible around the Map" (for the nodes of its member)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -56,6 +62,31 @@ class Node:
     controls: int | None = None
     timed: bool = False
     """True inside a part with a ``timeout``: its attempts can be cancelled."""
+    mapping: MapSpec | None = None
+    """A Map's controller (kind MAP) and its collector (a BARRIER) carry what it maps."""
+
+
+@dataclass(slots=True, eq=False)
+class MapSpec:
+    """What a :class:`~aioflow.Map` grows at run time: its member compiled once, as a
+    template in coordinates of its own (node ``t`` of copy ``i`` is appended at
+    ``base_i + t``), and where the member's outside symbols come from (``outer``:
+    symbol -> (provider, key), in the coordinates of the graph holding the Map)."""
+
+    name: str
+    item: str
+    provides: str | None
+    max_parallel: int | None
+    nodes: list[Node]
+    scopes: list[RetryScope]
+    roots: tuple[int, ...]
+    exits: tuple[int, ...]
+    symbols: dict[str, int]
+    suffixes: tuple[str, ...]
+    """What follows ``name[i]`` in each template node's name (``""`` for the copy itself)."""
+    task: bool
+    """The member is a task: copy ``i`` is one node, its own end."""
+    outer: dict[str, tuple[int, Any]]
 
 
 @dataclass(slots=True, eq=False)
@@ -119,8 +150,73 @@ class _Scope:
             found = scope.local.get(symbol)
             if found is not None:
                 return found
+            if type(scope) is _MapScope:
+                return scope.around(symbol)
             scope = scope.parent
         return None
+
+
+class _MapScope(_Scope):
+    """The root scope of a Map's member: what the member provides, then its item, then
+    what is visible around the Map (noted in ``outer``, read as OUTER)."""
+
+    __slots__ = ("item", "outer", "outside")
+
+    def __init__(self, outside: _Scope, item: str) -> None:
+        super().__init__()
+        self.outside = outside
+        self.item = item
+        self.outer: dict[str, tuple[int, Any]] = {}
+
+    def around(self, symbol: str) -> int | None:
+        if symbol == self.item:
+            return ITEM
+        provider = self.outside.lookup(symbol)
+        if provider is None:
+            return None
+        self.outer[symbol] = (provider, symbol)
+        return OUTER
+
+
+def _template(m: Map, outside: _Scope, missing: dict[str, list[str]]) -> tuple[MapSpec, Any]:
+    """Compile a Map's member once, in coordinates of its own (see MapSpec)."""
+    member = m.member
+    if isinstance(member, Flow):
+        _check_names(member)
+    builder = _Builder()
+    if m.item in _gives(member, builder.summaries):
+        raise InvalidFlowError(
+            f"map {m.name!r}: its member provides {m.item!r}, the symbol each copy sees its"
+            " element as; give the map another item=",
+            atoms=[m.name],
+        )
+    root = _MapScope(outside, m.item)
+    exits, structure = builder.build(member, [], root)
+    for atom, symbols in builder.missing.items():
+        missing.setdefault(f"{m.name}[*]" + ("" if atom == member.name else f".{atom}"), []).extend(
+            symbols
+        )
+    nodes = builder.nodes
+    _link_successors(nodes, builder.edge_from, builder.edge_to)
+    task = isinstance(member, Task)
+    suffixes = tuple(
+        "" if task or (t.index == 0 and t.kind == RETRY) else f".{t.name}" for t in nodes
+    )
+    spec = MapSpec(
+        name=m.name,
+        item=m.item,
+        provides=m.provides,
+        max_parallel=m.max_parallel,
+        nodes=nodes,
+        scopes=builder.scopes,
+        roots=tuple(t.index for t in nodes if not t.preds),
+        exits=tuple(exits),
+        symbols=root.local,
+        suffixes=suffixes,
+        task=task,
+        outer=root.outer,
+    )
+    return spec, structure
 
 
 def _summary(
@@ -135,6 +231,12 @@ def _summary(
         return cache[key]
     needs: set[str] = set()
     gives: set[str] = set()
+    if isinstance(member, Map):
+        inner, _ = _summary(member.member, cache)
+        needs = (inner - {member.item}) | {member.over}
+        gives = {member.provides} if member.provides else set()
+        cache[key] = (needs, gives)
+        return needs, gives
     if isinstance(member, Linear):
         for m in member.members:
             n, g = _summary(m, cache)
@@ -227,6 +329,8 @@ class _Builder:
             i = self.node(member.name, CHECKPOINT, preds, checkpoint=member, weight=0.0)
             self.checkpoints[member.name] = i
             return [i], ["checkpoint", member.name]
+        if isinstance(member, Map):
+            return self.map(member, preds, scope)
         if isinstance(member, Flow) and (member.retry is not None or member.timeout is not None):
             return self.retried(member, preds, scope)
         return self.body(member, preds, scope)
@@ -283,6 +387,23 @@ class _Builder:
         # A deadline alone: its value is not structure (it may change between runs).
         kind = "deadline" if retry is None else "for_each" if retry.values else "times"
         return exits, [*structure, ["retry", kind, list(provides)]]
+
+    def map(self, m: Map, preds: list[int], scope: _Scope) -> tuple[list[int], list[Any]]:
+        """A Map: its controller (reads the sequence, grows the copies), its member
+        compiled as a template, and its collector (the join that publishes the list)."""
+        over = scope.lookup(m.over)
+        if over is None:
+            self.missing.setdefault(m.name, []).append(m.over)
+        args = ((m.over, over, m.over),) if over is not None else ()
+        c = self.node(m.name, MAP, preds, args=args, unpack=True, weight=0.0)
+        spec, structure = _template(m, scope, self.missing)
+        self.nodes[c].mapping = spec
+        provides = (m.provides,) if m.provides else ()
+        k = self.node(f"<collect {m.name}>", BARRIER, [c], provides=provides)
+        self.nodes[k].mapping = spec
+        if m.provides:
+            scope.local[m.provides] = k
+        return [k], ["map", m.name, m.over, m.item, m.provides, structure]
 
     def task(
         self, task: Task, preds: list[int], scope: _Scope, writes: dict[str, int] | None = None
@@ -511,6 +632,9 @@ def _check_names(flow: Flow) -> None:
     stack: list[Member] = [flow]
     while stack:
         m = stack.pop()
+        if isinstance(m, Map):  # an atom; its member is checked as a flow of its own
+            seen[m.name] = seen.get(m.name, 0) + 1
+            continue
         if not isinstance(m, Flow) or m.retry is not None or m.timeout is not None:
             seen[m.name] = seen.get(m.name, 0) + 1
             if isinstance(m, Flow):
@@ -574,6 +698,15 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
 
     nodes = builder.nodes
     _link_successors(nodes, builder.edge_from, builder.edge_to)
+    maps = [n.name for n in nodes if n.kind == MAP]
+    for name in maps:
+        taken = sorted(a for a in builder.index if a.startswith(f"{name}["))
+        if taken:
+            raise InvalidFlowError(
+                f"map {name!r} names its copies {name}[0], {name}[1]...; the flow has an atom"
+                f" named {taken[0]!r} already",
+                atoms=[name, taken[0]],
+            )
     return ExecGraph(
         name=flow.name,
         nodes=nodes,
@@ -583,14 +716,46 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
         fingerprint=hashlib.sha256(text.encode()).hexdigest()[:32],
         checkpoints=builder.checkpoints,
         scopes=builder.scopes,
-        issues_tokens=any(n.task is not None and n.task.takes_token for n in nodes),
+        issues_tokens=any(n.task is not None and n.task.takes_token for n in every_node(nodes)),
     )
+
+
+def every_node(nodes: list[Node]) -> Iterable[Node]:
+    """``nodes`` and the nodes of the Maps' members among them, however deep."""
+    stack = [nodes]
+    while stack:
+        for node in stack.pop():
+            yield node
+            if node.kind == MAP and node.mapping is not None:
+                stack.append(node.mapping.nodes)
+
+
+def weights_of(graph: ExecGraph) -> dict[str, float]:
+    """The tasks' weights that are not 1, as a flow's first event records them; a Map's
+    copies under ``name[*]`` (``name[*].atom``), since their number is not known yet."""
+    out: dict[str, float] = {}
+    stack: list[tuple[list[Node], str, tuple[str, ...] | None]] = [(graph.nodes, "", None)]
+    while stack:
+        nodes, prefix, suffixes = stack.pop()
+        for node in nodes:
+            name = node.name if suffixes is None else prefix + suffixes[node.index]
+            if node.task is not None and node.weight != 1.0:
+                out[name] = node.weight
+            if node.kind == MAP and node.mapping is not None:
+                stack.append((node.mapping.nodes, f"{name}[*]", node.mapping.suffixes))
+    return out
 
 
 def _flatten(structure: list[Any], parent: str, out: dict[str, str]) -> None:
     kind, name = structure[0], structure[1]
     path = f"{parent}/{name}" if parent else name
-    if kind == "task":
+    if kind == "map":
+        member = json.dumps(structure[5], separators=(",", ":"))
+        out[name] = (
+            f"map at {path} over {structure[2]!r} as {structure[3]!r} providing"
+            f" {structure[4]!r} of {member}"
+        )
+    elif kind == "task":
         unpacked = " (unpacked)" if structure[4:] == [UNPACK_ONE] else ""
         out[name] = f"task at {path} requiring {structure[2]} providing {structure[3]}{unpacked}"
     elif kind == "checkpoint":

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._codec import Codec
-from ._compile import ExecGraph, compile_flow, describe_differences
+from ._compile import ExecGraph, compile_flow, describe_differences, weights_of
 from ._errors import (
     AioflowError,
     FlowBusyError,
@@ -433,7 +433,7 @@ class Engine:
             flow_id = uuid.uuid4().hex
         run = self._new_run(graph, flow_id, inputs)
         run.stop_at = stop_at
-        weights = {n.name: n.weight for n in graph.atoms if n.weight != 1.0 and n.task is not None}
+        weights = weights_of(graph)
         start = {
             "name": graph.name,
             "ref": ref,

@@ -25,6 +25,7 @@ history) has no ETA (None).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -267,6 +268,17 @@ def summarize(
     return FlowProgress(flow_id, status.value, fraction, out, eta)
 
 
+def weight_of(weights: Mapping[str, float], name: str) -> float:
+    """Atom ``name``'s weight as recorded: its own, or (a Map's copy) its member's."""
+    weight = weights.get(name)
+    if weight is None and "[" in name:
+        weight = weights.get(_COPY.sub("[*]", name))
+    return 1.0 if weight is None else weight
+
+
+_COPY = re.compile(r"\[\d+\]")
+
+
 def from_state(
     state: FlowState,
     weights: Mapping[str, float],
@@ -276,9 +288,9 @@ def from_state(
     """The progress of a flow read back from its journal (``weights``: the non-default
     task weights recorded when it started)."""
     atoms = []
-    for name, kind in atom_names(state.structure):
+    for name, kind in atom_names(state.structure, state.atoms):
         record = state.atoms.get(name)
-        weight = float(weights.get(name, 1.0)) if kind == "task" else 0.0
+        weight = float(weight_of(weights, name)) if kind == "task" else 0.0
         if record is None:
             atoms.append(AtomTiming(name, AtomState.PENDING, 0.0, weight))
             continue

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._compile import BARRIER, CHECKPOINT, RETRY
+from ._compile import BARRIER, CHECKPOINT, RETRY, weights_of
 from ._replay import AtomRecord, FlowState, atom_names, provided
 from ._states import AtomState, FlowStatus
 
@@ -121,9 +121,7 @@ def plan(
         ),
         "name": graph.name,
         "structure": graph.structure_json,
-        "weights": {
-            n.name: n.weight for n in graph.atoms if n.weight != 1.0 and n.task is not None
-        },
+        "weights": weights_of(graph),
     }
     return Migration([], journaled)
 

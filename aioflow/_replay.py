@@ -9,7 +9,7 @@ the journal kept). Every transition is checked against the one table in
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,24 +297,72 @@ UNPACK_ONE = "unpack"
 (written by compile, read here)."""
 
 
-def atom_names(structure: list[Any]) -> list[tuple[str, str]]:
+_EXPANDED = (AtomState.SUCCESS, AtomState.REVERTING, AtomState.REVERTED, AtomState.REVERT_FAILURE)
+_DONE = (AtomState.SUCCESS, AtomState.IGNORED)
+
+
+def _same(name: str) -> str:
+    return name
+
+
+def _retried(node: list[Any]) -> bool:
+    return bool(node[-1]) and isinstance(node[-1], list) and node[-1][:1] == ["retry"]
+
+
+def map_count(atoms: Mapping[str, AtomRecord] | None, name: str) -> int:
+    """How many copies Map ``name`` grew, as its controller journaled (0 before)."""
+    record = None if atoms is None else atoms.get(name)
+    if record is None or record.state not in _EXPANDED or not isinstance(record.result, int):
+        return 0
+    return record.result
+
+
+def copy_names(node: list[Any], name: str, i: int) -> Callable[[str], str]:
+    """How the atoms of copy ``i`` of Map ``node`` (a recorded ``["map", ...]``, named
+    ``name`` once renamed) are named: the member's own atom (a task, or a flow's retry
+    controller) ``name[i]``, the others ``name[i].atom``."""
+    member = node[5]
+    own = member[0] == "task" or (member[0] != "checkpoint" and _retried(member))
+    root = member[1] if own else None
+    item = f"{name}[{i}]"
+    return lambda atom: item if atom == root else f"{item}.{atom}"
+
+
+def atom_names(
+    structure: list[Any], atoms: Mapping[str, AtomRecord] | None = None
+) -> list[tuple[str, str]]:
     """Every atom of a recorded flow structure as (name, kind), in definition order;
-    kind is "task", "checkpoint" or "retry"."""
+    kind is "task", "checkpoint", "retry" or "map". With ``atoms`` (the journal's
+    records), the copies each Map grew follow it."""
     out: list[tuple[str, str]] = []
-    stack = [structure] if structure else []
-    while stack:
-        node = stack.pop()
-        kind = node[0]
-        if kind in ("task", "checkpoint"):
-            out.append((node[1], kind))
-            continue
-        if kind == "retry":
-            continue
-        members = node[2]
-        if node[-1] and isinstance(node[-1], list) and node[-1][:1] == ["retry"]:
-            out.append((node[1], "retry"))
-        stack.extend(reversed([m for m in members if isinstance(m, list)]))
+    if structure:
+        _names(structure, atoms, _same, out)
     return out
+
+
+def _names(
+    node: list[Any],
+    atoms: Mapping[str, AtomRecord] | None,
+    rename: Callable[[str], str],
+    out: list[tuple[str, str]],
+) -> None:
+    kind = node[0]
+    if kind in ("task", "checkpoint"):
+        out.append((rename(node[1]), kind))
+        return
+    if kind == "retry":
+        return
+    if kind == "map":
+        name = rename(node[1])
+        out.append((name, "map"))
+        for i in range(map_count(atoms, name)):
+            _names(node[5], atoms, copy_names(node, name, i), out)
+        return
+    if _retried(node):
+        out.append((rename(node[1]), "retry"))
+    for m in node[2]:
+        if isinstance(m, list):
+            _names(m, atoms, rename, out)
 
 
 def part_deadlines(state: FlowState) -> list[float]:
@@ -373,19 +421,82 @@ def provided(
 def published(state: FlowState) -> dict[str, Any]:
     """The symbols the flow's finished tasks published, read from the recorded structure
     (a task that provides a tuple of symbols unpacks its result, from a mapping or a
-    sequence; a symbol provided twice takes the later provider's value)."""
+    sequence; a symbol provided twice takes the later provider's value; a Map whose
+    copies all finished, the list of their results)."""
+    return _published(state.structure, state.atoms, _same)
+
+
+def _published(
+    structure: list[Any], atoms: Mapping[str, AtomRecord], rename: Callable[[str], str]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    order = provided(state.structure, controllers=False)
-    for name, provides, unpack in order:
-        record = state.atoms.get(name)
+    for name, provides, unpack in provided(structure, controllers=False):
+        record = atoms.get(rename(name))
         if record is None or record.state is not AtomState.SUCCESS or not provides:
             continue
-        result = record.result
-        if not unpack:
-            out[provides[0]] = result
-        elif isinstance(result, Mapping):
-            out.update({p: result[p] for p in provides if p in result})
-        elif isinstance(result, list | tuple) and len(result) == len(provides):
-            out.update(zip(provides, result, strict=True))
+        out.update(_unpacked(record.result, provides, unpack))
+    for node in _maps(structure):
+        name = rename(node[1])
+        record = atoms.get(name)
+        if node[4] is None or record is None or record.state is not AtomState.SUCCESS:
+            continue
+        values: list[Any] = []
+        for i in range(map_count(atoms, name)):
+            names = copy_names(node, name, i)
+            inside: list[tuple[str, str]] = []
+            _names(node[5], atoms, names, inside)
+            if any((r := atoms.get(n)) is None or r.state not in _DONE for n, _ in inside):
+                break
+            member = node[5]
+            if member[0] == "task":
+                own = atoms[names(member[1])]
+                provides = [str(p) for p in member[3]]
+                unpack = len(provides) > 1 or member[4:] == [UNPACK_ONE]
+                if own.state is not AtomState.SUCCESS:
+                    values.append(None)
+                elif unpack:
+                    values.append(_unpacked(own.result, provides, True))
+                else:
+                    values.append(own.result)
+                continue
+            symbols = _published(member, atoms, names)
+            given = _gives(member)
+            if len(given) == 1:
+                values.append(symbols.get(given[0]))
+            else:
+                values.append({s: symbols[s] for s in given if s in symbols} or None)
+        else:
+            out[node[4]] = values
     return out
 
+
+def _unpacked(result: Any, provides: list[str], unpack: bool) -> dict[str, Any]:
+    if not unpack:
+        return {provides[0]: result}
+    if isinstance(result, Mapping):
+        return {p: result[p] for p in provides if p in result}
+    if isinstance(result, list | tuple) and len(result) == len(provides):
+        return dict(zip(provides, result, strict=True))
+    return {}
+
+
+def _maps(structure: list[Any]) -> list[list[Any]]:
+    """The Maps of a recorded structure, those inside Maps' members left out."""
+    out: list[list[Any]] = []
+    stack = [structure] if structure else []
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, list) or not node:
+            continue
+        if node[0] == "map":
+            out.append(node)
+        elif node[0] in ("linear", "unordered", "graph") and len(node) > 2:
+            stack.extend(reversed([m for m in node[2] if isinstance(m, list)]))
+    return out
+
+
+def _gives(member: list[Any]) -> list[str]:
+    """The symbols a recorded member provides, in the order it provides them."""
+    symbols = [s for _, provides, _ in provided(member, controllers=False) for s in provides]
+    symbols += [str(node[4]) for node in _maps(member) if node[4] is not None]
+    return list(dict.fromkeys(symbols))

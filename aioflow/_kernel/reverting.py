@@ -63,11 +63,15 @@ class Reverter:
         self.part_deadlines: dict[int, tuple[int, float]] = {}
         self.part_timers: dict[int, Timer] = {}
 
-    def grow(self, n: int) -> None:
-        """Room for ``n`` nodes appended to the run's graph (see ``Run.grow``)."""
+    def grow(self, n: int, scopes: int = 0) -> None:
+        """Room for ``n`` nodes and ``scopes`` retry scopes appended to the run's graph
+        (see ``Run.grow``)."""
         self.revert_target.extend([False] * n)
         self.revert_count.extend([0] * n)
         self.group.extend([None] * n)
+        self.scope_failing.extend([False] * scopes)
+        self.scope_reverting.extend([False] * scopes)
+        self.scope_running.extend([0] * scopes)
 
     # Part deadlines -----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import anyio
 import anyio.lowlevel
 
 from .._codec import NO_RESULT, Encoded, size_hint
-from .._compile import BARRIER, CHECKPOINT, INPUT, RETRY, ExecGraph, Node
+from .._compile import BARRIER, CHECKPOINT, INPUT, MAP, RETRY, TASK, ExecGraph, Node, RetryScope
 from .._errors import DeadlineExceededError, SerializationError
 from .._eta import AtomTiming, History, summarize
 from .._events import Event, EventKind
@@ -41,6 +41,8 @@ from .._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check
 from .._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task
 from .._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
 from ..instrument import Attempt, FlowRun
+from .mapping import EXPANDED as _EXPANDED
+from .mapping import Mapper
 from .reverting import FINISHED as _FINISHED
 from .reverting import NO_INJECTIONS as _NO_INJECTIONS
 from .reverting import TO_REVERT, Reverter
@@ -152,22 +154,41 @@ class Run:
         self.workers = Workers(self)
         self.reverter = Reverter(self)
         self.waits = Waits(self)
+        self.mapper = Mapper(self)
+        # The scheduler asks the Maps' gates (max_parallel) about these nodes only.
+        self.gated = self.mapper.gated
+        self.gate_ends = self.mapper.gate_ends
         # The scheduler counts the atoms running in each part, and skips parts failing.
         self.scope_failing = self.reverter.scope_failing
         self.scope_running = self.reverter.scope_running
 
-    def grow(self, nodes: list[Node]) -> None:
-        """Append ``nodes`` to this run's graph while it runs: each node's index follows
-        the last, its predecessors are nodes already there (or earlier among ``nodes``),
-        and it starts PENDING; a node whose predecessors have all finished is ready at
-        the next release. The compiled graph, which other runs share, is copied first."""
+    def grow(
+        self,
+        nodes: list[Node],
+        scopes: list[RetryScope] | None = None,
+        within: tuple[int, ...] = (),
+    ) -> None:
+        """Append ``nodes`` to this run's graph while it runs (a Map's copies): each
+        node's index follows the last, its predecessors are nodes already there or
+        earlier among ``nodes``, and it starts PENDING; a node whose predecessors have
+        all finished is ready at the next release. Nodes already there get the new ones
+        as successors; new nodes bring their successors among themselves. ``scopes``
+        are retry scopes of the new nodes, appended likewise; ``within`` names the
+        scopes around them, whose parts they join. The compiled graph, which other runs
+        share, is copied first."""
         graph = self.graph
         if not self.grown:
             graph = self.graph = dataclasses.replace(
-                graph, nodes=list(graph.nodes), index=dict(graph.index)
+                graph,
+                nodes=list(graph.nodes),
+                index=dict(graph.index),
+                checkpoints=dict(graph.checkpoints),
+                scopes=[dataclasses.replace(s, nodes=list(s.nodes)) for s in graph.scopes],
             )
             self.nodes = graph.nodes
             self.grown = True
+        start = len(graph.nodes)
+        added: dict[int, list[int]] = {}
         for node in nodes:
             if node.index != len(graph.nodes) or node.name in graph.index:
                 raise ValueError(
@@ -177,10 +198,23 @@ class Run:
             for p in node.preds:
                 if not 0 <= p < node.index:
                     raise ValueError(f"node {node.name!r}: predecessor {p} is not in the graph")
-                pred = graph.nodes[p]
-                graph.nodes[p] = dataclasses.replace(pred, succs=(*pred.succs, node.index))
+                if p < start:
+                    added.setdefault(p, []).append(node.index)
             graph.nodes.append(node)
-            graph.index[node.name] = node.index
+            if node.kind != BARRIER:
+                graph.index[node.name] = node.index
+                if node.kind == CHECKPOINT:
+                    graph.checkpoints[node.name] = node.index
+        for p, succs in added.items():
+            pred = graph.nodes[p]
+            graph.nodes[p] = dataclasses.replace(pred, succs=(*pred.succs, *succs))
+        for scope in scopes or ():
+            if scope.index != len(graph.scopes):
+                raise ValueError(f"scope {scope.name!r} needs index {len(graph.scopes)}")
+            graph.scopes.append(scope)
+        indices = range(start, len(graph.nodes))
+        for s in within:
+            graph.scopes[s].nodes.extend(indices)
         n = len(nodes)
         self.states.extend([_S.PENDING] * n)
         self.attempts.extend([0] * n)
@@ -194,10 +228,9 @@ class Run:
         self.unsaved.extend([False] * n)
         self.retry_until.extend([0.0] * n)
         done = _FINISHED
-        self.indegree.extend(
-            sum(1 for p in node.preds if self.states[p] not in done) for node in nodes
-        )
-        self.reverter.grow(n)
+        states = self.states
+        self.indegree.extend(sum(1 for p in node.preds if states[p] not in done) for node in nodes)
+        self.reverter.grow(n, len(scopes or ()))
         self.waits.grow(n)
 
     # Events --------------------------------------------------------------------------
@@ -384,7 +417,13 @@ class Run:
         node = self.nodes[i]
         if node.scopes and any(self.scope_failing[s] for s in node.scopes):
             return False
-        if node.preds and any(self.states[p] is _S.IGNORED for p in node.preds):
+        if self.gated and i in self.gated and not self.mapper.admit(i):
+            return False  # a copy of a Map past its max_parallel: it starts when one ends
+        if (
+            node.preds
+            and any(self.states[p] is _S.IGNORED for p in node.preds)
+            and (node.mapping is None or node.kind != BARRIER)  # a Map's collector decides
+        ):
             return self.ignore(i)
         if node.deciders:
             upstream = self.upstream_results(node)
@@ -395,13 +434,19 @@ class Run:
                 return False
             if not go:
                 return self.ignore(i)
-        if node.kind == BARRIER:
-            self.states[i] = _S.SUCCESS
-            return True
-        if node.kind == CHECKPOINT:
-            return self.reach_checkpoint(i)
-        if node.kind == RETRY:
-            return self.reverter.start_retry(i)
+        kind = node.kind
+        if kind != TASK:
+            if kind == BARRIER:
+                if node.mapping is not None:
+                    return self.mapper.collect(i)
+                self.states[i] = _S.SUCCESS
+                return True
+            if kind == CHECKPOINT:
+                return self.reach_checkpoint(i)
+            if kind == RETRY:
+                return self.reverter.start_retry(i)
+            if kind == MAP:
+                return self.mapper.expand(i)
         self.running += 1
         for s in node.scopes:
             self.scope_running[s] += 1
@@ -482,8 +527,11 @@ class Run:
         """Count ``i`` as finished for its successors, and start those now ready."""
         stack = [i]
         indegree = self.indegree
+        gate_ends = self.gate_ends
         while stack:
             j = stack.pop()
+            if gate_ends and j in gate_ends:
+                self.mapper.copy_done(j)
             for s in self.nodes[j].succs:
                 indegree[s] -= 1
                 if indegree[s] == 0 and self.ready(s):
@@ -755,13 +803,11 @@ class Run:
         records = state.atoms
         failed: list[int] = []
         unwinding: list[int] = []
+        self.mapper.restore(records)  # the copies the Maps grew, from their lengths
         for node in self.nodes:
             i = node.index
             if node.kind == BARRIER:
-                preds = [self.states[p] for p in node.preds]
-                if all(s in _FINISHED for s in preds):
-                    self.states[i] = _S.IGNORED if _S.IGNORED in preds else _S.SUCCESS
-                continue
+                continue  # settled below, once what they join is restored
             record = records.get(node.name)
             if record is None:
                 continue
@@ -769,7 +815,11 @@ class Run:
             self.attempts[i] = record.attempt
             self.progress[i] = record.progress
             self.retry_until[i] = record.retry_until
-            if state_ is _S.SUCCESS:
+            if node.kind == MAP:
+                self.results[i] = record.result
+                if state_ in _EXPANDED:
+                    self.mapper.restore_value(i)
+            elif state_ is _S.SUCCESS:
                 self.results[i] = record.result
                 self.values[i] = self.published(node, record.result)
             elif state_ in (_S.FAILURE, _S.RETRYING, _S.REVERT_FAILURE):
@@ -792,6 +842,8 @@ class Run:
                 deadline = record.details.get("deadline")
                 if deadline is not None and node.controls is not None:
                     self.reverter.part_deadlines[node.controls] = (record.attempt, float(deadline))
+        self.settle_joins()
+        self.mapper.restore_gates()
         self.revert_to = state.revert_to
         if state.status is FlowStatus.REVERTING and self.revert_to is None:
             self.failing = True
@@ -829,6 +881,34 @@ class Run:
                 parent = self.graph.scopes[parent].parent
         for i, node in enumerate(self.nodes):
             self.indegree[i] = sum(1 for p in node.preds if self.states[p] not in _FINISHED)
+
+    def settle_joins(self) -> None:
+        """After a restore: a join whose predecessors all finished has finished (IGNORED
+        when one was, but a Map's collector decides for itself). Joins after joins go
+        first: a grown graph's indices are no longer in that order."""
+        nodes, states = self.nodes, self.states
+        settled = [node.kind != BARRIER for node in nodes]
+        for start in range(len(nodes)):
+            if settled[start]:
+                continue
+            stack = [start]
+            while stack:
+                j = stack[-1]
+                waiting = [p for p in nodes[j].preds if not settled[p]]
+                if waiting:
+                    stack.extend(waiting)
+                    continue
+                stack.pop()
+                if settled[j]:
+                    continue
+                settled[j] = True
+                preds = [states[p] for p in nodes[j].preds]
+                if not all(s in _FINISHED for s in preds):
+                    continue
+                if nodes[j].mapping is not None:
+                    self.mapper.collect(j)
+                else:
+                    states[j] = _S.IGNORED if _S.IGNORED in preds else _S.SUCCESS
 
     def resume_events(self) -> None:
         """Journal what resuming changes: interrupted atoms go back to PENDING, and

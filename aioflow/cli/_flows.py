@@ -220,7 +220,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
     state = replay(args.flow_id, events)
     now = time.time()
     atoms: list[dict[str, Any]] = []
-    for name, kind in atom_names(state.structure):
+    for name, kind in atom_names(state.structure, state.atoms):
         record = state.atoms.get(name)
         atom = progress.atoms.get(name)
         if record is None or atom is None:

@@ -192,7 +192,8 @@ def flow_json(
             _, deadline, info = wait_fields(record.details)
             waiting.append({"atom": name, "deadline": deadline, "info": info})
     failures, attempts = _failure_history(state, events)
-    checkpoints = [name for name, kind in atom_names(state.structure) if kind == "checkpoint"]
+    names = atom_names(state.structure, state.atoms)
+    checkpoints = [name for name, kind in names if kind == "checkpoint"]
     shown = {
         "flow_id": state.flow_id,
         "name": summary.name or state.name,
