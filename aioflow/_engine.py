@@ -976,7 +976,7 @@ class Engine:
         fence = run.fence
         assert fence is not None
         state = replay(run.flow_id, await self.journal.load(run.flow_id))
-        fresh = self._restore(state, None, run.graph)
+        fresh = self._restore(state, None, run.compiled)
         self._fence(fresh, fence.generation)
         fresh.waits.signer = run.waits.signer
         fresh.reverter.cancel_flow(failure)
@@ -985,7 +985,7 @@ class Engine:
     async def _cancel_rested(self, run: Run) -> Outcome:
         """A run came to rest with a cancel request waiting: take the flow again (the
         request is applied as it is taken) and revert it."""
-        taken = await self._take(run.flow_id, graph=run.graph)
+        taken = await self._take(run.flow_id, graph=run.compiled)
         if taken is None or taken.status.is_final:
             return self._finish(run)
         taken.waits.signer = run.waits.signer

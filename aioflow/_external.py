@@ -378,7 +378,7 @@ class ExternalWork:
         if tg is None:
             return
         old = self.parked.get(run.flow_id)
-        parked = _Parked(run.graph, receives=bool(run.waits.receivers))
+        parked = _Parked(run.compiled, receives=bool(run.waits.receivers))
         self.parked[run.flow_id] = parked
         if parked.receives:
             self.watch_mail()

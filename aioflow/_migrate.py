@@ -14,12 +14,13 @@ into the flow's state (``aioflow._replay.migrate_state``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._compile import BARRIER, CHECKPOINT, RETRY, weights_of
-from ._replay import AtomRecord, FlowState, atom_names, provided
+from ._compile import BARRIER, CHECKPOINT, MAP, RETRY, weights_of
+from ._replay import AtomRecord, FlowState, atom_names, maps_of, provided
 from ._states import AtomState, FlowStatus
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ __all__ = ["Migration", "plan"]
 
 _FINISHED = (AtomState.SUCCESS, AtomState.IGNORED)
 _UNWINDING = (AtomState.REVERTING, AtomState.REVERT_FAILURE)
-_KINDS = {CHECKPOINT: "checkpoint", RETRY: "retry"}  # a node's kind as atom_names tells it
+# A node's kind as atom_names tells it.
+_KINDS = {CHECKPOINT: "checkpoint", RETRY: "retry", MAP: "map"}
 
 
 @dataclass(slots=True)
@@ -64,9 +66,12 @@ def plan(
     if len(set(renames.values())) != len(renames):
         conflicts.append("renames give two atoms the same new name")
     old_provides = {name: (tuple(p), unpack) for name, p, unpack in provided(state.structure)}
+    grown = _grown_maps(state, graph, renames, conflicts)
     # What each atom of the new flow stands for in the journal: its record, if any.
     records: dict[str, AtomRecord] = {}
     for old, record in state.atoms.items():
+        if _copy_of(old, grown):
+            continue  # a copy a Map grew: it stays with its Map, which stays as it was
         new = renames.get(old, old)
         started = record.state is not AtomState.PENDING
         if record.state in _UNWINDING:
@@ -90,7 +95,7 @@ def plan(
         if record.state is AtomState.WAITING and new != old:
             conflicts.append(f"atom {old!r} waits (its token names it): it cannot be renamed")
             continue
-        if record.state is AtomState.SUCCESS and kind != "checkpoint":
+        if record.state is AtomState.SUCCESS and kind not in ("checkpoint", "map"):
             before = old_provides.get(old, ((), False))
             after = (tuple(node.provides), len(node.provides) > 1 or node.unpack)
             if before != after:
@@ -117,13 +122,47 @@ def plan(
         "to": graph.fingerprint,
         "renames": renames,
         "dropped": sorted(
-            old for old in state.atoms if renames.get(old, old) not in new_nodes
+            old
+            for old in state.atoms
+            if renames.get(old, old) not in new_nodes and not _copy_of(old, grown)
         ),
         "name": graph.name,
         "structure": graph.structure_json,
         "weights": weights_of(graph),
     }
     return Migration([], journaled)
+
+
+def _grown_maps(
+    state: FlowState, graph: ExecGraph, renames: Mapping[str, str], conflicts: list[str]
+) -> set[str]:
+    """The Maps that grew their copies (their controllers started): each must stay as it
+    was, under its name (its copies are named after it); a conflict for each that does
+    not."""
+    new = {str(node[1]): node for node in maps_of(graph.structure)}
+    grown: set[str] = set()
+    for node in maps_of(state.structure):
+        name = str(node[1])
+        record = state.atoms.get(name)
+        if record is None or record.state is AtomState.PENDING:
+            continue
+        grown.add(name)
+        if renames.get(name, name) != name:
+            conflicts.append(
+                f"map {name!r} has grown copies named after it; it cannot be renamed"
+            )
+        elif name in new and json.dumps(new[name]) != json.dumps(node):
+            conflicts.append(
+                f"map {name!r} has grown its copies; what it maps (its member, over, item"
+                " and provides) must stay as it was"
+            )
+    return grown
+
+
+def _copy_of(name: str, maps: set[str]) -> bool:
+    """True when atom ``name`` is a copy one of ``maps`` grew (or an atom of one)."""
+    head, bracket, _ = name.partition("[")
+    return bool(bracket) and head in maps
 
 
 def _finished(graph: ExecGraph, records: Mapping[str, AtomRecord]) -> list[bool]:

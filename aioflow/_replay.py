@@ -435,7 +435,7 @@ def _published(
         if record is None or record.state is not AtomState.SUCCESS or not provides:
             continue
         out.update(_unpacked(record.result, provides, unpack))
-    for node in _maps(structure):
+    for node in maps_of(structure):
         name = rename(node[1])
         record = atoms.get(name)
         if node[4] is None or record is None or record.state is not AtomState.SUCCESS:
@@ -480,7 +480,7 @@ def _unpacked(result: Any, provides: list[str], unpack: bool) -> dict[str, Any]:
     return {}
 
 
-def _maps(structure: list[Any]) -> list[list[Any]]:
+def maps_of(structure: list[Any]) -> list[list[Any]]:
     """The Maps of a recorded structure, those inside Maps' members left out."""
     out: list[list[Any]] = []
     stack = [structure] if structure else []
@@ -498,5 +498,5 @@ def _maps(structure: list[Any]) -> list[list[Any]]:
 def _gives(member: list[Any]) -> list[str]:
     """The symbols a recorded member provides, in the order it provides them."""
     symbols = [s for _, provides, _ in provided(member, controllers=False) for s in provides]
-    symbols += [str(node[4]) for node in _maps(member) if node[4] is not None]
+    symbols += [str(node[4]) for node in maps_of(member) if node[4] is not None]
     return list(dict.fromkeys(symbols))

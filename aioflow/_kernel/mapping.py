@@ -199,7 +199,7 @@ class Mapper:
                     s: self.moved(p, key, instance, i, base)
                     for s, (p, key) in mapping.outer.items()
                 }
-                mapping = dataclasses.replace(mapping, outer=outer)
+                mapping = dataclasses.replace(mapping, name=name, outer=outer)
             elif mapping is not None:
                 mapping = out[-1].mapping  # a collector follows its controller
             out.append(

@@ -82,6 +82,7 @@ class Run:
         timers: Timers,
     ) -> None:
         self.graph = graph
+        self.compiled = graph  # as compiled, shared: never grown (see grow)
         self.timers = timers
         # Atoms of parts with a deadline, while they run: what cancels each.
         self.cancels: dict[int, anyio.CancelScope] = {}
@@ -190,10 +191,14 @@ class Run:
         start = len(graph.nodes)
         added: dict[int, list[int]] = {}
         for node in nodes:
-            if node.index != len(graph.nodes) or node.name in graph.index:
+            if node.index != len(graph.nodes):
                 raise ValueError(
                     f"node {node.name!r} (index {node.index}) cannot be appended: it needs"
-                    f" index {len(graph.nodes)} and a name of its own"
+                    f" index {len(graph.nodes)}"
+                )
+            if node.name in graph.index:
+                raise ValueError(
+                    f"node {node.name!r} cannot be appended: the graph has a node of that name"
                 )
             for p in node.preds:
                 if not 0 <= p < node.index:
