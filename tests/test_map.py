@@ -569,3 +569,18 @@ async def test_a_part_run_again_over_a_sequence_of_another_length() -> None:
     assert outcome.status is FlowStatus.SUCCESS, outcome.failures
     assert outcome.results["ys"] == [10, 11, 12, 13]
     assert outcome.atoms["part"].attempts == 3
+
+
+def test_the_album_example_runs_as_a_user_would_run_it(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parent.parent / "examples" / "album.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "album.db")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "album SUCCESS: 10 images" in done.stdout
+    assert "10 copies of resize, progress 100%" in done.stdout
+    assert "thumbs[9] done" in done.stdout
