@@ -584,3 +584,85 @@ def test_the_album_example_runs_as_a_user_would_run_it(tmp_path: Path) -> None:
     assert "album SUCCESS: 10 images" in done.stdout
     assert "10 copies of resize, progress 100%" in done.stdout
     assert "thumbs[9] done" in done.stdout
+
+
+async def test_a_decider_inside_a_copy_sees_the_member_s_own_names() -> None:
+    @aioflow.task(provides="size")
+    async def measure(x: int) -> int:
+        return x
+
+    @aioflow.task(provides="big")
+    async def shout(size: int) -> str:
+        return f"big {size}"
+
+    member = aioflow.Graph("each", measure, shout).link(
+        "measure", "shout", decider=lambda results: results["measure"] > 1
+    )
+    flow = Linear("f", Map("m", member, over="xs", item="x", provides="out"))
+    async with aioflow.Engine() as engine:
+        outcome = await engine.run(flow, {"xs": [1, 2, 3]})
+    assert outcome.status is FlowStatus.SUCCESS, outcome.failures
+    assert outcome.atoms["m[0].shout"].state is AtomState.IGNORED
+    assert [o.get("big") for o in outcome.results["out"]] == [None, "big 2", "big 3"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(1, 6),
+    failing=st.integers(0, 5),
+    limit=st.one_of(st.none(), st.integers(1, 3)),
+    data=st.data(),
+)
+def test_a_failed_map_cut_at_any_event_reverts_each_finished_copy_once(
+    size: int, failing: int, limit: int | None, data: st.DataObject
+) -> None:
+    failing %= size
+
+    def make(log: list[tuple[str, str]]) -> aioflow.Flow:
+        @aioflow.task(provides="xs")
+        async def source() -> list[int]:
+            return list(range(size))
+
+        @aioflow.task(provides="y")
+        async def work(x: int, context: aioflow.TaskContext) -> int:
+            log.append(("run", context.atom))
+            await anyio.sleep(0)
+            if x == failing:
+                raise ValueError(f"element {x}")
+            return x
+
+        @work.revert
+        async def undo(context: aioflow.TaskContext) -> None:
+            log.append(("revert", context.atom))
+
+        return Linear("f", source, Map("m", work, over="xs", item="x", max_parallel=limit))
+
+    async def scenario() -> None:
+        first: list[tuple[str, str]] = []
+        engine = aioflow.Engine(durability="strict")
+        with pytest.raises(aioflow.FlowFailedError) as caught:
+            await engine.run(make(first), flow_id="p")
+        assert caught.value.outcome.status is FlowStatus.REVERTED
+        events = [e async for e in engine.journal.events("p")]
+        prefix = events[: draw_index(data, len(events), "cut")]
+        done = {e.atom for e in prefix if e.state in (AtomState.SUCCESS, AtomState.REVERTED)}
+        undone = {e.atom for e in prefix if e.state is AtomState.REVERTED}
+        journal = MemoryJournal()
+        async with journal:
+            for event in prefix:
+                journal.append(event)
+            second: list[tuple[str, str]] = []
+            with pytest.raises(aioflow.FlowFailedError) as again:
+                await aioflow.Engine(journal).resume("p", make(second))
+        outcome = again.value.outcome
+        assert outcome.status is FlowStatus.REVERTED
+        assert "m[%d]" % failing in outcome.failures
+        ran = [a for w, a in second if w == "run"]
+        assert not set(ran) & done, "a finished copy ran again"
+        reverted = Counter(a for w, a in second if w == "revert")
+        assert not set(reverted) & undone and all(n == 1 for n in reverted.values())
+        for name, atom in outcome.atoms.items():
+            if name.startswith("m[") and name != f"m[{failing}]":
+                assert atom.state in (AtomState.REVERTED, AtomState.PENDING), name
+
+    anyio.run(scenario)

@@ -308,3 +308,29 @@ async def test_waits_of_time_are_span_events(telemetry: Telemetry) -> None:
     assert outcome.status is FlowStatus.SUCCESS
     nap = telemetry.named("atom nap")[0]
     assert [e.attributes for e in nap.events] == [{"aioflow.wait.kind": "sleep"}]
+
+
+async def test_each_copy_of_a_map_has_its_attempt_spans_under_the_flow(
+    telemetry: Telemetry,
+) -> None:
+    tries: dict[str, int] = {}
+
+    @aioflow.task(provides="y")
+    async def square(x: int, context: aioflow.TaskContext) -> int:
+        tries[context.atom] = tries.get(context.atom, 0) + 1
+        if x == 2 and tries[context.atom] == 1:
+            raise ConnectionError("once")
+        return x * x
+
+    flow = aioflow.Linear(
+        "fan", aioflow.Map("m", square, over="xs", item="x", provides="ys", retry=Retry.times(2))
+    )
+    async with aioflow.Engine(instruments=[telemetry.instrument]) as engine:
+        outcome = await engine.run(flow, {"xs": [1, 2, 3]})
+    assert outcome.results["ys"] == [1, 4, 9]
+    (flow_span,) = telemetry.named("flow fan")
+    for i, attempts in enumerate([1, 2, 1]):
+        spans = telemetry.named(f"atom m[{i}]")
+        assert [s.attributes["aioflow.attempt"] for s in spans] == list(range(1, attempts + 1))
+        assert all(child_of(s, flow_span) for s in spans)
+    assert telemetry.named("atom m[1]")[0].status.status_code is StatusCode.ERROR

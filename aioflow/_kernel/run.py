@@ -543,14 +543,21 @@ class Run:
                     stack.append(s)
 
     def upstream_results(self, node: Node) -> dict[str, Any]:
+        """What a decider of ``node`` is given: its upstream atoms' results by name (in a
+        copy of a Map, by their names in the member, as the decider was written)."""
         out: dict[str, Any] = {}
+        cut = node.name.rfind("].") + 2  # 1 when the node is no atom of a Map's copy
+        prefix = node.name[:cut] if cut > 1 else None
         stack = list(node.preds)
         while stack:
             p = stack.pop()
             if self.nodes[p].kind == BARRIER:
                 stack.extend(self.nodes[p].preds)
-            else:
-                out[self.nodes[p].name] = self.results[p]
+                continue
+            name = self.nodes[p].name
+            if prefix is not None and name.startswith(prefix):
+                name = name[cut:]
+            out[name] = self.results[p]
         return out
 
     def arguments(self, node: Node) -> dict[str, Any]:
