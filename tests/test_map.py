@@ -656,7 +656,7 @@ def test_a_failed_map_cut_at_any_event_reverts_each_finished_copy_once(
                 await aioflow.Engine(journal).resume("p", make(second))
         outcome = again.value.outcome
         assert outcome.status is FlowStatus.REVERTED
-        assert "m[%d]" % failing in outcome.failures
+        assert f"m[{failing}]" in outcome.failures
         ran = [a for w, a in second if w == "run"]
         assert not set(ran) & done, "a finished copy ran again"
         reverted = Counter(a for w, a in second if w == "revert")
