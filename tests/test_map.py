@@ -666,3 +666,42 @@ def test_a_failed_map_cut_at_any_event_reverts_each_finished_copy_once(
                 assert atom.state in (AtomState.REVERTED, AtomState.PENDING), name
 
     anyio.run(scenario)
+
+
+async def test_a_flow_moves_back_to_a_checkpoint_of_one_copy(tmp_path: Path) -> None:
+    runs: Counter[str] = Counter()
+
+    @aioflow.task(provides="a")
+    async def prep(x: int, context: aioflow.TaskContext) -> int:
+        runs[context.atom] += 1
+        return x
+
+    @aioflow.task(provides="b")
+    async def finish(a: int, context: aioflow.TaskContext) -> int:
+        runs[context.atom] += 1
+        return a * 10
+
+    @finish.revert
+    async def undo(context: aioflow.TaskContext) -> None:
+        runs[f"undo {context.atom}"] += 1
+
+    @aioflow.task(provides="t")
+    async def total(out: list[Any]) -> int:
+        return len(out)
+
+    def make() -> aioflow.Flow:
+        member = Linear("each", prep, aioflow.Checkpoint("ready"), finish)
+        mapped = Map("m", member, over="xs", item="x", provides="out")
+        return Linear("f", mapped, aioflow.Checkpoint("end"), total)
+
+    async with aioflow.Engine(f"sqlite:///{tmp_path / 'j.db'}") as engine:
+        outcome = await engine.run(make(), {"xs": [1, 2, 3]}, stop_at="end")
+        assert outcome.status is FlowStatus.SUSPENDED
+        outcome = await engine.revert_to(outcome.flow_id, "m[1].ready", make())
+        assert outcome.checkpoint == "m[1].ready"
+        assert outcome.atoms["m[1].finish"].state is AtomState.PENDING
+        assert outcome.atoms["m[0].finish"].state is AtomState.SUCCESS
+        outcome = await engine.resume(outcome.flow_id, make())
+    assert outcome.results["out"] == [{"a": x, "b": 10 * x} for x in (1, 2, 3)]
+    assert runs["m[1].finish"] == 2 and runs["undo m[1].finish"] == 1
+    assert runs["m[0].finish"] == 1 and runs["m[1].prep"] == 1
