@@ -77,10 +77,16 @@ class Map(Flow):
         self.max_parallel = max_parallel
         self.item_retry = retry
         self.item_timeout = seconds_of(timeout, f"map {name!r}: timeout")
-        self.member = _per_item(member, retry, self.item_timeout)
         # As a Flow: no retry or deadline of its own (those are each copy's), one member.
         super().__init__(name)
-        self.members = [self.member]
+        self.members = [_per_item(member, retry, self.item_timeout)]
+
+    @property
+    def member(self) -> Task | Flow:
+        """What each copy runs (with the Map's ``retry`` and ``timeout``)."""
+        member = self.members[0]
+        assert isinstance(member, Task | Flow)
+        return member
 
     def add(self, *members: object) -> Map:
         if members:

@@ -705,3 +705,21 @@ async def test_a_flow_moves_back_to_a_checkpoint_of_one_copy(tmp_path: Path) -> 
     assert outcome.results["out"] == [{"a": x, "b": 10 * x} for x in (1, 2, 3)]
     assert runs["m[1].finish"] == 2 and runs["undo m[1].finish"] == 1
     assert runs["m[0].finish"] == 1 and runs["m[1].prep"] == 1
+
+
+async def test_a_registered_flow_with_a_map_is_built_twice_under_new_names() -> None:
+    @aioflow.task(provides="y")
+    async def inc(x: int) -> int:
+        return x + 1
+
+    registry = aioflow.Registry()
+    entry = registry.register(
+        Linear("fan", Map("m", inc, over="xs", item="x", provides="ys")), "fan"
+    )
+    first, second = entry.build(), entry.build()  # the second's atoms are renamed
+    flow = Linear("both", first, Linear("again", second))
+    async with aioflow.Engine() as engine:
+        outcome = await engine.run(flow, {"xs": [1, 2]})
+    assert outcome.status is FlowStatus.SUCCESS
+    maps = [name for name in outcome.atoms if "[" not in name and name.startswith("m")]
+    assert len(maps) == 2 and outcome.results["ys"] == [2, 3]
