@@ -15,6 +15,8 @@ from functools import cached_property
 
 from hypothesis import strategies as st
 
+from aioflow import AtomState, Event, EventKind
+
 # How a spec is laid out as a flow tree:
 #   "graph"       Graph("g", t0..tn-1) with the links
 #   "graph+final" Linear("root", Graph("g", ...), final) where final needs every sink
@@ -195,3 +197,13 @@ def draw_index(data: st.DataObject, n: int, label: str) -> int:
     ends after a number of events that timing decides, and Hypothesis must see the same
     draws each time it replays an example."""
     return 1 + data.draw(st.integers(0, 2**16), label=label) % n
+
+
+def cut_journal(data: st.DataObject, events: list[Event]) -> tuple[list[Event], set[str]]:
+    """A journal cut where a crash might have left it: a prefix of ``events`` drawn by
+    :func:`draw_index`, and the atoms whose success that prefix holds."""
+    prefix = events[: draw_index(data, len(events), "cut")]
+    committed = {
+        str(e.atom) for e in prefix if e.kind is EventKind.ATOM and e.state is AtomState.SUCCESS
+    }
+    return prefix, committed

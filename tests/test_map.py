@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aioflow
-from aioflow import AtomState, EventKind, FlowStatus, Linear, Map, Retry, Unordered
+from aioflow import AtomState, FlowStatus, Linear, Map, Retry, Unordered
 from aioflow._replay import atom_names, replay
 from aioflow.journal import MemoryJournal
-from tests.strategies import draw_index
+from tests.strategies import cut_journal, draw_index
 
 pytestmark = pytest.mark.anyio
 
@@ -450,11 +450,7 @@ def test_a_run_cut_at_any_event_resumes_to_the_results_of_an_uninterrupted_one(
         engine = aioflow.Engine(durability="strict")
         outcome = await engine.run(make(first), {"sizes_in": sizes}, flow_id="p")
         events = [e async for e in engine.journal.events("p")]
-        k = draw_index(data, len(events), "cut")
-        prefix = events[:k]
-        committed = {
-            e.atom for e in prefix if e.kind is EventKind.ATOM and e.state is AtomState.SUCCESS
-        }
+        prefix, committed = cut_journal(data, events)
         journal = MemoryJournal()
         async with journal:
             for event in prefix:

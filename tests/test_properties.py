@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aioflow
-from aioflow import AtomState, EventKind, FlowStatus
+from aioflow import AtomState, FlowStatus
 from aioflow._replay import AtomRecord, replay
 from aioflow.journal import MemoryJournal
-from tests.strategies import DagSpec, dags, draw_index
+from tests.strategies import DagSpec, cut_journal, dags
 
 FLOW_ID = "prop-flow"
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -209,11 +209,8 @@ def test_resuming_from_any_prefix_of_the_journal_finishes_without_rerunning_comm
         first = Recorder()
         outcome, error, events = await run_once(spec, first)
         assert error is None and outcome.status is FlowStatus.SUCCESS
-        k = draw_index(data, len(events), "cut")
-        prefix = events[:k]
-        committed = {
-            e.atom for e in prefix if e.kind is EventKind.ATOM and e.state is AtomState.SUCCESS
-        }
+        prefix, committed = cut_journal(data, events)
+        k = len(prefix)
         journal = MemoryJournal()
         async with journal:
             for event in prefix:
