@@ -250,3 +250,33 @@ async def test_a_chain_on_sqlite_runs_in_order(tmp_path: Path, durability: str) 
         outcome = await engine.run(flow)
     assert outcome.status is FlowStatus.SUCCESS
     assert order == list(range(300))
+
+
+@pytest.mark.anyio
+async def test_a_release_deferred_for_its_commit_does_not_wait_for_the_next_atom(
+    tmp_path: Path,
+) -> None:
+    """A worker that finished ``make`` (its successor waits for the commit) and then takes
+    ``held``, which blocks, must not hold ``use`` back until ``held`` ends."""
+    gate = anyio.Event()
+    used = anyio.Event()
+
+    @aioflow.task(provides="made")
+    async def make() -> int:
+        return 1
+
+    @aioflow.task
+    async def use(made: int) -> None:
+        used.set()
+
+    @aioflow.task
+    async def held() -> None:
+        await gate.wait()
+
+    flow = aioflow.Unordered("both", aioflow.Linear("chain", make, use), held)
+    async with aioflow.Engine(f"sqlite:///{tmp_path / 'j.db'}", durability="strict") as engine:
+        handle = await engine.start(flow)
+        with anyio.fail_after(10):
+            await used.wait()  # before held ends
+        gate.set()
+        assert (await handle.wait()).status is FlowStatus.SUCCESS

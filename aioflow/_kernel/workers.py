@@ -124,6 +124,10 @@ class Workers:
                             except StopIteration:
                                 continue  # done without waiting
                             spare = len(ready) - len(self.unstarted)
+                            if spare <= 0 and self.deferred and not self.releasing:
+                                # Releases this worker deferred must not wait for this
+                                # atom: one more worker waits for their commit instead.
+                                spare = 1 - len(self.unstarted)
                             if spare > 0:
                                 assert self.run.loop is not None
                                 self.add_workers(self.run.loop, min(spare, 2))
