@@ -297,7 +297,8 @@ UNPACK_ONE = "unpack"
 (written by compile, read here)."""
 
 
-_EXPANDED = (AtomState.SUCCESS, AtomState.REVERTING, AtomState.REVERTED, AtomState.REVERT_FAILURE)
+EXPANDED = (AtomState.SUCCESS, AtomState.REVERTING, AtomState.REVERTED, AtomState.REVERT_FAILURE)
+"""States of a Map's controller whose result is the number of copies it grew."""
 _DONE = (AtomState.SUCCESS, AtomState.IGNORED)
 
 
@@ -312,7 +313,7 @@ def _retried(node: list[Any]) -> bool:
 def map_count(atoms: Mapping[str, AtomRecord] | None, name: str) -> int:
     """How many copies Map ``name`` grew, as its controller journaled (0 before)."""
     record = None if atoms is None else atoms.get(name)
-    if record is None or record.state not in _EXPANDED or not isinstance(record.result, int):
+    if record is None or record.state not in EXPANDED or not isinstance(record.result, int):
         return 0
     return record.result
 

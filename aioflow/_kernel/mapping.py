@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._compile import BARRIER, INPUT, ITEM, OUTER, MapSpec, Node, RetryScope
 from .._failure import Failure
+from .._replay import EXPANDED
 from .._states import AtomState
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 
 _S = AtomState
 _FINISHED = (_S.SUCCESS, _S.IGNORED)
-EXPANDED = (_S.SUCCESS, _S.REVERTING, _S.REVERTED, _S.REVERT_FAILURE)
-"""States of a controller whose result is the journaled length of its sequence."""
 
 
 class _Gate:

@@ -35,13 +35,13 @@ from .._instruments import Hooks
 from .._log import get_logger
 from .._outcome import AtomOutcomes, Outcome
 from .._progress import FlowProgress
+from .._replay import EXPANDED as _EXPANDED
 from .._replay import FlowState
 from .._scope import membership
 from .._states import ATOM_TRANSITIONS, AtomState, FlowStatus, check_atom, check_flow
 from .._task import INJECT_CONTEXT, INJECT_EXTERNAL, INJECT_PROGRESS, Task
 from .._values import DEFAULT_MAX_VALUE_BYTES, encode_large, measure_from
 from ..instrument import Attempt, FlowRun
-from .mapping import EXPANDED as _EXPANDED
 from .mapping import Mapper
 from .reverting import FINISHED as _FINISHED
 from .reverting import NO_INJECTIONS as _NO_INJECTIONS

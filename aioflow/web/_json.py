@@ -16,7 +16,7 @@ from .._events import Event, EventKind
 from .._failure import CANCEL, Failure
 from .._kernel.waits import wait_fields
 from .._progress import FlowProgress
-from .._replay import FlowState, atom_names, published
+from .._replay import EXPANDED, FlowState, atom_names, map_count, published
 from .._states import AtomState, FlowStatus
 from ..journal import FlowSummary
 
@@ -169,6 +169,8 @@ def flow_json(
     progress: FlowProgress,
 ) -> dict[str, Any]:
     """What ``GET /flows/{id}`` shows of a flow (never its inputs, a token or a nonce)."""
+    names = atom_names(state.structure, state.atoms)
+    maps = {name for name, kind in names if kind == "map"}
     atoms = {}
     for name, atom in progress.atoms.items():
         record = state.atoms.get(name)
@@ -186,13 +188,18 @@ def flow_json(
             "ended": iso(ended),
             "duration": None if started is None or ended is None else ended - started,
         }
+        if name in maps:  # how many copies the Map grew (None before it read its list)
+            atoms[name]["copies"] = (
+                map_count(state.atoms, name)
+                if record is not None and record.state in EXPANDED
+                else None
+            )
     waiting = []
     for name, record in state.atoms.items():
         if record.state is AtomState.WAITING:
             _, deadline, info = wait_fields(record.details)
             waiting.append({"atom": name, "deadline": deadline, "info": info})
     failures, attempts = _failure_history(state, events)
-    names = atom_names(state.structure, state.atoms)
     checkpoints = [name for name, kind in names if kind == "checkpoint"]
     shown = {
         "flow_id": state.flow_id,
@@ -212,3 +219,4 @@ def flow_json(
         "structure": state.structure,
     }
     return _json_value(shown)  # type: ignore[no-any-return]
+

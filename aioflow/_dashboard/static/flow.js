@@ -152,8 +152,9 @@ export function flowView(id) {
   }
 
   function atomOrder() {
-    const names = flow.structure ? atomNames(flow.structure) : [];
     const atoms = (flow.progress && flow.progress.atoms) || {};
+    // A Map's copies exist only at run time: the progress names them, the Map's row first.
+    const names = flow.structure ? atomNames(flow.structure, atoms) : [];
     const seen = new Set(names);
     for (const name of Object.keys(atoms)) if (!seen.has(name)) { names.push(name); seen.add(name); }
     for (const name of Object.keys(flow.attempts || {})) if (!seen.has(name)) { names.push(name); seen.add(name); }

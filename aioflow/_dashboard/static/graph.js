@@ -3,10 +3,14 @@
 //   ["checkpoint", name]
 //   ["linear" | "unordered", name, members, optional ["retry", kind, provides]]
 //   ["graph", name, members, links, optional ["retry", kind, provides]]
+//   ["map", name, over, item, provides_or_null, member]
 // Top to bottom: a Linear is a chain, an Unordered parallel lanes, a Graph layers whose
 // edges run from the member that provides a symbol to the members that require it (and
 // along its explicit links, dashed when a decider guards them). A nested flow is a box;
 // a flow with a retry or a deadline is an atom of its own, drawn as its box's header.
+// A Map is one node (a stack of boxes), never its member's insides: its copies exist only
+// at run time, as atoms named `name[i]` or `name[i].atom`; the node shows how many there
+// are and, along its bottom edge, the fraction of them finished.
 // Only text nodes and attributes are set: nothing the API sends is parsed as markup.
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -49,6 +53,16 @@ function parse(node) {
   }
   if (kind === "checkpoint") {
     return { kind, name: node[1], requires: new Set(), provides: new Set() };
+  }
+  if (kind === "map") {
+    // What it needs is its sequence and what its member needs, but the item.
+    const member = parse(node[5]);
+    const over = typeof node[2] === "string" ? node[2] : "";
+    const item = typeof node[3] === "string" ? node[3] : "item";
+    const requires = new Set(member ? [...member.requires].filter((s) => s !== item) : []);
+    if (over) requires.add(over);
+    const provides = new Set(typeof node[4] === "string" ? [node[4]] : []);
+    return { kind, name: node[1], over, requires, provides };
   }
   if (!FLOWS.has(kind)) return null;
   const last = node[node.length - 1];
@@ -189,8 +203,14 @@ function label(text, room) {
   return text.length > most ? text.slice(0, most - 1) + "…" : text;
 }
 
+// A Map's node is drawn as a stack: a box with another behind it, STACK pixels lower.
+const STACK = 4;
+
 function atomNode(part, atoms) {
-  const { x, y, w, h } = part;
+  const { x, y } = part;
+  const map = part.kind === "map";
+  const w = map ? part.w - STACK : part.w;
+  const h = map ? part.h - STACK : part.h;
   const shape = part.kind === "checkpoint"
     ? el("polygon", {
       class: "shape",
@@ -198,14 +218,84 @@ function atomNode(part, atoms) {
         [x + 10, y + h], [x, y + h / 2]].map((p) => p.join(",")).join(" "),
     })
     : el("rect", { class: "shape", x, y, width: w, height: h, rx: 6 });
+  const behind = map
+    ? el("rect", { class: "shape behind", x: x + STACK, y: y + STACK, width: w, height: h, rx: 6 })
+    : null;
   const title = el("title", null, part.name);
   const bar = el("rect", { class: "meter", x: x + 1, y: y + h - 4, width: 0, height: 3, rx: 1.5 });
   const text = el("text", { x: x + w / 2, y: y + h / 2 + 4, "text-anchor": "middle" },
-    label(part.name, w - 14));
+    map ? mapLabel(part.name, null, w - 14) : label(part.name, w - 14));
   const g = el("g", { class: "atom", "data-atom": part.name, "data-kind": part.kind },
-    title, shape, bar, text);
-  atoms.set(part.name, { g, title, bar, width: w - 2, kind: part.kind });
+    title, behind, shape, bar, text);
+  atoms.set(part.name, {
+    g, title, bar, text, width: w - 2, room: w - 14, kind: part.kind, over: part.over,
+  });
   return g;
+}
+
+// "thumbs ×12" ("thumbs ×?" before the Map knows its sequence), the name shortened first.
+function mapLabel(name, count, room) {
+  const times = ` ×${count === null ? "?" : count}`;
+  return label(name, room - 7 * times.length) + times;
+}
+
+// The index of the copy of Map `name` that atom `atom` belongs to (`name[3]` and
+// `name[3].resize` are copy 3), or -1.
+function copyIndex(name, atom) {
+  const prefix = `${name}[`;
+  if (!atom.startsWith(prefix)) return -1;
+  const close = atom.indexOf("]", prefix.length);
+  const digits = close > prefix.length ? atom.slice(prefix.length, close) : "";
+  if (!/^[0-9]+$/.test(digits)) return -1;
+  if (close + 1 < atom.length && atom[close + 1] !== ".") return -1;
+  return Number(digits);
+}
+
+// The atoms of each copy of Map `name` among `names`: [[index, [atom, ...]], ...] by index.
+function copiesOf(name, names) {
+  const byIndex = new Map();
+  for (const atom of names) {
+    const i = copyIndex(name, atom);
+    if (i < 0) continue;
+    if (!byIndex.has(i)) byIndex.set(i, []);
+    byIndex.get(i).push(atom);
+  }
+  return [...byIndex.entries()].sort((a, b) => a[0] - b[0]);
+}
+
+const DONE = new Set(["SUCCESS", "IGNORED"]);
+// The state a Map's node shows once the Map has grown its copies: the most pressing of
+// theirs (a failure before a retry before work in progress), SUCCESS when all finished.
+const PRESSING = ["REVERT_FAILURE", "FAILURE", "REVERTING", "RETRYING", "RUNNING", "WAITING"];
+
+function stateOf(atom) {
+  return atom && typeof atom.state === "string" ? atom.state : "PENDING";
+}
+
+// What a Map's node shows: {state, count (null while unknown), finished}.
+function mapView(name, own, states) {
+  const copies = copiesOf(name, Object.keys(states || {}));
+  const ownState = stateOf(own);
+  // The number the Map journaled, if the API sends it; else its copies' atoms, which
+  // the flow's progress lists once the Map knows its sequence (none for an empty one).
+  let count = own && typeof own.copies === "number" ? own.copies : null;
+  if (count === null && (copies.length || ownState === "SUCCESS")) count = copies.length;
+  const copyStates = copies.map(([, names]) => {
+    const inside = names.map((n) => stateOf(states[n]));
+    if (inside.every((s) => DONE.has(s))) return "SUCCESS";
+    return PRESSING.find((s) => inside.includes(s))
+      || (inside.includes("REVERTED") ? "REVERTED" : inside.some((s) => DONE.has(s)) ? "RUNNING" : "PENDING");
+  });
+  const finished = copyStates.filter((s) => s === "SUCCESS").length;
+  let state = ownState;
+  if (ownState === "SUCCESS" && copies.length) {
+    if (finished === copyStates.length) state = "SUCCESS";
+    else {
+      state = PRESSING.find((s) => copyStates.includes(s))
+        || (copyStates.includes("REVERTED") ? "REVERTING" : finished ? "RUNNING" : "PENDING");
+    }
+  }
+  return { state, count, finished, copies };
 }
 
 function draw(part, layer, edges, atoms) {
@@ -275,6 +365,10 @@ export function render(structure) {
   function update(states, failed) {
     for (const [name, node] of atoms) {
       const atom = (states && states[name]) || null;
+      if (node.kind === "map") {
+        updateMap(name, node, atom, states || {}, failed);
+        continue;
+      }
       const state = atom && typeof atom.state === "string" ? atom.state : "PENDING";
       const marked = failed && failed.has(name);
       node.g.setAttribute("class", `atom state-${state}${marked ? " failed" : ""}`);
@@ -289,11 +383,36 @@ export function render(structure) {
   return { svg, update, names: [...atoms.keys()] };
 }
 
-// Atom names in definition order (what the atoms table lists first).
-export function atomNames(structure) {
+function updateMap(name, node, atom, states, failed) {
+  const view = mapView(name, atom, states);
+  const marked = Boolean(failed)
+    && (failed.has(name) || view.copies.some(([, names]) => names.some((n) => failed.has(n))));
+  node.g.setAttribute("class", `atom state-${view.state}${marked ? " failed" : ""}`);
+  node.g.dataset.state = view.state;
+  node.g.dataset.copies = view.count === null ? "" : String(view.count);
+  node.text.textContent = mapLabel(name, view.count, node.room);
+  const over = node.over ? ` over ${node.over}` : "";
+  const copies = view.count === null ? "copies not known yet"
+    : `${view.finished} of ${view.count} copies finished`;
+  node.title.textContent = `${name} (map${over}): ${view.state}, ${copies}${marked ? ", failed" : ""}`;
+  let shown = 0;
+  if (view.count && view.state !== "SUCCESS") shown = view.finished / view.count;
+  else if (view.state === "RUNNING" && atom && typeof atom.fraction === "number") shown = atom.fraction;
+  node.bar.setAttribute("width", String(node.width * Math.max(0, Math.min(1, shown))));
+}
+
+// Atom names in definition order (what the atoms table lists first): a Map's copies
+// (those `atoms` names, from the flow's progress) follow the Map, copy by copy.
+export function atomNames(structure, atoms) {
   const out = [];
+  const known = Object.keys(atoms || {});
   const walk = (part) => {
     if (!part) return;
+    if (part.kind === "map") {
+      out.push(part.name);
+      for (const [, names] of copiesOf(part.name, known)) out.push(...names);
+      return;
+    }
     if (!part.members) {
       out.push(part.name);
       return;
