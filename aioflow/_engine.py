@@ -1090,9 +1090,16 @@ class Engine:
                 _LOG.exception("aioflow.listener_failed", listener=repr(fn), flow_id=event.flow_id)
         stream = self._async_streams.get(event.flow_id)
         if stream is not None:
-            stream.send_nowait(event)
-        for watcher in self._watchers.get(event.flow_id, ()):
-            watcher.send_nowait(event)
+            # Closed only when the run's listeners have stopped: the run is ending.
+            with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                stream.send_nowait(event)
+        watchers = self._watchers.get(event.flow_id)
+        for watcher in list(watchers or ()):
+            try:
+                watcher.send_nowait(event)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                # A watch whose reader went away: it must never break the flow.
+                watchers.remove(watcher)  # type: ignore[union-attr]
 
     async def _dispatch(self, receive: Any) -> None:
         async with receive:
@@ -1119,10 +1126,11 @@ class Engine:
                     yield event
                 return
             send, receive = anyio.create_memory_object_stream[Event](math.inf)
-            self._watchers.setdefault(flow_id, []).append(send)
+            watchers = self._watchers.setdefault(flow_id, [])
+            watchers.append(send)
             run.publish = self._publish
             last = 0
-            async with receive:
+            async with receive, _unwatched(watchers, send):
                 with suppress(JournalError, LeaseLostError):  # what was refused is not read
                     await self.journal.flush()
                 async for event in self.journal.events(flow_id):
@@ -1397,3 +1405,15 @@ class Engine:
         message for a ``RuntimeError``); the task's retry or the flow's revert follows.
         Refuses tokens as :meth:`complete` does."""
         await self._external.close(token, None, error)
+
+
+@asynccontextmanager
+async def _unwatched(
+    watchers: list[MemoryObjectSendStream[Event]], send: MemoryObjectSendStream[Event]
+) -> AsyncIterator[None]:
+    """Take a watch's stream out of its flow's watchers when the watch ends, however."""
+    try:
+        yield
+    finally:
+        if send in watchers:
+            watchers.remove(send)

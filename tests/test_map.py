@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -719,3 +720,23 @@ async def test_a_registered_flow_with_a_map_is_built_twice_under_new_names() -> 
     assert outcome.status is FlowStatus.SUCCESS
     maps = [name for name in outcome.atoms if "[" not in name and name.startswith("m")]
     assert len(maps) == 2 and outcome.results["ys"] == [2, 3]
+
+
+async def test_a_watch_that_stops_reading_never_breaks_the_flow() -> None:
+    gate = anyio.Event()
+
+    @aioflow.task(provides="y")
+    async def step(x: int) -> int:
+        await gate.wait()
+        return x
+
+    flow = Linear("f", Map("m", step, over="xs", item="x", provides="ys"))
+    async with aioflow.Engine() as engine:
+        handle = await engine.start(flow, {"xs": [1, 2, 3]})
+        await anyio.sleep(0.1)  # the copies run (and wait): the watch is of the live run
+        async with contextlib.aclosing(engine.watch(handle.flow_id)) as events:
+            async for _event in events:
+                break  # the reader goes away; the flow emits on
+        gate.set()
+        outcome = await handle.wait()
+    assert outcome.results["ys"] == [1, 2, 3]
