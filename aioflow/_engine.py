@@ -290,6 +290,7 @@ class Engine:
         # (last seq, report); a later event makes progress() read the journal again.
         self._settled: dict[str, tuple[int, FlowProgress]] = {}
         self._watchers: dict[str, list[MemoryObjectSendStream[Event]]] = {}
+        self._hosted = False  # a conductor serves this engine's runs (see _services)
         self._async_streams: dict[str, MemoryObjectSendStream[Event]] = {}
         self._stack: AsyncExitStack | None = None
         self._session_owner: int | None = None
@@ -858,7 +859,7 @@ class Engine:
                 # journal does not know.
                 await self._settle(run)
             async with anyio.create_task_group() as outer:
-                if self._tg is None:  # not entered: this call renews the heartbeat
+                if self._tg is None and not self._hosted:  # this call renews the heartbeat
                     heartbeat = anyio.CancelScope()
                     outer.start_soon(self._beat, heartbeat)
                 if self._tg is None and not self._timers.serving:  # and serves the timers
@@ -868,7 +869,7 @@ class Engine:
                     send, receive = anyio.create_memory_object_stream[Event](math.inf)
                     self._async_streams[run.flow_id] = send
                     outer.start_soon(self._dispatch, receive)
-                if self._tg is None:  # not entered: this call looks for cancel requests
+                if self._tg is None and not self._hosted:  # this looks for cancel requests
                     polls = anyio.CancelScope()
                     outer.start_soon(self._external.poll_mail, polls)
                 else:
@@ -990,6 +991,27 @@ class Engine:
             return self._finish(run)
         taken.waits.signer = run.waits.signer
         return await self._continue(taken, None)
+
+    @asynccontextmanager
+    async def _services(self) -> AsyncIterator[None]:
+        """For a caller that runs many flows at once in an engine it did not enter (a
+        conductor): one heartbeat, one timer server and one mailbox poll for all of them
+        while it runs, rather than each run's own. A run's own timer server ends with
+        it, and a run of another job meanwhile would miss its deadlines."""
+        if self._tg is not None or self._hosted:
+            yield
+            return
+        async with anyio.create_task_group() as tg:
+            self._hosted = True
+            try:
+                if not self._timers.serving:
+                    tg.start_soon(self._timers.serve, name="aioflow timers")
+                tg.start_soon(self._ownership.run, self._busy, name="aioflow heartbeat")
+                tg.start_soon(self._external.poll_mail, anyio.CancelScope(), name="aioflow mail")
+                yield
+            finally:
+                self._hosted = False
+                tg.cancel_scope.cancel()
 
     async def _serve_timers(self, scope: anyio.CancelScope) -> None:
         with scope:

@@ -469,3 +469,37 @@ def test_the_jobboard_example_survives_a_killed_conductor() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 of 4 jobs complete; frames rendered twice: none" in result.stdout
     assert "finished by conductor two" in result.stdout
+
+
+@aioflow.task
+async def brief() -> None:
+    await anyio.sleep(0.05)
+
+
+@aioflow.task
+async def overlong() -> None:
+    await anyio.sleep(5)
+
+
+def brief_flow() -> aioflow.Linear:
+    return aioflow.Linear("brief", brief)
+
+
+def bounded_flow() -> aioflow.Linear:
+    return aioflow.Linear("bounded", aioflow.Linear("part", overlong, timeout=0.3))
+
+
+async def test_a_job_s_deadline_holds_after_the_job_that_started_first_ended(url: str) -> None:
+    """The conductor's jobs share one timer server: the one a first, brief job started
+    used to end with it, and a job running beside it then missed its part's deadline."""
+    board, engine = make(url)
+    first = await board.post("tests.test_conductor:brief_flow")
+    await anyio.sleep(0.01)
+    bounded = await board.post("tests.test_conductor:bounded_flow")
+    async with Conductor(board, engine, lease=30, capacity=2) as conductor:
+        with anyio.fail_after(4):  # the part's own task would take 5 s
+            await conductor.run(max_jobs=2)
+    assert (await board.get(first.id)).status is FlowStatus.SUCCESS
+    failed = await board.get(bounded.id)
+    assert failed.status is FlowStatus.REVERTED
+    assert failed.failures["part"].matches(aioflow.DeadlineExceededError)

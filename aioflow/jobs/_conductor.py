@@ -144,6 +144,8 @@ class Conductor:
         async with AsyncExitStack() as stack:
             if not self.engine.journal.is_open:
                 await stack.enter_async_context(self.engine.journal)
+            # One heartbeat, timer server and mailbox poll for every job's run.
+            await stack.enter_async_context(self.engine._services())
             slots = anyio.Semaphore(self.capacity)
             claimed = 0
             next_wake = -math.inf
