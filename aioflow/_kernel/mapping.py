@@ -130,11 +130,15 @@ class Mapper:
         nodes: list[Node] = []
         scopes: list[RetryScope] = []
         ends = []
+        # Equal tuples are shared between copies, as the compiler shares them: (c,), (k,).
+        shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+        exits = frozenset(spec.exits)
         for i in range(first, count):
             instance.bases.append(base)
             instance.scope_bases.append(scope_base)
-            nodes.extend(self.copy(instance, controller, i, base, scope_base, k))
-            scopes.extend(self.copy_scopes(instance, controller, i, base, scope_base))
+            nodes.extend(self.copy(instance, controller, i, base, scope_base, shared, exits))
+            if spec.scopes:
+                scopes.extend(self.copy_scopes(instance, controller, i, base, scope_base))
             end = base if spec.task else base + size - 1
             ends.append(end)
             if instance.gate is not None:
@@ -167,17 +171,24 @@ class Mapper:
         return base if instance.spec.task else base + len(instance.spec.nodes)
 
     def copy(
-        self, instance: _Instance, controller: Node, i: int, base: int, scope_base: int, k: int
+        self,
+        instance: _Instance,
+        controller: Node,
+        i: int,
+        base: int,
+        scope_base: int,
+        shared: dict[tuple[int, ...], tuple[int, ...]],
+        exits: frozenset[int],
     ) -> list[Node]:
         """The nodes of copy ``i``: the template moved to ``base``, renamed, its inputs
         resolved (its item is element ``i`` of the controller's sequence)."""
         spec, c = instance.spec, controller.index
+        k = c + 1
         prefix = f"{spec.name}[{i}]"
         around = controller.scopes
-        shared: dict[tuple[int, ...], tuple[int, ...]] = {}
         out: list[Node] = []
         end = base + len(spec.nodes)
-        exits = set(spec.exits)
+        after = (k,) if spec.task else (end,)
         for t in spec.nodes:
             index = base + t.index
             if t.kind == BARRIER and t.mapping is None:
@@ -186,12 +197,13 @@ class Mapper:
                 name = f"<collect {prefix}{spec.suffixes[t.index - 1]}>"
             else:
                 name = prefix + spec.suffixes[t.index]
-            preds = tuple(base + p for p in t.preds) if t.preds else (c,)
-            succs = tuple(base + s for s in t.succs)
-            if t.index in exits:
-                succs = (*succs, k if spec.task else end)
-            scopes = around + tuple(scope_base + s for s in t.scopes) if t.scopes else around
-            scopes = shared.setdefault(scopes, scopes)
+            preds = tuple([base + p for p in t.preds]) if t.preds else (c,)
+            succs = (
+                tuple([base + s for s in t.succs]) + after
+                if t.index in exits
+                else (tuple([base + s for s in t.succs]))
+            )
+            scopes = around + tuple([scope_base + s for s in t.scopes]) if t.scopes else around
             mapping = t.mapping
             if mapping is not None and t.kind != BARRIER:
                 outer = {
@@ -201,27 +213,47 @@ class Mapper:
                 mapping = dataclasses.replace(mapping, name=name, outer=outer)
             elif mapping is not None:
                 mapping = out[-1].mapping  # a collector follows its controller
-            out.append(
-                dataclasses.replace(
-                    t,
-                    index=index,
-                    name=name,
-                    preds=preds,
-                    succs=succs,
-                    args=tuple(
+            args = (
+                tuple(
+                    [
                         (param, *self.moved(p, symbol, instance, i, base))
                         for param, p, symbol in t.args
-                    ),
-                    scopes=scopes,
-                    controls=None if t.controls is None else scope_base + t.controls,
-                    timed=t.timed or controller.timed,
-                    mapping=mapping,
+                    ]
+                )
+                if t.args
+                else ()
+            )
+            out.append(
+                Node(
+                    index,
+                    name,
+                    t.kind,
+                    shared.setdefault(preds, preds),
+                    t.task,
+                    t.checkpoint,
+                    args,
+                    shared.setdefault(succs, succs),
+                    t.deciders,
+                    t.provides,
+                    t.unpack,
+                    t.weight,
+                    shared.setdefault(scopes, scopes),
+                    None if t.controls is None else scope_base + t.controls,
+                    t.timed or controller.timed,
+                    mapping,
                 )
             )
         if not spec.task:
             exits_at = tuple(base + e for e in spec.exits)
             out.append(
-                Node(end, f"<end {prefix}>", BARRIER, exits_at, succs=(k,), scopes=around)
+                Node(
+                    end,
+                    f"<end {prefix}>",
+                    BARRIER,
+                    exits_at,
+                    succs=shared.setdefault((k,), (k,)),
+                    scopes=around,
+                )
             )
         return out
 
@@ -243,9 +275,7 @@ class Mapper:
             for s in spec.scopes
         ]
 
-    def moved(
-        self, p: int, key: Any, instance: _Instance, i: int, base: int
-    ) -> tuple[int, Any]:
+    def moved(self, p: int, key: Any, instance: _Instance, i: int, base: int) -> tuple[int, Any]:
         """A template's provider ``p`` (of symbol ``key``) for copy ``i`` at ``base``."""
         if p >= 0:
             return base + p, key
@@ -353,8 +383,10 @@ class Mapper:
             node = run.nodes[i]
             if node.mapping is not None and node.kind != BARRIER:
                 record = records.get(node.name)
-                if record is not None and record.state in EXPANDED and isinstance(
-                    record.result, int
+                if (
+                    record is not None
+                    and record.state in EXPANDED
+                    and isinstance(record.result, int)
                 ):
                     self.grow_to(i, record.result)
             i += 1
