@@ -611,6 +611,14 @@ def instruments(cfg: Config) -> list[Result]:
     return with_ratios(results, "await chain")
 
 
+def map_scenario(cfg: Config) -> list[Result]:
+    """A Map's copies against a static Unordered's atoms: time and memory per item
+    (``benchmarks/maps.py``, which builds on this module)."""
+    from . import maps
+
+    return maps.scenario(cfg)
+
+
 SCENARIOS: dict[str, Callable[[Config], list[Result]]] = {
     "wide": wide,
     "chain": chain,
@@ -621,5 +629,6 @@ SCENARIOS: dict[str, Callable[[Config], list[Result]]] = {
     "memory": memory,
     "import": import_time,
     "instruments": instruments,
+    "map": map_scenario,
 }
 """Every scenario by name, in the order the suite runs them."""

@@ -46,3 +46,16 @@ def test_the_waits_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     asyncio.run(waits.main(20, 3))
     out = capsys.readouterr().out
     assert "| aioflow, sqlite |" in out and "asyncio.Queue" in out
+
+
+def test_a_tiny_map_scenario_runs(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "map", "--sizes", "10", "--repeat", "1", "--no-peers"]
+    argv += ["--no-postgres", "--json", str(out), "--tmp", str(tmp_path)]
+
+    assert main(argv) == 0
+
+    data = json.loads(out.read_text())
+    assert data["failures"] == []
+    variants = {r["variant"] for r in data["results"] if r["scenario"] == "map"}
+    assert {"unordered, memory", "map, memory", "map, sqlite strict"} <= variants
