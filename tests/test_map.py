@@ -21,7 +21,10 @@ import aioflow
 from aioflow import AtomState, FlowStatus, Linear, Map, Retry, Unordered
 from aioflow._replay import atom_names, replay
 from aioflow.journal import MemoryJournal
+from tests.pg import pg_schema, pg_url
 from tests.strategies import cut_journal, draw_index
+
+__all__ = ["pg_schema", "pg_url"]  # fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -29,6 +32,14 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A journal file, or a fresh schema on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'j.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 class Log:
@@ -268,11 +279,11 @@ async def test_the_journal_tells_the_copies_to_outcome_progress_and_show(tmp_pat
 
 
 async def test_a_resume_neither_reads_the_sequence_again_nor_redoes_finished_copies(
-    tmp_path: Path,
+    journal_url: str,
 ) -> None:
     """The copies of a flow member wait for a message after their first step: the flow
     rests, a new engine resumes it, and only the steps after the wait run."""
-    url = f"sqlite:///{tmp_path / 'j.db'}"
+    url = journal_url
     starts: Counter[str] = Counter()
 
     def make() -> aioflow.Flow:
@@ -482,9 +493,9 @@ async def test_a_map_in_an_unordered_runs_beside_its_siblings() -> None:
 
 
 async def test_a_flow_resting_mid_map_migrates_when_the_map_stays_as_it_was(
-    tmp_path: Path,
+    journal_url: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'j.db'}"
+    url = journal_url
 
     @aioflow.task(provides="a")
     async def first(x: int) -> int:
@@ -665,7 +676,7 @@ def test_a_failed_map_cut_at_any_event_reverts_each_finished_copy_once(
     anyio.run(scenario)
 
 
-async def test_a_flow_moves_back_to_a_checkpoint_of_one_copy(tmp_path: Path) -> None:
+async def test_a_flow_moves_back_to_a_checkpoint_of_one_copy(journal_url: str) -> None:
     runs: Counter[str] = Counter()
 
     @aioflow.task(provides="a")
@@ -691,7 +702,7 @@ async def test_a_flow_moves_back_to_a_checkpoint_of_one_copy(tmp_path: Path) -> 
         mapped = Map("m", member, over="xs", item="x", provides="out")
         return Linear("f", mapped, aioflow.Checkpoint("end"), total)
 
-    async with aioflow.Engine(f"sqlite:///{tmp_path / 'j.db'}") as engine:
+    async with aioflow.Engine(journal_url) as engine:
         outcome = await engine.run(make(), {"xs": [1, 2, 3]}, stop_at="end")
         assert outcome.status is FlowStatus.SUSPENDED
         outcome = await engine.revert_to(outcome.flow_id, "m[1].ready", make())
