@@ -751,3 +751,28 @@ async def test_a_watch_that_stops_reading_never_breaks_the_flow() -> None:
         gate.set()
         outcome = await handle.wait()
     assert outcome.results["ys"] == [1, 2, 3]
+
+
+async def test_each_copy_has_its_own_deadline_and_the_rest_revert_once() -> None:
+    reverts: Counter[str] = Counter()
+
+    @aioflow.task(provides="y")
+    async def work(x: int) -> int:
+        await anyio.sleep(5 if x == 2 else 0.01)
+        return x
+
+    @work.revert
+    async def undo(context: aioflow.TaskContext) -> None:
+        reverts[context.atom] += 1
+
+    member = Linear("each", work)
+    flow = Linear("f", Map("m", member, over="xs", item="x", provides="ys", timeout=0.3))
+    async with aioflow.Engine() as engine:
+        with anyio.fail_after(4), pytest.raises(aioflow.FlowFailedError) as caught:
+            await engine.run(flow, {"xs": [1, 2, 3]})
+    outcome = caught.value.outcome
+    assert outcome.status is FlowStatus.REVERTED
+    assert outcome.failures["m[1]"].matches(aioflow.DeadlineExceededError)
+    # The copies that finished are reverted once each (a join that ended a copy used to
+    # free them twice), and the copy past its deadline with them.
+    assert reverts == Counter({"m[0].work": 1, "m[1].work": 1, "m[2].work": 1})

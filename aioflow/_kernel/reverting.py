@@ -336,9 +336,10 @@ class Reverter:
             if done is not None:
                 done()
             return
-        for i in reversed(targets):
-            if self.revert_count[i] == 0:
-                self.revert_node(i)
+        # Those free at the start, listed before any is reverted: reverting a join frees
+        # its predecessors at once, and the loop must not start them a second time.
+        for i in [i for i in reversed(targets) if self.revert_count[i] == 0]:
+            self.revert_node(i)
 
     def revert_node(self, i: int) -> None:
         stack = [i]
