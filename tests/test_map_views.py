@@ -220,3 +220,28 @@ async def test_the_map_node_fills_as_its_copies_finish(browser_ready: None, tmp_
         await expect(node).to_have_attribute("data-state", "SUCCESS", timeout=WAIT_MS)
         await expect(title).to_contain_text("5 of 5 copies finished", timeout=WAIT_MS)
         assert await node.locator("rect.meter").get_attribute("width") == "0"
+
+
+@pytest.mark.slow
+def test_show_lists_the_copies_and_the_map_s_count(tmp_path: Path) -> None:
+    import json
+
+    journal = f"sqlite:///{tmp_path / 'album.db'}"
+
+    async def run_album() -> str:
+        from examples.album import make_album
+
+        album_dir = tmp_path / "album"
+        album_dir.mkdir()
+        for n in range(3):
+            (album_dir / f"p{n}.img").write_bytes(b"x" * 100)
+        async with aioflow.Engine(journal) as engine:
+            outcome = await engine.run(make_album(), {"album_dir": str(album_dir)})
+        return outcome.flow_id
+
+    flow_id = anyio.run(run_album)
+    shown = aioflow_cmd("show", flow_id, "--json", "--journal", journal)
+    assert shown.returncode == 0, shown.stderr
+    atoms = {a["name"]: a for a in json.loads(shown.stdout)["atoms"]}
+    assert atoms["thumbs"]["kind"] == "map" and atoms["thumbs"]["details"] == {"copies": 3}
+    assert [n for n in atoms if n.startswith("thumbs[")] == ["thumbs[0]", "thumbs[1]", "thumbs[2]"]

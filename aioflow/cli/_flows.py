@@ -14,7 +14,7 @@ from .._engine import Engine
 from .._events import Event, EventKind
 from .._failure import CANCEL, Failure
 from .._progress import FlowProgress
-from .._replay import FlowState, atom_names, published, replay
+from .._replay import EXPANDED, FlowState, atom_names, map_count, published, replay
 from .._states import AtomState, FlowStatus
 from ..journal import FlowSummary, open_journal
 from ._common import (
@@ -253,7 +253,11 @@ async def cmd_show(args: argparse.Namespace) -> int:
                 "started": _iso(record.started),
                 "finished": _iso(record.finished),
                 "duration": took,
-                "details": _scrub(atom.details),
+                "details": (
+                    {"copies": map_count(state.atoms, name)}
+                    if kind == "map" and record.state in EXPANDED
+                    else _scrub(atom.details)
+                ),
             }
         )
     reached = [
