@@ -54,13 +54,12 @@ class _Gate:
 class _Instance:
     """One Map in one run: its controller, where each copy's nodes begin, and its gate."""
 
-    __slots__ = ("bases", "controller", "gate", "scope_bases", "spec")
+    __slots__ = ("bases", "controller", "gate", "spec")
 
     def __init__(self, spec: MapSpec, controller: int) -> None:
         self.spec = spec
         self.controller = controller
         self.bases: list[int] = []
-        self.scope_bases: list[int] = []
         self.gate = None if spec.max_parallel is None else _Gate(spec.max_parallel)
 
 
@@ -83,13 +82,10 @@ class Mapper:
         fails with a TypeError)."""
         run = self.run
         node = run.nodes[c]
-        spec = node.mapping
-        assert spec is not None
         run.attempts[c] += 1
         run.set_atom(c, _S.RUNNING)
-        over = node.args[0][2] if node.args else "?"
         try:
-            sequence = _sequence(spec.name, over, run.arguments(node).get(over))
+            sequence = self.sequence(node)
         except TypeError as exc:
             failure = Failure.from_exception(exc)
             run.set_atom(c, _S.FAILURE, {"failure": failure.to_dict()})
@@ -135,7 +131,6 @@ class Mapper:
         exits = frozenset(spec.exits)
         for i in range(first, count):
             instance.bases.append(base)
-            instance.scope_bases.append(scope_base)
             nodes.extend(self.copy(instance, controller, i, base, scope_base, shared, exits))
             if spec.scopes:
                 scopes.extend(self.copy_scopes(instance, controller, i, base, scope_base))
@@ -395,12 +390,16 @@ class Mapper:
         """The sequence of controller ``c``, expanded before: read again from what its
         provider journaled (never from the provider's code)."""
         run = self.run
-        node = run.nodes[c]
-        over = node.args[0][2] if node.args else "?"
         try:
-            run.values[c] = _sequence(node.name, over, run.arguments(node).get(over))
+            run.values[c] = self.sequence(run.nodes[c])
         except (TypeError, KeyError, IndexError):
             run.values[c] = None
+
+    def sequence(self, node: Node) -> Sequence[Any]:
+        """What controller ``node`` maps over, as its provider published it; a TypeError
+        that says so for anything but a sequence."""
+        over = node.args[0][2] if node.args else "?"
+        return _sequence(node.name, over, self.run.arguments(node).get(over))
 
 
 def _sequence(name: str, over: str, value: object) -> Sequence[Any]:
