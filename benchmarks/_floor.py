@@ -66,3 +66,29 @@ async def sleeps(n: int, seconds: float) -> float:
     t0 = time.perf_counter()
     await asyncio.gather(*[_nap(seconds) for _ in range(n)])
     return time.perf_counter() - t0
+
+
+async def sqlite_commits(n: int) -> float:
+    """``n`` one-row transactions, ``BEGIN; INSERT; COMMIT`` each, on a WAL file with
+    ``synchronous=NORMAL``, by plain ``sqlite3`` on this thread: what a strict SQLite
+    chain step (one event committed before the next step starts) cannot beat."""
+    import os
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="aioflow-floor-") as tmp:
+        conn = sqlite3.connect(os.path.join(tmp, "floor.db"), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE events(flow_id TEXT, seq INTEGER, details TEXT,"
+                         " PRIMARY KEY(flow_id, seq))")
+            row = '{"result": null}'
+            t0 = time.perf_counter()
+            for i in range(n):
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO events VALUES(?, ?, ?)", ("f", i, row))
+                conn.execute("COMMIT")
+            return time.perf_counter() - t0
+        finally:
+            conn.close()

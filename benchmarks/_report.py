@@ -150,6 +150,12 @@ TARGETS = (
     ),
     Target("import aioflow", 100, "ms", _median("import", "wall, minus python -c pass", None)),
     Target(
+        "chain 10k, SQLite strict step ÷ bare commit",
+        2.0,
+        "x",
+        _extra("chain", "sqlite strict", 10_000, "over_commit"),
+    ),
+    Target(
         "Map item ÷ Unordered atom, 10k, memory",
         1.5,
         "x",

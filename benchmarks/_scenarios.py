@@ -242,8 +242,17 @@ def wide(cfg: Config) -> list[Result]:
 
 
 def chain(cfg: Config) -> list[Result]:
-    """A Linear of N no-op tasks, against N no-op coroutines awaited in turn."""
-    return shape_scenario(cfg, "chain", chain_flow, {"await chain": _floor.chain})
+    """A Linear of N no-op tasks, against N no-op coroutines awaited in turn, and (for
+    the strict SQLite journal, which commits each step before the next starts) against
+    N bare one-row SQLite transactions: ``over_commit`` is the step ÷ that floor."""
+    floors = {"await chain": _floor.chain, "sqlite commit": _floor.sqlite_commits}
+    results = shape_scenario(cfg, "chain", chain_flow, floors)
+    commits = {r.n: r.median for r in results if r.variant == "sqlite commit"}
+    for r in results:
+        base = commits.get(r.n)
+        if r.subject == "aioflow" and r.variant == JOURNAL_LABEL["strict"] and base:
+            r.extra["over_commit"] = r.median / base
+    return results
 
 
 def diamond(cfg: Config) -> list[Result]:
