@@ -377,6 +377,36 @@ def _count(event: aioflow.Event) -> None:
     _seen += 1
 
 
+async def peak_bytes(
+    make: Callable[[int], aioflow.Flow], n: int, inputs: dict[str, Any] | None = None
+) -> dict[str, float]:
+    """tracemalloc's figures per item of defining ``make(n)`` and running it on the
+    memory journal (with ``inputs``): the definition, the run's peak, what the run kept,
+    and the whole peak."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        flow = make(n)
+        defined = tracemalloc.get_traced_memory()[0] - base
+        async with aioflow.Engine("memory://") as engine:
+            tracemalloc.reset_peak()
+            before_run = tracemalloc.get_traced_memory()[0]
+            outcome = await engine.run(flow, inputs=inputs or {})
+            current, peak = tracemalloc.get_traced_memory()
+            if outcome.status is not aioflow.FlowStatus.SUCCESS:
+                raise RuntimeError(f"flow {flow.name} ended {outcome.status}")
+            del outcome
+    finally:
+        tracemalloc.stop()
+    return {
+        "definition": defined / n,
+        "run_peak": (peak - before_run) / n,
+        "retained_after_run": (current - before_run) / n,
+        "total_peak": (peak - base) / n,
+    }
+
+
 def memory(cfg: Config) -> list[Result]:
     """Peak traced memory of building and running an N-atom wide flow on the memory journal.
 
@@ -384,29 +414,7 @@ def memory(cfg: Config) -> list[Result]:
     """
     n = 10_000 if cfg.quick else 100_000
 
-    async def one() -> dict[str, float]:
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            flow = wide_flow(n)
-            defined = tracemalloc.get_traced_memory()[0] - base
-            async with aioflow.Engine("memory://") as engine:
-                tracemalloc.reset_peak()
-                before_run = tracemalloc.get_traced_memory()[0]
-                outcome = await engine.run(flow)
-                current, peak = tracemalloc.get_traced_memory()
-                assert outcome.status is aioflow.FlowStatus.SUCCESS
-        finally:
-            tracemalloc.stop()
-        return {
-            "definition": defined / n,
-            "run_peak": (peak - before_run) / n,
-            "retained_after_run": (current - before_run) / n,
-            "total_peak": (peak - base) / n,
-        }
-
-    figures = asyncio.run(one())
+    figures = asyncio.run(peak_bytes(wide_flow, n))
     return [
         Result(
             "memory",

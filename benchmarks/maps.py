@@ -30,7 +30,6 @@ import asyncio
 import gc
 import statistics
 import time
-import tracemalloc
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -39,7 +38,7 @@ import aioflow
 
 from . import _floor
 from ._harness import AsyncSample, Result, sample_async
-from ._scenarios import JOURNAL_LABEL, Config, K, engine_for, per_task
+from ._scenarios import JOURNAL_LABEL, Config, K, engine_for, peak_bytes, per_task
 
 
 @aioflow.task(provides="xs")
@@ -144,36 +143,10 @@ def times(cfg: Config, journal: str, n: int) -> list[Result]:
     return results
 
 
-async def peak_bytes(make: Callable[[int], aioflow.Flow], n: int) -> dict[str, float]:
-    """tracemalloc's figures per item of defining ``make(n)`` and running it in memory."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        flow = make(n)
-        defined = tracemalloc.get_traced_memory()[0] - base
-        async with aioflow.Engine("memory://") as engine:
-            tracemalloc.reset_peak()
-            before_run = tracemalloc.get_traced_memory()[0]
-            outcome = await engine.run(flow, inputs={"n": n})
-            current, peak = tracemalloc.get_traced_memory()
-            if outcome.status is not aioflow.FlowStatus.SUCCESS:
-                raise RuntimeError(f"flow {flow.name} ended {outcome.status}")
-            del outcome
-    finally:
-        tracemalloc.stop()
-    return {
-        "definition": defined / n,
-        "run_peak": (peak - before_run) / n,
-        "retained_after_run": (current - before_run) / n,
-        "total_peak": (peak - base) / n,
-    }
-
-
 def memory(cfg: Config) -> list[Result]:
     """Bytes per item at peak (definition + run, memory journal), one sample each."""
     n = 10 * K if cfg.quick else 100 * K
-    figures = {name: asyncio.run(peak_bytes(make, n)) for name, make in SUBJECTS.items()}
+    figures = {name: asyncio.run(peak_bytes(make, n, {"n": n})) for name, make in SUBJECTS.items()}
     base = figures["unordered"]["total_peak"]
     results = []
     for name, extra in figures.items():

@@ -12,6 +12,7 @@ import os
 import threading
 import uuid
 from collections.abc import Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -96,3 +97,12 @@ def pg_schema() -> Iterator[str]:
 def pg_url(pg_schema: str) -> str:
     """A ``postgresql://`` URL whose tables land in a fresh schema of their own."""
     return url_in(pg_schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sqlite_or_pg_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A SQLite file, then a fresh schema on the test PostgreSQL server: one database
+    for whatever the test opens on it (a journal, a board, both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return str(request.getfixturevalue("pg_url"))

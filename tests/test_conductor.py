@@ -20,9 +20,9 @@ import aioflow
 from aioflow import Conductor, Engine, FlowStatus, JobBoard, JobState
 from aioflow.jobs import Job
 
-from .pg import pg_schema, pg_url
+from .pg import pg_schema, pg_url, sqlite_or_pg_url
 
-__all__ = ["pg_schema", "pg_url"]
+__all__ = ["pg_schema", "pg_url", "sqlite_or_pg_url"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLOW = "tests.test_conductor:make_flow"
@@ -270,12 +270,10 @@ CONDUCTOR = textwrap.dedent(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture
+def shared_url(sqlite_or_pg_url: str) -> str:
     """A database the conductor processes share for both the board and the journal."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
+    return sqlite_or_pg_url
 
 
 class Conductors:

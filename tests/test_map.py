@@ -21,10 +21,10 @@ import aioflow
 from aioflow import AtomState, FlowStatus, Linear, Map, Retry, Unordered
 from aioflow._replay import atom_names, replay
 from aioflow.journal import MemoryJournal
-from tests.pg import pg_schema, pg_url
+from tests.pg import pg_schema, pg_url, sqlite_or_pg_url
 from tests.strategies import cut_journal, draw_index
 
-__all__ = ["pg_schema", "pg_url"]  # fixtures
+__all__ = ["pg_schema", "pg_url", "sqlite_or_pg_url"]  # fixtures
 
 pytestmark = pytest.mark.anyio
 
@@ -34,12 +34,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def journal_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A journal file, or a fresh schema on the test PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'j.db'}"
-    return str(request.getfixturevalue("pg_url"))
+@pytest.fixture
+def journal_url(sqlite_or_pg_url: str) -> str:
+    return sqlite_or_pg_url
 
 
 class Log:
