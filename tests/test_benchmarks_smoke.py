@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,15 +12,19 @@ from benchmarks import _scenarios, instructions
 from benchmarks.__main__ import main
 
 
-def test_a_tiny_wide_scenario_runs_and_writes_its_json(tmp_path: Path) -> None:
+def run_tiny(scenario: str, tmp_path: Path) -> Any:
+    """Run ``scenario`` at size 10, once, without peers or PostgreSQL; its JSON report."""
     out = tmp_path / "bench.json"
-    argv = ["--quick", "--only", "wide", "--sizes", "10", "--repeat", "1", "--no-peers"]
+    argv = ["--quick", "--only", scenario, "--sizes", "10", "--repeat", "1", "--no-peers"]
     argv += ["--no-postgres", "--json", str(out), "--tmp", str(tmp_path)]
-
     assert main(argv) == 0
-
     data = json.loads(out.read_text())
     assert data["failures"] == []
+    return data
+
+
+def test_a_tiny_wide_scenario_runs_and_writes_its_json(tmp_path: Path) -> None:
+    data = run_tiny("wide", tmp_path)
     measured = {(r["subject"], r["variant"], r["n"]) for r in data["results"]}
     for variant in ("memory", "sqlite strict", "sqlite batched"):
         assert ("aioflow", variant, 10) in measured
@@ -49,13 +54,6 @@ def test_the_waits_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_tiny_map_scenario_runs(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    argv = ["--quick", "--only", "map", "--sizes", "10", "--repeat", "1", "--no-peers"]
-    argv += ["--no-postgres", "--json", str(out), "--tmp", str(tmp_path)]
-
-    assert main(argv) == 0
-
-    data = json.loads(out.read_text())
-    assert data["failures"] == []
+    data = run_tiny("map", tmp_path)
     variants = {r["variant"] for r in data["results"] if r["scenario"] == "map"}
     assert {"unordered, memory", "map, memory", "map, sqlite strict"} <= variants
