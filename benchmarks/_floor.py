@@ -92,3 +92,28 @@ async def sqlite_commits(n: int) -> float:
             return time.perf_counter() - t0
         finally:
             conn.close()
+
+
+async def postgres_inserts(n: int, url: str) -> float:
+    """``n`` one-row INSERT transactions, one round trip each (a lone statement commits
+    itself), by asyncpg on one connection to ``url``: what a strict PostgreSQL chain step
+    (its events committed before the next step starts) cannot beat. The table is a
+    temporary one's twin in shape, but a real one: a temporary table skips the WAL."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    table = f"aioflow_floor_{time.monotonic_ns()}"
+    try:
+        await conn.execute(
+            f"CREATE TABLE {table}(flow_id TEXT, seq BIGINT, details TEXT,"
+            " PRIMARY KEY(flow_id, seq))"
+        )
+        insert = await conn.prepare(f"INSERT INTO {table} VALUES($1, $2, $3)")
+        row = '{"result": null}'
+        t0 = time.perf_counter()
+        for i in range(n):
+            await insert.fetch("f", i, row)
+        return time.perf_counter() - t0
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()

@@ -156,6 +156,12 @@ TARGETS = (
         _extra("chain", "sqlite strict", 10_000, "over_commit"),
     ),
     Target(
+        "chain 1k, PostgreSQL strict step ÷ bare INSERT",
+        1.3,
+        "x",
+        _extra("chain", "postgres strict", 1_000, "over_commit"),
+    ),
+    Target(
         "Map item ÷ Unordered atom, 10k, memory",
         1.5,
         "x",

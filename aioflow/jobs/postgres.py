@@ -21,7 +21,7 @@ from .._failure import Failure
 from .._instruments import capture
 from .._states import FlowStatus
 from ..journal import Journal
-from ..journal.postgres import PostgresJournal, _redact, dsn_from_url, lean_reset
+from ..journal.postgres import PostgresJournal, _redact, create_pool, dsn_from_url
 from ._board import (
     COLUMNS,
     Job,
@@ -132,10 +132,7 @@ class PostgresJobBoard(JobBoard):
         async with self._opening:
             if self._pool is None:
                 try:
-                    pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=self._pool_size, reset=lean_reset
-                    )
-                    assert pool is not None
+                    pool = await create_pool(self._dsn, self._pool_size)
                     try:
                         async with pool.acquire() as conn:
                             await self._ensure_schema(conn)
