@@ -461,10 +461,23 @@ class Engine:
         Raises :class:`FlowFailedError` when an atom failed and the flow was reverted.
         Cancelling the caller leaves the flow SUSPENDED and resumable.
         """
+        return await self._run_flow(flow, inputs, flow_id, stop_at, new=flow_id is None)
+
+    async def _run_flow(
+        self,
+        flow: FlowRef,
+        inputs: Mapping[str, Any] | None,
+        flow_id: str | None,
+        stop_at: str | None,
+        *,
+        new: bool,
+    ) -> Outcome:
+        """:meth:`run`; ``new`` when ``flow_id`` is known to name no flow of the journal
+        (a fresh uuid, or a job's first claim), so that no read asks."""
         run, start = self._prepare(flow, inputs, flow_id, stop_at)
         async with self._session():
             with self._holding(run.flow_id) as slot:
-                await self._begin(run, start, explicit_id=flow_id is not None)
+                await self._begin(run, start, check=not new)
                 slot.outcome = await self._drive(run)
                 return slot.outcome
 
@@ -498,8 +511,8 @@ class Engine:
         """True while this engine runs (or takes) flows: its heartbeat is renewed."""
         return bool(self._slots)
 
-    async def _begin(self, run: Run, start: dict[str, Any], *, explicit_id: bool) -> None:
-        if explicit_id:
+    async def _begin(self, run: Run, start: dict[str, Any], *, check: bool) -> None:
+        if check:
             try:
                 await self.journal.summary(run.flow_id)  # one row, not the flow's events
             except NotFoundError:
@@ -597,7 +610,7 @@ class Engine:
         run, start = self._prepare(flow, inputs, flow_id, stop_at)
         slot = self._hold(run.flow_id)
         try:
-            await self._begin(run, start, explicit_id=flow_id is not None)
+            await self._begin(run, start, check=flow_id is not None)
         except BaseException:
             self._let_go(run.flow_id, slot)
             raise

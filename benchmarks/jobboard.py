@@ -108,7 +108,20 @@ async def _ready_then_go() -> None:
     await anyio.to_thread.run_sync(sys.stdin.readline)
 
 
-async def _conduct(url: str, capacity: int, durability: str) -> None:
+def quiet_logs(level: str) -> None:
+    """Below ``level``, aioflow's log lines cost a call that does nothing (structlog's
+    filtering logger); ``info`` leaves structlog as it comes (a console line a job)."""
+    if level != "info":
+        import logging
+
+        import structlog
+
+        numeric = logging.getLevelNamesMapping()[level.upper()]
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(numeric))
+
+
+async def _conduct(url: str, capacity: int, durability: str, log_level: str) -> None:
+    quiet_logs(log_level)
     board = JobBoard.open(url)
     engine = Engine(url, durability=cast(Durability, durability))
     async with Conductor(board, engine, capacity=capacity, lease=LEASE) as conductor:
@@ -138,10 +151,11 @@ async def _floor(url: str) -> None:
 
 
 def child(argv: Sequence[str] | None = None) -> None:
-    """A benchmark process: ``conductors URL CAPACITY DURABILITY`` or ``floor URL``."""
+    """A benchmark process: ``conductors URL CAPACITY DURABILITY LOG_LEVEL`` or
+    ``floor URL``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[0] == "conductors":
-        anyio.run(_conduct, args[1], int(args[2]), args[3])
+        anyio.run(_conduct, args[1], int(args[2]), args[3], args[4])
     else:
         anyio.run(_floor, args[1])
 
@@ -232,6 +246,7 @@ async def sample(
     durability: str,
     logs: Path,
     cpus: str | None = None,
+    log_level: str = "info",
 ) -> dict[str, Any]:
     """One timed sample of ``subject`` with ``k`` processes on a fresh schema (pinned to
     ``cpus`` with ``taskset -c`` when given)."""
@@ -241,7 +256,11 @@ async def sample(
         await admin.execute(f"CREATE SCHEMA {schema}")
         here = url_in(url, schema)
         await post_jobs(here, n)
-        argv = ["floor", here] if subject == "floor" else [subject, here, str(capacity), durability]
+        argv = (
+            ["floor", here]
+            if subject == "floor"
+            else [subject, here, str(capacity), durability, log_level]
+        )
         children = Children(argv, k, logs, cpus)
         conn = await asyncpg.connect(dsn_from_url(here))
         try:
@@ -333,8 +352,11 @@ def table(results: list[dict[str, Any]], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
-async def profile(n: int, url: str, capacity: int, durability: str, interval: float) -> None:
+async def profile(
+    n: int, url: str, capacity: int, durability: str, interval: float, log_level: str
+) -> None:
     """One conductor in this process under pyinstrument, over ``n`` posted jobs."""
+    quiet_logs(log_level)
     try:
         from pyinstrument import Profiler
     except ImportError:
@@ -390,10 +412,19 @@ def main(argv: list[str] | None = None) -> None:
         metavar="CPUS",
         help="run the K processes under `taskset -c CPUS` (e.g. 1); the server is not pinned",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=["info", "warning"],
+        default="info",
+        help="the conductors' log level: info (structlog as it comes, a line a job) or"
+        " warning (its filtering logger: the per-job lines are calls that do nothing)",
+    )
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.processes.split(",") if k.strip()]
     if args.profile:
-        asyncio.run(profile(args.jobs, args.url, args.capacity, args.durability, 0.0005))
+        asyncio.run(
+            profile(args.jobs, args.url, args.capacity, args.durability, 0.0005, args.log_level)
+        )
         return
     subjects = [args.only] if args.only else list(SUBJECTS)
     results: list[dict[str, Any]] = []
@@ -411,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
                             args.durability,
                             Path(tmp),
                             args.taskset,
+                            args.log_level,
                         )
                     )
                     results.append(r)
@@ -424,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"{args.jobs} one-task jobs, conductor capacity {args.capacity}, journal"
-        f" {args.durability}; medians of {args.repeat}"
+        f" {args.durability}; log level {args.log_level}; medians of {args.repeat}"
         + (f"; processes pinned with taskset -c {args.taskset}" if args.taskset else "")
     )
     print(table(results, ks))

@@ -501,3 +501,57 @@ async def test_a_job_s_deadline_holds_after_the_job_that_started_first_ended(url
     failed = await board.get(bounded.id)
     assert failed.status is FlowStatus.REVERTED
     assert failed.failures["part"].matches(aioflow.DeadlineExceededError)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/jobs.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_a_job_s_first_claim_starts_its_flow_without_reading_the_journal(
+    any_url: str, tmp_path: Path
+) -> None:
+    """A job's first claim (generation 1) names a flow nobody started: its start reads
+    nothing. A later claim reads the flow's summary, and resumes it when it is there."""
+    board, engine = make(any_url)
+    reads: list[str] = []
+    summary = engine.journal.summary
+
+    async def counted(flow_id: str) -> Any:
+        reads.append(flow_id)
+        return await summary(flow_id)
+
+    engine.journal.summary = counted  # type: ignore[method-assign]
+    fresh = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "f"})
+    async with Conductor(board, engine, name="c1", lease=30) as conductor:
+        await conductor.run(max_jobs=1)
+    assert (await board.get(fresh.id)).state is JobState.COMPLETE
+    assert reads == []
+
+    # Claimed once and given back before it started: the second claim (generation 3)
+    # asks, finds nothing, and starts it.
+    unstarted = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "u"})
+    claim = await board.claim("elsewhere", 30)
+    assert claim is not None and claim.id == unstarted.id
+    assert await board.release(claim)
+    # Claimed, started and given back mid-flow: the next claim resumes it.
+    held = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "h", "hold": True})
+    async with Conductor(board, engine, name="c2", lease=30) as conductor:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conductor.run)
+                while executions(tmp_path)["h slow started"] == 0:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+    assert (await board.get(unstarted.id)).state is JobState.COMPLETE
+    assert reads == [unstarted.id]  # held's first claim read nothing
+    (tmp_path / "go").touch()
+    async with Conductor(board, engine, name="c3", lease=30) as conductor:
+        await conductor.run(max_jobs=1)
+    assert (await board.get(held.id)).state is JobState.COMPLETE
+    assert reads == [unstarted.id, held.id]
+    assert executions(tmp_path)["h first"] == 1  # resumed, not started again

@@ -353,18 +353,22 @@ class Conductor:
 
     async def _drive(self, job: Job) -> Outcome:
         # Most jobs are new: start the flow, and resume it only when the journal has it
-        # already (one read of the journal either way, not a look and then a start).
+        # already. A job's first claim (generation 1: every claim, give-back, park and
+        # retry moves it on) names a flow nobody started: its id is the board's fresh
+        # uuid. That start reads nothing; a later claim's start reads the flow's summary
+        # once, and resumes instead when it is there.
         # Posted inside a span: the flow keeps that trace context (instruments only).
-        if job.id in self.engine._slots:  # this engine runs it already (a wake-up): join
-            return await self._outcome_of(self.engine.resume(job.id))
-        trace = await self.board.trace_of(job.id) if self.engine._hooks is not None else {}
+        engine = self.engine
+        if job.id in engine._slots:  # this engine runs it already (a wake-up): join
+            return await self._outcome_of(engine.resume(job.id))
+        trace = await self.board.trace_of(job.id) if engine._hooks is not None else {}
         try:
             with attached(trace):
                 return await self._outcome_of(
-                    self.engine.run(job.flow, job.inputs, flow_id=job.id)
+                    engine._run_flow(job.flow, job.inputs, job.id, None, new=job.generation == 1)
                 )
         except FlowExistsError:
-            return await self._outcome_of(self.engine.resume(job.id))
+            return await self._outcome_of(engine.resume(job.id))
 
     @staticmethod
     async def _outcome_of(run: Any) -> Outcome:
