@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -390,6 +391,100 @@ async def profile(
     print(profiler.output_text(unicode=True, color=False, show_all=False))
 
 
+_PROTOCOL_OPS = frozenset(
+    {"query", "prepare", "bind_execute", "bind_execute_many", "close_statement", "copy_in"}
+)
+"""The asyncpg protocol operations that each wait for the server once (a round trip)."""
+
+_KINDS = (
+    ("claim", "SKIP LOCKED"),
+    ("journal commit", "INSERT INTO aioflow_events"),
+    ("job completion", "SET state = $3"),
+    ("claim renewal", "SET available_at = $3"),
+    ("heartbeat", "aioflow_owners"),
+    ("journal read", "FROM aioflow_"),
+)
+
+
+def _kind(op: str, sql: str) -> str:
+    if op == "prepare":
+        return "prepare"
+    other = "other: " + " ".join(sql.split())[:60]
+    return next((kind for kind, text in _KINDS if text in sql), other)
+
+
+class _CountingProtocol:
+    """Stands in for an asyncpg connection's protocol object: counts the operations
+    that wait for the server, by the kind of statement, then passes them on."""
+
+    def __init__(self, protocol: Any, counts: Counter[str]) -> None:
+        self._protocol = protocol
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._protocol, name)
+        if name in _PROTOCOL_OPS:
+            counts = self._counts
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                # query(sql, ...), prepare(name, sql, ...), bind_execute(state=...)...
+                state = kwargs.get("state", args[0] if args else None)
+                sql = args[1] if name == "prepare" else getattr(state, "query", state)
+                counts[_kind(name, str(sql))] += 1
+                return value(*args, **kwargs)
+
+            return counted
+        return value
+
+
+async def round_trips(n: int, url: str, capacity: int, durability: str) -> None:
+    """Round trips a job: one conductor in this process over ``n`` posted jobs, each
+    asyncpg connection's protocol wrapped to count what waits for the server."""
+    import asyncpg.connection
+
+    counts: Counter[str] = Counter()
+    counting = False
+    init = asyncpg.connection.Connection.__init__
+
+    def wrapped_init(self: Any, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, _CountingProtocol(protocol, counts), *args, **kwargs)
+
+    schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(dsn_from_url(url))
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        here = url_in(url, schema)
+        await post_jobs(here, n)
+        asyncpg.connection.Connection.__init__ = wrapped_init  # type: ignore[method-assign]
+        try:
+            board = JobBoard.open(here)
+            engine = Engine(here, durability=cast(Durability, durability))
+            async with Conductor(board, engine, capacity=capacity, lease=LEASE) as conductor:
+                await board.jobs(state=JobState.WAITING)
+                counts.clear()
+                counting = True
+                await conductor.run(max_jobs=n)
+            await board.close()
+        finally:
+            asyncpg.connection.Connection.__init__ = init  # type: ignore[method-assign]
+    finally:
+        try:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await admin.close()
+    assert counting
+    print(f"round trips a job: one conductor, capacity {capacity}, {durability}, {n} jobs")
+    print("| per one-task job | round trips |\n| --- | ---: |")
+    rare = 0
+    for kind, count in counts.most_common():
+        if count / n < 0.005:
+            rare += count  # connecting: type introspection, session settings
+        else:
+            print(f"| {kind} | {count / n:.2f} |")
+    print(f"| other (once a run or a connection) | {rare / n:.2f} |")
+    print(f"| **total** | **{sum(counts.values()) / n:.2f}** |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.jobboard",
@@ -419,7 +514,15 @@ def main(argv: list[str] | None = None) -> None:
         help="the conductors' log level: info (structlog as it comes, a line a job) or"
         " warning (its filtering logger: the per-job lines are calls that do nothing)",
     )
+    parser.add_argument(
+        "--round-trips",
+        action="store_true",
+        help="count the round trips a job of one in-process conductor instead",
+    )
     args = parser.parse_args(argv)
+    if args.round_trips:
+        asyncio.run(round_trips(args.jobs, args.url, args.capacity, args.durability))
+        return
     ks = [int(k) for k in args.processes.split(",") if k.strip()]
     if args.profile:
         asyncio.run(

@@ -555,3 +555,58 @@ async def test_a_job_s_first_claim_starts_its_flow_without_reading_the_journal(
     assert (await board.get(held.id)).state is JobState.COMPLETE
     assert reads == [unstarted.id, held.id]
     assert executions(tmp_path)["h first"] == 1  # resumed, not started again
+
+
+STOLEN: dict[str, Any] = {}
+
+
+@aioflow.task(provides="stolen")
+async def steal_my_job() -> str:
+    """Another conductor claims this flow's job while it runs (the claim moves on)."""
+    board = JobBoard.open(STOLEN["url"])
+    async with board:
+        held = await board.get(STOLEN["job"])
+        assert await board.release(held)
+        thief = await board.claim("thief", 30)
+        assert thief is not None and thief.id == held.id
+    return "done"
+
+
+def stealing_flow() -> aioflow.Linear:
+    return aioflow.Linear("stealing", steal_my_job)
+
+
+async def test_a_succeeding_flow_completes_its_job_in_its_last_commit(
+    sqlite_or_pg_url: str, tmp_path: Path
+) -> None:
+    """On a board in the journal's database, the commit of a flow's SUCCESS completes its
+    job: no transaction of its own (board.finish is not called). A job whose claim moved
+    on meanwhile is left to its new holder, and its flow's events are kept."""
+    url = sqlite_or_pg_url
+    board, engine = make(url)
+    finished: list[tuple[str, JobState]] = []
+    finish = board.finish
+
+    async def counted(job: Job, state: JobState, *args: Any, **kwargs: Any) -> bool:
+        finished.append((job.id, state))
+        return await finish(job, state, *args, **kwargs)
+
+    board.finish = counted  # type: ignore[method-assign]
+    ok = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "ok"})
+    bad = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "bad", "fail": True})
+    async with Conductor(board, engine, name="c1", lease=30, capacity=2) as conductor:
+        await conductor.run(max_jobs=2)
+    done = await board.get(ok.id)
+    assert (done.state, done.status, done.owner) == (JobState.COMPLETE, FlowStatus.SUCCESS, "c1")
+    assert done.failures == {}
+    assert finished == [(bad.id, JobState.FAILED)]  # only the failure took a transaction
+    assert not engine.journal._completing and not engine.journal._completed  # type: ignore[attr-defined]
+
+    stolen = await board.post("tests.test_conductor:stealing_flow")
+    STOLEN.update(url=url, job=stolen.id)
+    async with Conductor(board, engine, name="c2", lease=30) as conductor:
+        await conductor.run(max_jobs=1)
+    taken = await board.get(stolen.id)
+    assert (taken.state, taken.owner) == (JobState.CLAIMED, "thief")  # not completed by c2
+    assert (await engine.outcome(stolen.id)).status is FlowStatus.SUCCESS
+    assert [state for _, state in finished] == [JobState.FAILED]

@@ -64,7 +64,7 @@ async def test_a_run_grows_by_appending_nodes_and_runs_them() -> None:
         assert run.graph is not shared and len(shared.nodes) == 1  # others' graph untouched
         assert [n.name for n in run.graph.nodes] == ["first", "second", "third"]
         with engine._holding(run.flow_id):
-            await engine._begin(run, start, explicit_id=False)
+            await engine._begin(run, start, check=False)
             outcome = await engine._drive(run)
     assert outcome.status is FlowStatus.SUCCESS
     assert outcome.atoms["second"].result == 21

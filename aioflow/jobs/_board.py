@@ -639,6 +639,12 @@ class JobBoard(abc.ABC):
         """True when ``journal`` is in the same SQLite file or PostgreSQL database and
         schema as this board."""
 
+    def _table_in(self, journal: Journal) -> bool:
+        """True when ``journal``'s commits can write this board's jobs table (the same
+        SQLite file, or PostgreSQL database and schema): a conductor's job is then
+        completed in the transaction of its flow's last events."""
+        return False
+
     async def wait_for_work(self, seconds: float) -> None:
         """Return when a job may have become claimable, or after ``seconds`` of real time
         (a poll looks for what other processes did: it never follows a test clock)."""

@@ -306,6 +306,16 @@ class Conductor:
             return
 
     async def _run_claimed(self, job: Job, log: Any) -> None:
+        journal = self.engine.journal
+        if self.board._table_in(journal):
+            # A flow that succeeds completes its job in the commit of its last events.
+            journal._complete_job_on_success(job.id, job.generation, self.board._now)
+        try:
+            await self._run_held(job, log)
+        finally:
+            journal._job_completed(job.id)  # whatever became of it, forgotten
+
+    async def _run_held(self, job: Job, log: Any) -> None:
         claim_lost = anyio.Event()
         outcome: Outcome | None = None
         error: Exception | None = None
@@ -398,7 +408,10 @@ class Conductor:
                 self._tell("failed", job)
             log.error("aioflow.job_error", error=str(failure))
         elif outcome.status is FlowStatus.SUCCESS:
-            done = await board.finish(job, JobState.COMPLETE, outcome.status)
+            completed = self.engine.journal._job_completed(job.id)
+            if completed is None:  # not by the flow's last commit: here
+                completed = await board.finish(job, JobState.COMPLETE, outcome.status)
+            done = completed
             if done:
                 self._tell("completed", job)
             log.info("aioflow.job_complete")

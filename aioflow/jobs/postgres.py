@@ -408,6 +408,9 @@ class PostgresJobBoard(JobBoard):
             self._now(),
         )
 
+    def _table_in(self, journal: Journal) -> bool:
+        return self.shares_database(journal)
+
     def shares_database(self, journal: Journal) -> bool:
         return isinstance(journal, PostgresJournal) and dsn_from_url(journal.url) == self._dsn
 

@@ -391,6 +391,9 @@ class SqliteJobBoard(JobBoard):
             (encode_failures(failures, self.codec), now, job.id, job.generation, now),
         )
 
+    def _table_in(self, journal: Journal) -> bool:
+        return self.shares_database(journal)
+
     def shares_database(self, journal: Journal) -> bool:
         if not isinstance(journal, SqliteJournal):
             return False

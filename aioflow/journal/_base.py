@@ -392,6 +392,25 @@ class Journal(abc.ABC):
         """The fence the journal checks for ``flow_id`` now, if any."""
         return self._fences.get(flow_id)
 
+    # A conductor's jobs ---------------------------------------------------------------
+
+    def _complete_job_on_success(
+        self, job_id: str, generation: int, clock: Callable[[], float]
+    ) -> bool:
+        """Mark job ``job_id`` COMPLETE (status SUCCESS, if its claim is still
+        ``generation``, at ``clock()``) in the very transaction that commits its flow's
+        SUCCESS, rather than in one of its own after: a round trip less a job, and no
+        moment where the flow has ended but its job is still CLAIMED. The board's table
+        must be in this journal's database. False when this journal cannot; then the
+        conductor finishes the job itself."""
+        return False
+
+    def _job_completed(self, job_id: str) -> bool | None:
+        """Forget what :meth:`_complete_job_on_success` asked; say whether it was done:
+        True (the job is COMPLETE), False (the flow's SUCCESS was committed but the claim
+        had moved on), or None (no such commit happened: the conductor settles the job)."""
+        return None
+
     # Ownership ---------------------------------------------------------------------------
 
     @abc.abstractmethod

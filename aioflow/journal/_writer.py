@@ -17,7 +17,7 @@ It never stops for everyone.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import anyio
@@ -452,6 +452,10 @@ class WriterJournal(Journal):
     _tg: TaskGroup | None = None
     _fences: dict[str, Fence]
     _retiring: dict[str, tuple[int, Fence]]
+    _completes_jobs = False
+    """Whether a commit can complete a conductor's job (``_complete_job_on_success``)."""
+    _completing: dict[str, tuple[int, Callable[[], float]]]
+    _completed: dict[str, bool]
     large_until = 0
     """The ticket of the last row holding a large value (encoded off the loop): a backend
     should not write such a row on the loop's thread."""
@@ -543,6 +547,37 @@ class WriterJournal(Journal):
         else:
             # Rows of the flow may still be queued: they are checked all the same.
             retiring[flow_id] = (writer.appended, old)
+
+    def _complete_job_on_success(
+        self, job_id: str, generation: int, clock: Callable[[], float]
+    ) -> bool:
+        if not self._completes_jobs:
+            return False
+        self._completing[job_id] = (generation, clock)
+        return True
+
+    def _job_completed(self, job_id: str) -> bool | None:
+        self._completing.pop(job_id, None)
+        return self._completed.pop(job_id, None)
+
+    def _completions(self, batch: list[EventRow]) -> list[tuple[float, str, int]]:
+        """The jobs to complete with ``batch``: (time, id, generation) of each whose flow
+        the batch brings to SUCCESS (see :meth:`_complete_job_on_success`)."""
+        completing = self._completing
+        if not completing:
+            return []
+        return [
+            (clock(), row[0], generation)
+            for row in batch
+            if row[3] == "FLOW" and row[5] == "SUCCESS" and row[0] in completing
+            for generation, clock in (completing[row[0]],)
+        ]
+
+    def _completed_with(self, jobs: list[tuple[float, str, int]], done: Collection[str]) -> None:
+        """The commit of ``jobs``' flows succeeded; ``done`` are those it completed."""
+        for _, job_id, _ in jobs:
+            if self._completing.pop(job_id, None) is not None:
+                self._completed[job_id] = job_id in done
 
     @property
     def healthy(self) -> bool:

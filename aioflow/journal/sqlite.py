@@ -167,6 +167,12 @@ _UPDATE_FLOW = _SET_SUMMARY
 _UPDATE_FENCED = _SET_SUMMARY + " AND generation = ?6"
 """The summary update of a fenced flow: it matches no row once the flow's generation
 moved on, which the commit counts (the fence check costs no statement of its own)."""
+_COMPLETE_JOB = (
+    "UPDATE aioflow_jobs SET state = 'COMPLETE', status = 'SUCCESS', failures = NULL,"
+    " updated = ? WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
+)
+"""A conductor's job completed in the transaction that commits its flow's SUCCESS, if
+its claim still holds (see Journal._complete_job_on_success)."""
 _RESTING = frozenset(status.value for status in FlowStatus if status.is_resting)
 _ACTIVE_VALUES = frozenset(status.value for status in ACTIVE)
 
@@ -415,6 +421,8 @@ class SqliteJournal(WriterJournal):
     a write waits for another process holding the file's write lock.
     """
 
+    _completes_jobs = True
+
     def __init__(
         self,
         url: str | os.PathLike[str],
@@ -440,6 +448,8 @@ class SqliteJournal(WriterJournal):
         self._lock = anyio.Lock()
         self._fences: dict[str, Fence] = {}
         self._retiring: dict[str, tuple[int, Fence]] = {}
+        self._completing: dict[str, tuple[int, Callable[[], float]]] = {}
+        self._completed: dict[str, bool] = {}
         self._beat: tuple[str, float] | None = None  # a heartbeat for the next commit
         self._mailbox_ready = False  # aioflow_mailbox known to exist (see _MAILBOX)
         self._inline: sqlite3.Connection | None = None
@@ -802,11 +812,14 @@ class SqliteJournal(WriterJournal):
                 if statement is _UPDATE_FENCED and changed != len(rows):
                     inline.execute("ROLLBACK")  # a fence no longer holds
                     return False
+            jobs = self._completions(batch)
+            done = [job[1] for job in jobs if inline.execute(_COMPLETE_JOB, job).rowcount]
             inline.execute("COMMIT")
         except BaseException:
             if inline.in_transaction:
                 inline.execute("ROLLBACK")
             raise
+        self._completed_with(jobs, done)
         self._beat_sent(beat)
         self._inline_rows += len(batch)
         return True
@@ -834,7 +847,13 @@ class SqliteJournal(WriterJournal):
                             found = await self._lost(db, batch)
                             break
                     else:
+                        jobs = self._completions(batch)
+                        done = []
+                        for job in jobs:
+                            if (await db.execute(_COMPLETE_JOB, job)).rowcount:
+                                done.append(job[1])
                         await db.execute("COMMIT")
+                        self._completed_with(jobs, done)
                         self._beat_sent(beat)
                         break
                     await db.execute("ROLLBACK")
