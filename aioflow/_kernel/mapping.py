@@ -24,13 +24,13 @@ from .._compile import BARRIER, INPUT, ITEM, OUTER, MapSpec, Node, RetryScope
 from .._failure import Failure
 from .._replay import EXPANDED
 from .._states import AtomState
+from .reverting import FINISHED as _FINISHED
 
 if TYPE_CHECKING:
     from .._replay import AtomRecord
     from .run import Run
 
 _S = AtomState
-_FINISHED = (_S.SUCCESS, _S.IGNORED)
 
 
 class _Gate:
