@@ -301,3 +301,26 @@ async def test_pools_plan_statements_once_unless_the_url_says_otherwise(pg_url: 
                 pool = await board._get_pool()
                 async with pool.acquire() as conn:
                     assert await conn.fetchval("SHOW plan_cache_mode") == expected
+
+
+async def test_a_one_task_flow_commits_twice(pg_url: str) -> None:
+    """Rows nobody waits for linger (up to 2 ms) until a waiter comes: a strict one-task
+    flow commits its start (before its atom runs) and then the rest in one commit."""
+    first = aioflow.task(name="only")(_nothing)
+    async with aioflow.Engine(pg_url) as engine:
+        commits = engine.journal.commits  # type: ignore[attr-defined]
+        outcome = await engine.run(aioflow.Linear("one", first))
+        assert outcome.status is aioflow.FlowStatus.SUCCESS
+        assert engine.journal.commits == commits + 2  # type: ignore[attr-defined]
+        events = await engine.journal.load(outcome.flow_id)
+        kinds = [(e.kind.value, e.state and e.state.value) for e in events]
+        assert kinds == [
+            ("FLOW", "RUNNING"),
+            ("ATOM", "RUNNING"),
+            ("ATOM", "SUCCESS"),
+            ("FLOW", "SUCCESS"),
+        ]
+
+
+async def _nothing() -> None:
+    return None
