@@ -527,20 +527,19 @@ async def test_a_conductor_whose_store_keeps_going_away_neither_spins_nor_fails_
     engine = aioflow.Engine(url, lease=LEASE)
     claimed: Counter[str] = Counter()  # job id -> claims that got it
     refused = 0  # claims that met the fault
-    claim = board.claim
+    claim_many = board.claim_many  # what a conductor claims with
 
-    async def counted(owner: str, lease: float) -> aioflow.Job | None:
+    async def counted(owner: str, lease: float, n: int) -> list[aioflow.Job]:
         nonlocal refused
         try:
-            job = await claim(owner, lease)
+            jobs = await claim_many(owner, lease, n)
         except aioflow.JournalError:
             refused += 1
             raise
-        if job is not None:
-            claimed[job.id] += 1
-        return job
+        claimed.update(job.id for job in jobs)
+        return jobs
 
-    board.claim = counted  # type: ignore[method-assign]
+    board.claim_many = counted  # type: ignore[method-assign]
     admin = await asyncpg.connect(DSN, timeout=5)
     leaving = False
     crashed: Exception | None = None  # what ended conductor.run()
@@ -582,6 +581,7 @@ async def test_a_conductor_whose_store_keeps_going_away_neither_spins_nor_fails_
         await admin.close()
     assert crashed is None, "".join(traceback.format_exception(crashed))
     assert kills[0] >= 1
+    assert claimed.total() >= len(posted)  # the count sees the conductor's claims
     # Not spinning: a job is claimed again only after a run of it met a kill (each kill
     # stops at most `capacity` runs in their commit, and as many again on a connection the
     # client has not yet seen closed), and claims that meet the fault back off. A spinning
