@@ -91,15 +91,15 @@ async def run(url: str, flow_id: str, ledger: str, pause: str, hold: str, lease:
 
 async def conduct(url: str, name: str, lease: str) -> None:
     board = aioflow.JobBoard.open(url, poll=0.05)
-    claim = board.claim
+    claim_many = board.claim_many  # what a conductor claims with
 
-    async def logged_claim(owner: str, lease: float) -> Job | None:
-        job = await claim(owner, lease)
-        if job is not None:
+    async def logged_claims(owner: str, lease: float, n: int) -> list[Job]:
+        jobs = await claim_many(owner, lease, n)
+        for job in jobs:
             say("claimed", job.id)
-        return job
+        return jobs
 
-    board.claim = logged_claim  # type: ignore[method-assign]
+    board.claim_many = logged_claims  # type: ignore[method-assign]
     # The flows' ownership lapses with the claims.
     engine = aioflow.Engine(url, lease=float(lease))
     async with aioflow.Conductor(
