@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -610,3 +611,49 @@ async def test_a_succeeding_flow_completes_its_job_in_its_last_commit(
     assert (taken.state, taken.owner) == (JobState.CLAIMED, "thief")  # not completed by c2
     assert (await engine.outcome(stolen.id)).status is FlowStatus.SUCCESS
     assert [state for _, state in finished] == [JobState.FAILED]
+
+
+async def test_one_renewal_a_round_for_all_the_jobs_a_conductor_holds(
+    any_url: str, tmp_path: Path
+) -> None:
+    """The conductor renews every claim it holds with one renew_many a third of the
+    lease (one task for all jobs, one statement on PostgreSQL), never one by one; a job
+    whose renewal is refused (its claim moved on) is stopped, the others go on."""
+    board, engine = make(any_url)
+    rounds: list[set[str]] = []
+    renew_many = board.renew_many
+
+    async def counted(jobs: Any, lease: float) -> set[str]:
+        renewed = await renew_many(jobs, lease)
+        rounds.append({job.id for job in jobs})
+        return renewed
+
+    async def one_by_one(job: Job, lease: float) -> bool:
+        raise AssertionError("renewed one by one")
+
+    board.renew_many = counted  # type: ignore[method-assign]
+    board.renew = one_by_one  # type: ignore[method-assign]
+    jobs = [
+        await board.post(FLOW, {"workdir": str(tmp_path), "tag": f"j{n}", "hold": True})
+        for n in range(3)
+    ]
+    async with Conductor(board, engine, name="c1", lease=0.6, capacity=3) as conductor:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(conductor.run, max_jobs=3))
+                while sum(executions(tmp_path)[f"j{n} slow started"] for n in range(3)) < 3:
+                    await anyio.sleep(0.01)
+                while not any(len(r) == 3 for r in rounds):
+                    await anyio.sleep(0.01)
+                # Another conductor takes j0's claim: the next round refuses it.
+                stolen = await board.get(jobs[0].id)
+                assert await board.release(stolen)
+                assert (await board.claim("c2", 30)) is not None
+                while conductor.running.keys() != {jobs[1].id, jobs[2].id}:
+                    await anyio.sleep(0.01)
+                (tmp_path / "go").touch()
+    assert all(rounds) and max(len(r) for r in rounds) == 3
+    for job in jobs[1:]:
+        assert (await board.get(job.id)).state is JobState.COMPLETE
+    taken = await board.get(jobs[0].id)
+    assert (taken.state, taken.owner) == (JobState.CLAIMED, "c2")

@@ -103,6 +103,32 @@ async def test_claims_take_priority_then_age(board_url: str, clock: Clock) -> No
         assert first.available_at == clock.now + 30.0
 
 
+async def test_renew_many_extends_the_current_claims_and_leaves_stale_ones_out(
+    board_url: str, clock: Clock
+) -> None:
+    async with open_board(board_url, clock) as board:
+        assert await board.renew_many([], 10.0) == set()
+        for n in range(3):
+            await board.post("m:f", {"n": n})
+        a, b, c = await board.claim_many("c1", 10.0, 3)
+        assert await board.release(b)  # b's claim is stale now
+        done = await board.claim("c2", 10.0)
+        assert done is not None and done.id == b.id
+        assert await board.finish(done, JobState.COMPLETE, FlowStatus.SUCCESS)
+        clock.now += 9
+        assert await board.renew_many([a, b, c], 10.0) == {a.id, c.id}
+        clock.now += 9
+        assert await board.claim("c3", 10.0) is None  # a and c renewed: still c1's
+        for held in (a, c):
+            job = await board.get(held.id)
+            assert (job.state, job.owner, job.available_at) == (
+                JobState.CLAIMED,
+                "c1",
+                clock.now - 9 + 10.0,
+            )
+        assert (await board.get(b.id)).state is JobState.COMPLETE  # untouched
+
+
 async def test_an_expired_lease_is_claimable_again_and_the_old_claim_is_stale(
     board_url: str, clock: Clock
 ) -> None:

@@ -14,7 +14,7 @@ import abc
 import enum
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, cast
@@ -607,6 +607,13 @@ class JobBoard(abc.ABC):
     @abc.abstractmethod
     async def renew(self, job: Job, lease: float) -> bool:
         """Extend the claim to now + ``lease``; False if ``job.generation`` is stale."""
+
+    async def renew_many(self, jobs: Sequence[Job], lease: float) -> set[str]:
+        """Extend the claims of ``jobs`` to now + ``lease``; the ids of those extended (a
+        stale claim is left out, as :meth:`renew` refuses it). A conductor renews all its
+        jobs this way every ``lease / 3``. The SQLite and PostgreSQL boards renew them in
+        one transaction (PostgreSQL: one statement); this default renews one by one."""
+        return {job.id for job in jobs if await self.renew(job, lease)}
 
     @abc.abstractmethod
     async def release(self, job: Job, delay: float = 0.0) -> bool:

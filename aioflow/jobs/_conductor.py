@@ -19,8 +19,9 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Callable
-from contextlib import AsyncExitStack, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -65,6 +66,15 @@ added through the conductor's own board object at once)."""
 
 _BACKOFF = (0.05, 5.0)
 """The first and the longest pause of a conductor whose store fails (doubling between)."""
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A job a conductor holds: what stops its run, and until when its claim holds."""
+
+    job: Job
+    lose: Callable[[], None]
+    expires: float
 
 
 def _release(slots: anyio.Semaphore, count: int) -> None:
@@ -112,6 +122,8 @@ class Conductor:
         self._log = _LOG.bind(conductor=self.name)
         self._backoff = 0.0  # > 0 while the store fails: claims wait that long first
         self._unstarted: dict[str, Job] = {}  # claimed by run(), their task not begun yet
+        self._held: dict[str, _Hold] = {}  # the jobs whose claims _renew_held renews
+        self._renewer = False  # whether _renew_held runs
 
     def __repr__(self) -> str:
         return f"Conductor({self.name!r}, {len(self.running)}/{self.capacity} jobs)"
@@ -150,7 +162,7 @@ class Conductor:
             claimed = 0
             next_wake = -math.inf
             try:
-                async with anyio.create_task_group() as tg:
+                async with self._renewing(), anyio.create_task_group() as tg:
                     schedules = anyio.CancelScope()
                     tg.start_soon(self._fire_schedules, schedules, name="aioflow schedules")
                     while max_jobs is None or claimed < max_jobs:
@@ -255,7 +267,8 @@ class Conductor:
 
     async def run_one(self, job: Job) -> None:
         """Run one job this conductor has claimed (``board.claim(conductor.name, ...)``)."""
-        await self._job(job, anyio.Semaphore(0))
+        async with self._renewing():
+            await self._job(job, anyio.Semaphore(0))
 
     async def _job(self, job: Job, slots: anyio.Semaphore) -> None:
         # Before any await: from here on this task, not run()'s clean-up, gives it back.
@@ -319,21 +332,21 @@ class Conductor:
         claim_lost = anyio.Event()
         outcome: Outcome | None = None
         error: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            run_scope = anyio.CancelScope()
+        run_scope = anyio.CancelScope()
 
-            def lose() -> None:
-                claim_lost.set()
-                run_scope.cancel()
+        def lose() -> None:
+            claim_lost.set()
+            run_scope.cancel()
 
-            tg.start_soon(self._renew, job, lose)
+        # Renewed with the conductor's other jobs (see _renew_held) until it is settled.
+        self._held[job.id] = _Hold(job, lose, self.board._now() + self.lease)
+        try:
             try:
                 with run_scope:
                     outcome = await self._drive(job)
             except LeaseLostError as exc:
                 # Another engine took the flow over: the job is no longer this one's.
                 log.warning("aioflow.job_lease_lost", error=str(exc))
-                tg.cancel_scope.cancel()
                 return
             except FlowBusyError as exc:
                 # The flow still runs in a live engine elsewhere (its conductor's claim
@@ -343,7 +356,6 @@ class Conductor:
                     with suppress(JournalError):
                         await self.board.release(job, delay=delay)
                 log.info("aioflow.job_busy_elsewhere", owner=exc.owner, retry_in=delay)
-                tg.cancel_scope.cancel()
                 return
             except anyio.get_cancelled_exc_class():
                 if not claim_lost.is_set():
@@ -359,7 +371,8 @@ class Conductor:
             else:
                 with anyio.CancelScope(shield=True):
                     await self._settle(job, outcome, error, log)
-            tg.cancel_scope.cancel()
+        finally:
+            del self._held[job.id]
 
     async def _drive(self, job: Job) -> Outcome:
         # Most jobs are new: start the flow, and resume it only when the journal has it
@@ -429,23 +442,47 @@ class Conductor:
         if not done:
             log.warning("aioflow.job_lease_lost", when="settling")
 
-    async def _renew(self, job: Job, lose: Callable[[], None]) -> None:
-        """Renew the claim every third of the lease; call ``lose`` once renewal is
-        refused (another conductor claimed the job) or the lease ran out without one
-        succeeding. The run is then stopped here (SUSPENDED, when the journal still
-        takes its last events), and the job's new holder resumes it."""
+    async def _renew_held(self) -> None:
+        """Renew the claims of every job this conductor holds, every third of the lease,
+        in one call (:meth:`JobBoard.renew_many`); a job whose renewal is refused
+        (another conductor claimed it) or whose lease ran out without one succeeding is
+        lost: its run is stopped here (SUSPENDED, when the journal still takes its last
+        events), and the job's new holder resumes it. One task for all the jobs, where
+        each job had a task group and a task of its own."""
         board = self.board
-        expires = board._now() + self.lease
         while True:
             await board._sleep(self.lease / 3)
+            held = list(self._held.values())
+            if not held:
+                continue
+            renewed: set[str] | None
             try:
-                renewed = await board.renew(job, self.lease)
+                renewed = await board.renew_many([hold.job for hold in held], self.lease)
             except AioflowError as exc:
-                self._log.warning("aioflow.lease_renewal_failed", job=job.id, error=str(exc))
+                jobs = [hold.job.id for hold in held]
+                self._log.warning("aioflow.lease_renewal_failed", jobs=jobs, error=str(exc))
                 renewed = None
             now = board._now()
-            if renewed:
-                expires = now + self.lease
-            elif renewed is False or now >= expires:
-                lose()
-                return
+            for hold in held:
+                if renewed is not None and hold.job.id in renewed:
+                    hold.expires = now + self.lease
+                elif renewed is not None or now >= hold.expires:
+                    hold.lose()
+
+    @asynccontextmanager
+    async def _renewing(self) -> AsyncIterator[None]:
+        """Renew the held jobs' claims while the block runs (once per conductor, however
+        many blocks are open)."""
+        if self._renewer:
+            yield
+            return
+        self._renewer = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_held, name="aioflow renewals")
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._renewer = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -168,6 +168,15 @@ class MemoryJobBoard(JobBoard):
             return False
         self._put(stored, available_at=self._now() + lease)
         return True
+
+    async def renew_many(self, jobs: Sequence[Job], lease: float) -> set[str]:
+        renewed: set[str] = set()
+        for job in jobs:
+            stored = self._held(job)
+            if stored is not None:
+                self._put(stored, available_at=self._now() + lease)
+                renewed.add(job.id)
+        return renewed
 
     async def release(self, job: Job, delay: float = 0.0) -> bool:
         stored = self._held(job)

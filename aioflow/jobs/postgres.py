@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -91,6 +91,14 @@ WHERE id = ANY(ARRAY(SELECT id FROM aioflow_jobs
 RETURNING {COLUMNS}, ord
 """
 _HELD = " WHERE id = $1 AND generation = $2 AND state = 'CLAIMED'"
+# Every claim of a conductor renewed at once ($3 ids, $4 their generations); the ids
+# renewed come back (a stale claim matches no row).
+_RENEW_MANY = """
+UPDATE aioflow_jobs j SET available_at = $1, updated = $2
+FROM unnest($3::text[], $4::bigint[]) AS h(id, generation)
+WHERE j.id = h.id AND j.generation = h.generation AND j.state = 'CLAIMED'
+RETURNING j.id
+"""
 # One batch of a purge, one statement: it locks the next $3 finished jobs by id after $4
 # (the primary key's order: no index of its own on the claim path's tables), skipping
 # rows another transaction holds, and deletes them with their trace context; it returns
@@ -305,6 +313,14 @@ class PostgresJobBoard(JobBoard):
             self._now() + lease,
             self._now(),
         )
+
+    async def renew_many(self, jobs: Sequence[Job], lease: float) -> set[str]:
+        if not jobs:
+            return set()
+        now = self._now()
+        ids, generations = [job.id for job in jobs], [job.generation for job in jobs]
+        rows = await self._fetch(_RENEW_MANY, now + lease, now, ids, generations)
+        return {row[0] for row in rows}
 
     async def release(self, job: Job, delay: float = 0.0) -> bool:
         now = self._now()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
 import anyio
@@ -299,6 +299,25 @@ class SqliteJobBoard(JobBoard):
             "UPDATE aioflow_jobs SET available_at = ?, updated = ?" + _HELD,
             (now + lease, now, job.id, job.generation),
         )
+
+    async def renew_many(self, jobs: Sequence[Job], lease: float) -> set[str]:
+        if not jobs:
+            return set()
+        now = self._now()
+
+        async def renew(db: aiosqlite.Connection) -> set[str]:
+            renewed: set[str] = set()
+            for job in jobs:
+                cursor = await db.execute(
+                    "UPDATE aioflow_jobs SET available_at = ?, updated = ?" + _HELD,
+                    (now + lease, now, job.id, job.generation),
+                )
+                if cursor.rowcount == 1:
+                    renewed.add(job.id)
+            return renewed
+
+        async with self._connect() as db:
+            return cast("set[str]", await immediate(db, renew))
 
     async def release(self, job: Job, delay: float = 0.0) -> bool:
         now = self._now()
