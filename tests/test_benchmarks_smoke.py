@@ -11,6 +11,10 @@ import pytest
 from benchmarks import _scenarios, instructions
 from benchmarks.__main__ import main
 
+from .pg import pg_schema, pg_url
+
+__all__ = ["pg_schema", "pg_url"]
+
 
 def run_tiny(scenario: str, tmp_path: Path) -> Any:
     """Run ``scenario`` at size 10, once, without peers or PostgreSQL; its JSON report."""
@@ -57,3 +61,37 @@ def test_a_tiny_map_scenario_runs(tmp_path: Path) -> None:
     data = run_tiny("map", tmp_path)
     variants = {r["variant"] for r in data["results"] if r["scenario"] == "map"}
     assert {"unordered, memory", "map, memory", "map, sqlite strict"} <= variants
+
+
+def test_a_tiny_chain_measures_a_strict_postgres_step_against_a_bare_insert(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_scenarios, "POSTGRES_URL", pg_url)  # a schema of the test's own
+    out = tmp_path / "bench.json"
+    argv = ["--quick", "--only", "chain", "--sizes", "10", "--repeat", "1", "--no-peers"]
+    assert main([*argv, "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    data = json.loads(out.read_text())
+    assert data["failures"] == []
+    measured = {(r["variant"], r["n"]) for r in data["results"]}
+    assert {("pg insert", 10), ("postgres strict", 10), ("sqlite commit", 10)} <= measured
+    targets = {t["target"] for t in data["targets"]}
+    assert "chain 1k, PostgreSQL strict step ÷ bare INSERT" in targets
+
+
+def test_the_jobboard_benchmark_runs_and_counts_round_trips(
+    pg_schema: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its conductor and floor processes, and the round-trip count (each on schemas of
+    its own, dropped afterwards)."""
+    import asyncio
+
+    from benchmarks import jobboard
+
+    from .pg import DSN
+
+    jobboard.main(["--jobs", "20", "--processes", "1", "--repeat", "1", "--url", DSN])
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "conductors ÷ floor" in out
+    asyncio.run(jobboard.round_trips(20, DSN, 4, "strict"))
+    out = capsys.readouterr().out
+    assert "| claim |" in out and "| journal commit |" in out and "| **total** |" in out
