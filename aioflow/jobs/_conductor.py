@@ -122,8 +122,6 @@ class Conductor:
         self._log = _LOG.bind(conductor=self.name)
         self._backoff = 0.0  # > 0 while the store fails: claims wait that long first
         self._unstarted: dict[str, Job] = {}  # claimed by run(), their task not begun yet
-        self._held: dict[str, _Hold] = {}  # the jobs whose claims _renew_held renews
-        self._renewer = False  # whether _renew_held runs
 
     def __repr__(self) -> str:
         return f"Conductor({self.name!r}, {len(self.running)}/{self.capacity} jobs)"
@@ -162,7 +160,7 @@ class Conductor:
             claimed = 0
             next_wake = -math.inf
             try:
-                async with self._renewing(), anyio.create_task_group() as tg:
+                async with self._renewing() as held, anyio.create_task_group() as tg:
                     schedules = anyio.CancelScope()
                     tg.start_soon(self._fire_schedules, schedules, name="aioflow schedules")
                     while max_jobs is None or claimed < max_jobs:
@@ -193,7 +191,7 @@ class Conductor:
                         claimed += len(jobs)
                         for job in jobs:
                             self._unstarted[job.id] = job
-                            tg.start_soon(self._job, job, slots, name=f"job {job.id}")
+                            tg.start_soon(self._job, job, slots, held, name=f"job {job.id}")
                     schedules.cancel()  # max_jobs reached: only the jobs held are awaited
             finally:
                 await self._give_back_unstarted()
@@ -267,10 +265,10 @@ class Conductor:
 
     async def run_one(self, job: Job) -> None:
         """Run one job this conductor has claimed (``board.claim(conductor.name, ...)``)."""
-        async with self._renewing():
-            await self._job(job, anyio.Semaphore(0))
+        async with self._renewing() as held:
+            await self._job(job, anyio.Semaphore(0), held)
 
-    async def _job(self, job: Job, slots: anyio.Semaphore) -> None:
+    async def _job(self, job: Job, slots: anyio.Semaphore, held: dict[str, _Hold]) -> None:
         # Before any await: from here on this task, not run()'s clean-up, gives it back.
         self._unstarted.pop(job.id, None)
         log = self._log.bind(job=job.id, flow=job.flow, attempt=job.attempts)
@@ -288,7 +286,7 @@ class Conductor:
                 log.warning("aioflow.job_dead_lettered")
                 return
             self._tell("claimed", job)
-            await self._run_claimed(job, log)
+            await self._run_claimed(job, log, held)
         finally:
             self.running.pop(job.id, None)
             slots.release()
@@ -318,17 +316,17 @@ class Conductor:
             self._log.info("aioflow.store_available")
             return
 
-    async def _run_claimed(self, job: Job, log: Any) -> None:
+    async def _run_claimed(self, job: Job, log: Any, held: dict[str, _Hold]) -> None:
         journal = self.engine.journal
         if self.board._table_in(journal):
             # A flow that succeeds completes its job in the commit of its last events.
             journal._complete_job_on_success(job.id, job.generation, self.board._now)
         try:
-            await self._run_held(job, log)
+            await self._run_held(job, log, held)
         finally:
             journal._job_completed(job.id)  # whatever became of it, forgotten
 
-    async def _run_held(self, job: Job, log: Any) -> None:
+    async def _run_held(self, job: Job, log: Any, held: dict[str, _Hold]) -> None:
         claim_lost = anyio.Event()
         outcome: Outcome | None = None
         error: Exception | None = None
@@ -339,7 +337,7 @@ class Conductor:
             run_scope.cancel()
 
         # Renewed with the conductor's other jobs (see _renew_held) until it is settled.
-        self._held[job.id] = _Hold(job, lose, self.board._now() + self.lease)
+        held[job.id] = _Hold(job, lose, self.board._now() + self.lease)
         try:
             try:
                 with run_scope:
@@ -372,7 +370,7 @@ class Conductor:
                 with anyio.CancelScope(shield=True):
                     await self._settle(job, outcome, error, log)
         finally:
-            del self._held[job.id]
+            del held[job.id]
 
     async def _drive(self, job: Job) -> Outcome:
         # Most jobs are new: start the flow, and resume it only when the journal has it
@@ -421,8 +419,8 @@ class Conductor:
                 self._tell("failed", job)
             log.error("aioflow.job_error", error=str(failure))
         elif outcome.status is FlowStatus.SUCCESS:
-            completed = self.engine.journal._job_completed(job.id)
-            if completed is None:  # not by the flow's last commit: here
+            completed = self.engine.journal._job_completed(job.id)  # by the last commit?
+            if completed is None:
                 completed = await board.finish(job, JobState.COMPLETE, outcome.status)
             done = completed
             if done:
@@ -442,8 +440,8 @@ class Conductor:
         if not done:
             log.warning("aioflow.job_lease_lost", when="settling")
 
-    async def _renew_held(self) -> None:
-        """Renew the claims of every job this conductor holds, every third of the lease,
+    async def _renew_held(self, jobs: dict[str, _Hold]) -> None:
+        """Renew the claims of the ``jobs`` this conductor holds, every third of the lease,
         in one call (:meth:`JobBoard.renew_many`); a job whose renewal is refused
         (another conductor claimed it) or whose lease ran out without one succeeding is
         lost: its run is stopped here (SUSPENDED, when the journal still takes its last
@@ -452,15 +450,15 @@ class Conductor:
         board = self.board
         while True:
             await board._sleep(self.lease / 3)
-            held = list(self._held.values())
+            held = list(jobs.values())
             if not held:
                 continue
             renewed: set[str] | None
             try:
                 renewed = await board.renew_many([hold.job for hold in held], self.lease)
             except AioflowError as exc:
-                jobs = [hold.job.id for hold in held]
-                self._log.warning("aioflow.lease_renewal_failed", jobs=jobs, error=str(exc))
+                ids = [hold.job.id for hold in held]
+                self._log.warning("aioflow.lease_renewal_failed", jobs=ids, error=str(exc))
                 renewed = None
             now = board._now()
             for hold in held:
@@ -470,19 +468,13 @@ class Conductor:
                     hold.lose()
 
     @asynccontextmanager
-    async def _renewing(self) -> AsyncIterator[None]:
-        """Renew the held jobs' claims while the block runs (once per conductor, however
-        many blocks are open)."""
-        if self._renewer:
-            yield
-            return
-        self._renewer = True
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew_held, name="aioflow renewals")
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            self._renewer = False
+    async def _renewing(self) -> AsyncIterator[dict[str, _Hold]]:
+        """The jobs whose claims a renewal task renews while the block runs: ``run()``
+        keeps one for all its jobs, ``run_one`` one for its job."""
+        held: dict[str, _Hold] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._renew_held, held, name="aioflow renewals")
+            try:
+                yield held
+            finally:
+                tg.cancel_scope.cancel()
