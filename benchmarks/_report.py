@@ -156,7 +156,7 @@ TARGETS = (
         _extra("chain", "sqlite strict", 10_000, "over_commit"),
     ),
     Target(
-        "chain 1k, PostgreSQL strict step ÷ bare INSERT",
+        "chain 1k, PostgreSQL strict step ÷ bare INSERT transaction",
         1.3,
         "x",
         _extra("chain", "postgres strict", 1_000, "over_commit"),

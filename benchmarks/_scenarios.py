@@ -245,21 +245,28 @@ def chain(cfg: Config) -> list[Result]:
     """A Linear of N no-op tasks, against N no-op coroutines awaited in turn, and (for
     the strict journals, which commit each step before the next starts) against N bare
     one-row transactions of the same store: ``BEGIN; INSERT; COMMIT`` on a SQLite WAL
-    file, a lone ``INSERT`` on PostgreSQL. ``over_commit`` is the step ÷ that floor."""
+    file and on PostgreSQL (``over_commit`` is the step ÷ that floor), and a lone
+    ``INSERT`` on PostgreSQL, one round trip (``over_insert``)."""
     floors = {"await chain": _floor.chain, "sqlite commit": _floor.sqlite_commits}
     results = shape_scenario(cfg, "chain", chain_flow, floors)
     if "pg strict" in cfg.journals:
         # Only at the sizes the PostgreSQL journal runs: a round trip a row.
         for n in cfg.sizes_for("chain", "pg strict"):
-            samples = sample_async(cfg.repeat, partial(_floor.postgres_inserts, n, POSTGRES_URL))
-            floor = per_task(samples, n)
-            results.append(Result("chain", "asyncio", "pg insert", n, "us/task", floor))
-    for floor, journal in (("sqlite commit", "strict"), ("pg insert", "pg strict")):
+            for variant, transaction in (("pg insert txn", True), ("pg insert", False)):
+                one = partial(_floor.postgres_inserts, n, POSTGRES_URL, transaction=transaction)
+                floor = per_task(sample_async(cfg.repeat, one), n)
+                results.append(Result("chain", "asyncio", variant, n, "us/task", floor))
+    floors = (
+        ("sqlite commit", "strict", "over_commit"),
+        ("pg insert txn", "pg strict", "over_commit"),
+        ("pg insert", "pg strict", "over_insert"),
+    )
+    for floor, journal, key in floors:
         commits = {r.n: r.median for r in results if r.variant == floor}
         for r in results:
             base = commits.get(r.n)
             if r.subject == "aioflow" and r.variant == JOURNAL_LABEL[journal] and base:
-                r.extra["over_commit"] = r.median / base
+                r.extra[key] = r.median / base
     return results
 
 

@@ -159,6 +159,7 @@ async def test_resume_of_a_flow_a_live_engine_runs_elsewhere_is_busy(shared_url:
     async with aioflow.Engine(shared_url) as a, aioflow.Engine(shared_url) as b:
         handle = await a.start(GATED, {"tag": "b"})
         await until(lambda: RAN["b held"])
+        await a.journal.flush()  # the held atom's RUNNING, which nobody waits for
         before = await b.journal.summary(handle.flow_id)
         with pytest.raises(aioflow.FlowBusyError, match=a.id) as info:
             await b.resume(handle.flow_id)
