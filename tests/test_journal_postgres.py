@@ -324,3 +324,14 @@ async def test_a_one_task_flow_commits_twice(pg_url: str) -> None:
 
 async def _nothing() -> None:
     return None
+
+
+async def test_a_read_sees_what_was_appended_before_it(pg_url: str) -> None:
+    """Rows nobody waits for may linger before their commit; a read on the open journal
+    waits for them first, as on SQLite."""
+    async with PostgresJournal(pg_url) as journal:
+        for n in range(20):
+            journal.append(flow_start(f"f{n}"))
+            assert (await journal.summary(f"f{n}")).flow_id == f"f{n}"
+            journal.append(atom_event(f"f{n}", 2))
+            assert [e.seq for e in await journal.load(f"f{n}")] == [1, 2]

@@ -627,9 +627,12 @@ class PostgresJournal(WriterJournal):
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """Rows of a query: on the pool when open, else on a temporary connection (an
-        empty schema reads as no rows and is not created)."""
+        empty schema reads as no rows and is not created). A read on the open journal
+        first waits until what was appended before it is committed, so that it sees it
+        (the writer may be letting rows gather, see :data:`_LINGER`)."""
         try:
             if self._pool is not None:
+                await settle_appends(self)
                 return list(await self._pool.fetch(sql, *args))
             conn = await asyncpg.connect(self._dsn)
             try:
