@@ -317,6 +317,7 @@ class PostgresJournal(WriterJournal):
         self._fences: dict[str, Fence] = {}
         self._retiring: dict[str, tuple[int, Fence]] = {}
         self._completing: dict[str, tuple[int, Callable[[], float]]] = {}
+        self._committer: Any = None  # the connection the writer commits on, kept
         self._completed: dict[str, bool] = {}
 
     def __repr__(self) -> str:
@@ -354,6 +355,7 @@ class PostgresJournal(WriterJournal):
         return _redact(self.url)
 
     async def _close_pool(self) -> None:
+        await self._drop_committer()
         pool, self._pool = self._pool, None
         if pool is not None:
             with anyio.CancelScope(shield=True):
@@ -545,37 +547,52 @@ class PostgresJournal(WriterJournal):
         pool = self._pool
         assert pool is not None
         refused: dict[str, BaseException] = {}
+        conn = self._committer
         try:
-            async with pool.acquire() as conn:
-                while batch:
-                    try:
-                        jobs = self._completions(batch)
-                        if jobs:
-                            ok, done = await conn.fetchrow(
-                                _COMMIT_COMPLETING,
-                                *self._arguments(batch),
-                                [job[1] for job in jobs],
-                                [job[2] for job in jobs],
-                                jobs[0][0],
-                            )
-                            if ok:
-                                self._completed_with(jobs, done)
-                                break
-                        elif await conn.fetchval(_COMMIT, *self._arguments(batch)):
-                            break
-                        found = await self._lost(conn, batch)
-                    except asyncpg.UniqueViolationError:
-                        # A run that lost its flow meets the new owner's events: say so.
-                        found = await self._lost(conn, batch) or await self._conflicts(conn, batch)
-                    if not found:
-                        raise JournalError(
-                            f"journal {_redact(self.url)}: a commit was refused for no flow"
+            if conn is None:
+                # Kept from one commit to the next (never two at once: one writer).
+                conn = self._committer = await pool.acquire()
+            while batch:
+                try:
+                    jobs = self._completions(batch)
+                    if jobs:
+                        ok, done = await conn.fetchrow(
+                            _COMMIT_COMPLETING,
+                            *self._arguments(batch),
+                            [job[1] for job in jobs],
+                            [job[2] for job in jobs],
+                            jobs[0][0],
                         )
-                    refused.update(found)
-                    batch = [row for row in batch if row[0] not in found]
+                        if ok:
+                            self._completed_with(jobs, done)
+                            break
+                    elif await conn.fetchval(_COMMIT, *self._arguments(batch)):
+                        break
+                    found = await self._lost(conn, batch)
+                except asyncpg.UniqueViolationError:
+                    # A run that lost its flow meets the new owner's events: say so.
+                    found = await self._lost(conn, batch) or await self._conflicts(conn, batch)
+                if not found:
+                    raise JournalError(
+                        f"journal {_redact(self.url)}: a commit was refused for no flow"
+                    )
+                refused.update(found)
+                batch = [row for row in batch if row[0] not in found]
         except _ERRORS as exc:
+            await self._drop_committer()
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
+        except BaseException:
+            await self._drop_committer()  # its state is unknown: the pool resets it
+            raise
         return refused or None
+
+    async def _drop_committer(self) -> None:
+        """Give the writer's connection back to the pool (which replaces it if broken)."""
+        conn, self._committer = self._committer, None
+        pool = self._pool
+        if conn is not None and pool is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(*_ERRORS):
+                await pool.release(conn)
 
     async def _lost(self, conn: Any, batch: list[_Row]) -> dict[str, BaseException]:
         """The fenced flows of ``batch`` whose generation moved on, with their errors."""
