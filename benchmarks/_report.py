@@ -162,6 +162,18 @@ TARGETS = (
         _extra("chain", "postgres strict", 1_000, "over_commit"),
     ),
     Target(
+        "wide 10k, memory, vs asyncio.gather (issue 20)",
+        1.5,
+        "x",
+        _vs_gather("wide", "memory", 10_000),
+    ),
+    Target(
+        "wide 10k, SQLite strict, vs asyncio.gather (issue 20)",
+        2.0,
+        "x",
+        _vs_gather("wide", "sqlite strict", 10_000),
+    ),
+    Target(
         "Map item ÷ Unordered atom, 10k, memory",
         1.5,
         "x",
