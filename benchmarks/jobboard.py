@@ -31,7 +31,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -238,6 +239,24 @@ async def post_jobs(url: str, n: int) -> None:
         await board.close()
 
 
+@asynccontextmanager
+async def posted_jobs(url: str, n: int) -> AsyncIterator[tuple[str, str]]:
+    """A fresh schema on ``url`` holding ``n`` posted jobs: (its name, its URL), dropped
+    afterwards."""
+    schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(dsn_from_url(url))
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        here = url_in(url, schema)
+        await post_jobs(here, n)
+        yield schema, here
+    finally:
+        try:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await admin.close()
+
+
 async def sample(
     subject: str,
     k: int,
@@ -251,12 +270,7 @@ async def sample(
 ) -> dict[str, Any]:
     """One timed sample of ``subject`` with ``k`` processes on a fresh schema (pinned to
     ``cpus`` with ``taskset -c`` when given)."""
-    schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(dsn_from_url(url))
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        here = url_in(url, schema)
-        await post_jobs(here, n)
+    async with posted_jobs(url, n) as (schema, here):
         argv = (
             ["floor", here]
             if subject == "floor"
@@ -297,11 +311,6 @@ async def sample(
         finally:
             children.stop()
             await conn.close()
-    finally:
-        try:
-            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await admin.close()
     seconds = float(end) - start
     return {
         "subject": subject,
@@ -362,12 +371,7 @@ async def profile(
         from pyinstrument import Profiler
     except ImportError:
         raise SystemExit("pyinstrument is not installed: pip install pyinstrument") from None
-    schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(dsn_from_url(url))
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        here = url_in(url, schema)
-        await post_jobs(here, n)
+    async with posted_jobs(url, n) as (_, here):
         board = JobBoard.open(here)
         engine = Engine(here, durability=cast(Durability, durability))
         async with Conductor(board, engine, capacity=capacity, lease=LEASE) as conductor:
@@ -379,11 +383,6 @@ async def profile(
             seconds = time.perf_counter() - start
             profiler.stop()
         await board.close()
-    finally:
-        try:
-            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await admin.close()
     print(
         f"one conductor, capacity {capacity}, {n} jobs: {n / seconds:,.0f} jobs/s under the"
         " profiler"
@@ -449,12 +448,7 @@ async def round_trips(n: int, url: str, capacity: int, durability: str) -> None:
     def wrapped_init(self: Any, protocol: Any, *args: Any, **kwargs: Any) -> None:
         init(self, _CountingProtocol(protocol, counts), *args, **kwargs)
 
-    schema = "aioflow_bench_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(dsn_from_url(url))
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        here = url_in(url, schema)
-        await post_jobs(here, n)
+    async with posted_jobs(url, n) as (_, here):
         asyncpg.connection.Connection.__init__ = wrapped_init  # type: ignore[method-assign]
         try:
             board = JobBoard.open(here)
@@ -467,11 +461,6 @@ async def round_trips(n: int, url: str, capacity: int, durability: str) -> None:
             await board.close()
         finally:
             asyncpg.connection.Connection.__init__ = init  # type: ignore[method-assign]
-    finally:
-        try:
-            await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        finally:
-            await admin.close()
     assert counting
     print(f"round trips a job: one conductor, capacity {capacity}, {durability}, {n} jobs")
     print("| per one-task job | round trips |\n| --- | ---: |")

@@ -21,6 +21,7 @@ import aioflow
 from aioflow import Conductor, Engine, FlowStatus, JobBoard, JobState
 from aioflow.jobs import Job
 
+from .boards import BACKENDS, url_for
 from .pg import pg_schema, pg_url, sqlite_or_pg_url
 
 __all__ = ["pg_schema", "pg_url", "sqlite_or_pg_url"]
@@ -74,6 +75,17 @@ def executions(workdir: Path) -> Counter[str]:
     return Counter(path.read_text().splitlines()) if path.exists() else Counter()
 
 
+async def run_until_started(conductor: Conductor, workdir: Path, step: str) -> None:
+    """Run ``conductor`` until the log in ``workdir`` has ``step``, then cancel it (a
+    graceful shutdown: the jobs it holds are given back)."""
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conductor.run)
+            while executions(workdir)[step] == 0:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_000_000.0
@@ -96,14 +108,22 @@ def make(url: str, **kwargs: Any) -> tuple[JobBoard, Engine]:
     return board, Engine(url)
 
 
-async def test_jobs_complete_with_their_final_status(url: str, tmp_path: Path) -> None:
-    board, engine = make(url)
-    ok = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "ok"})
-    bad = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "bad", "fail": True})
+async def run_ok_and_bad(board: JobBoard, engine: Engine, workdir: Path) -> tuple[Job, Job]:
+    """Post a job that succeeds and one that fails, run both on conductor ``c1``, and
+    check the first ended COMPLETE; the two jobs as posted."""
+    ok = await board.post(FLOW, {"workdir": str(workdir), "tag": "ok"})
+    bad = await board.post(FLOW, {"workdir": str(workdir), "tag": "bad", "fail": True})
     async with Conductor(board, engine, name="c1", lease=30, capacity=2) as conductor:
         await conductor.run(max_jobs=2)
     done = await board.get(ok.id)
     assert (done.state, done.status, done.owner) == (JobState.COMPLETE, FlowStatus.SUCCESS, "c1")
+    assert done.failures == {}
+    return ok, bad
+
+
+async def test_jobs_complete_with_their_final_status(url: str, tmp_path: Path) -> None:
+    board, engine = make(url)
+    ok, bad = await run_ok_and_bad(board, engine, tmp_path)
     failed = await board.get(bad.id)
     assert (failed.state, failed.status) == (JobState.FAILED, FlowStatus.REVERTED)
     assert failed.failures["last"].matches(ValueError)
@@ -179,12 +199,7 @@ async def test_cancel_gives_jobs_back_and_the_next_conductor_resumes(
     board, engine = make(url)
     job = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "j", "hold": True})
     async with Conductor(board, engine, name="c1", lease=30) as conductor:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(conductor.run)
-                while executions(tmp_path)["j slow started"] == 0:
-                    await anyio.sleep(0.01)
-                tg.cancel_scope.cancel()
+        await run_until_started(conductor, tmp_path, "j slow started")
     back = await board.get(job.id)
     assert (back.state, back.owner, back.attempts) == (JobState.UNCLAIMED, None, 0)
     assert (await engine.outcome(job.id)).status is FlowStatus.SUSPENDED
@@ -504,13 +519,9 @@ async def test_a_job_s_deadline_holds_after_the_job_that_started_first_ended(url
     assert failed.failures["part"].matches(aioflow.DeadlineExceededError)
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/jobs.db"
-    return str(request.getfixturevalue("pg_url"))
+    return url_for(request, tmp_path)
 
 
 async def test_a_job_s_first_claim_starts_its_flow_without_reading_the_journal(
@@ -542,12 +553,7 @@ async def test_a_job_s_first_claim_starts_its_flow_without_reading_the_journal(
     # Claimed, started and given back mid-flow: the next claim resumes it.
     held = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "h", "hold": True})
     async with Conductor(board, engine, name="c2", lease=30) as conductor:
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(conductor.run)
-                while executions(tmp_path)["h slow started"] == 0:
-                    await anyio.sleep(0.01)
-                tg.cancel_scope.cancel()
+        await run_until_started(conductor, tmp_path, "h slow started")
     assert (await board.get(unstarted.id)).state is JobState.COMPLETE
     assert reads == [unstarted.id]  # held's first claim read nothing
     (tmp_path / "go").touch()
@@ -593,13 +599,7 @@ async def test_a_succeeding_flow_completes_its_job_in_its_last_commit(
         return await finish(job, state, *args, **kwargs)
 
     board.finish = counted  # type: ignore[method-assign]
-    ok = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "ok"})
-    bad = await board.post(FLOW, {"workdir": str(tmp_path), "tag": "bad", "fail": True})
-    async with Conductor(board, engine, name="c1", lease=30, capacity=2) as conductor:
-        await conductor.run(max_jobs=2)
-    done = await board.get(ok.id)
-    assert (done.state, done.status, done.owner) == (JobState.COMPLETE, FlowStatus.SUCCESS, "c1")
-    assert done.failures == {}
+    _, bad = await run_ok_and_bad(board, engine, tmp_path)
     assert finished == [(bad.id, JobState.FAILED)]  # only the failure took a transaction
     assert not engine.journal._completing and not engine.journal._completed  # type: ignore[attr-defined]
 

@@ -15,17 +15,10 @@ from aioflow.jobs import Job
 from aioflow.journal import Journal, open_journal
 from aioflow.journal._base import Fence
 
-from .pg import pg_schema, pg_url
+from .pg import pg_schema, pg_url, sqlite_or_pg_url
 from .test_journal import atom_event, flow_start, flow_status
 
-__all__ = ["pg_schema", "pg_url"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shared.db"
-    return str(request.getfixturevalue("pg_url"))
+__all__ = ["pg_schema", "pg_url", "sqlite_or_pg_url"]
 
 
 async def claimed(board: JobBoard) -> Job:
@@ -40,7 +33,8 @@ def run_to(journal: Journal, flow_id: str, status: FlowStatus) -> None:
         journal.append(event)
 
 
-async def test_a_success_completes_the_job_and_nothing_else_does(url: str) -> None:
+async def test_a_success_completes_the_job_and_nothing_else_does(sqlite_or_pg_url: str) -> None:
+    url = sqlite_or_pg_url
     board = JobBoard.open(url)
     async with board, open_journal(url) as journal:
         ok, failed, stale = [await claimed(board) for _ in range(3)]
