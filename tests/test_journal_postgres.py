@@ -335,3 +335,16 @@ async def test_a_read_sees_what_was_appended_before_it(pg_url: str) -> None:
             assert (await journal.summary(f"f{n}")).flow_id == f"f{n}"
             journal.append(atom_event(f"f{n}", 2))
             assert [e.seq for e in await journal.load(f"f{n}")] == [1, 2]
+
+
+async def test_a_pool_of_one_connection_is_not_kept_by_the_writer(pg_url: str) -> None:
+    """The writer keeps a connection between commits only when the pool has others: with
+    one, a run's reads, heartbeats and takes would wait for it forever."""
+    first = aioflow.task(name="only")(_nothing)
+    with anyio.fail_after(20):
+        async with aioflow.Engine(PostgresJournal(pg_url, pool_size=1)) as engine:
+            for _ in range(3):
+                outcome = await engine.run(aioflow.Linear("one", first))
+                assert (await engine.journal.summary(outcome.flow_id)).status is (
+                    aioflow.FlowStatus.SUCCESS
+                )

@@ -550,8 +550,10 @@ class PostgresJournal(WriterJournal):
         conn = self._committer
         try:
             if conn is None:
-                # Kept from one commit to the next (never two at once: one writer).
-                conn = self._committer = await pool.acquire()
+                conn = await pool.acquire()
+                if self._pool_size > 1:  # else everything else would wait for it
+                    # Kept from one commit to the next (never two at once: one writer).
+                    self._committer = conn
             while batch:
                 try:
                     jobs = self._completions(batch)
@@ -579,16 +581,20 @@ class PostgresJournal(WriterJournal):
                 refused.update(found)
                 batch = [row for row in batch if row[0] not in found]
         except _ERRORS as exc:
-            await self._drop_committer()
+            await self._drop_committer(conn)
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
         except BaseException:
-            await self._drop_committer()  # its state is unknown: the pool resets it
+            await self._drop_committer(conn)  # its state is unknown: the pool resets it
             raise
+        if self._committer is None:
+            await self._drop_committer(conn)
         return refused or None
 
-    async def _drop_committer(self) -> None:
-        """Give the writer's connection back to the pool (which replaces it if broken)."""
-        conn, self._committer = self._committer, None
+    async def _drop_committer(self, conn: Any = None) -> None:
+        """Give the writer's connection (or ``conn``, one it took for one commit) back to
+        the pool, which replaces it if broken."""
+        conn = self._committer if conn is None else conn
+        self._committer = None
         pool = self._pool
         if conn is not None and pool is not None:
             with anyio.CancelScope(shield=True), contextlib.suppress(*_ERRORS):
