@@ -348,3 +348,24 @@ async def test_a_pool_of_one_connection_is_not_kept_by_the_writer(pg_url: str) -
                 assert (await engine.journal.summary(outcome.flow_id)).status is (
                     aioflow.FlowStatus.SUCCESS
                 )
+
+
+async def test_a_connection_kept_idle_for_long_is_not_trusted_again(pg_url: str) -> None:
+    """The writer keeps its connection between commits, but not across a long quiet
+    spell: a connection the network (here: the server) closed meanwhile is not the one
+    the next commit meets."""
+    async with PostgresJournal(pg_url) as journal:
+        journal.append(flow_start("f"))
+        await journal.flush()
+        kept = journal._committer
+        assert kept is not None
+        admin = await asyncpg.connect(dsn_from_url(pg_url))
+        try:  # our own session, by its pid
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", kept.get_server_pid())
+        finally:
+            await admin.close()
+        journal._committed_at -= 60  # as if a minute passed
+        journal.append(atom_event("f", 2))
+        await journal.flush()
+        assert journal._committer is not None and journal._committer is not kept
+        assert [e.seq for e in await journal.load("f")] == [1, 2]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from time import monotonic
 from typing import Any, TypeAlias, cast
 from urllib.parse import parse_qs, urlsplit
 
@@ -178,6 +179,10 @@ _LINGER = 0.002
 """Seconds that rows nobody waits for yet may gather before the writer commits them. A
 commit is a round trip and a WAL flush; without the wait a one-task flow took three
 (its start, its task's result, its end) where one does."""
+_KEEP_FOR = 30.0
+"""Seconds the writer keeps its connection without a commit before taking one from the
+pool again (a connection idle for long may have been closed by the network meanwhile;
+the pool recycles its idle ones)."""
 _LINGER_ROWS = 1024
 """Rows that end the linger at once (one commit's parameters stay small)."""
 _RESTING = sorted(status.value for status in FlowStatus if status.is_resting)
@@ -318,6 +323,7 @@ class PostgresJournal(WriterJournal):
         self._retiring: dict[str, tuple[int, Fence]] = {}
         self._completing: dict[str, tuple[int, Callable[[], float]]] = {}
         self._committer: Any = None  # the connection the writer commits on, kept
+        self._committed_at = 0.0  # when it last committed (monotonic)
         self._completed: dict[str, bool] = {}
 
     def __repr__(self) -> str:
@@ -548,6 +554,9 @@ class PostgresJournal(WriterJournal):
         assert pool is not None
         refused: dict[str, BaseException] = {}
         conn = self._committer
+        if conn is not None and monotonic() - self._committed_at > _KEEP_FOR:
+            await self._drop_committer()  # long idle: the pool's may be fresher
+            conn = None
         try:
             if conn is None:
                 conn = await pool.acquire()
@@ -588,6 +597,7 @@ class PostgresJournal(WriterJournal):
             raise
         if self._committer is None:
             await self._drop_committer(conn)
+        self._committed_at = monotonic()
         return refused or None
 
     async def _drop_committer(self, conn: Any = None) -> None:
