@@ -106,6 +106,9 @@ _MIGRATE_1_TO_2 = (
 )
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 """What asyncpg raises when the server, the connection or the statement fails."""
+_UNSENT = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+"""What asyncpg raises before a statement leaves the client (a closed connection, one in
+a state that cannot take it)."""
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
@@ -553,42 +556,23 @@ class PostgresJournal(WriterJournal):
         pool = self._pool
         assert pool is not None
         refused: dict[str, BaseException] = {}
-        conn = self._committer
-        if conn is not None and monotonic() - self._committed_at > _KEEP_FOR:
-            await self._drop_committer()  # long idle: the pool's may be fresher
-            conn = None
+        conn = self._kept()
         try:
+            if conn is not None:
+                try:
+                    await self._commit_on(conn, batch, refused)
+                except _UNSENT:
+                    # It died while kept (the server ended it, say) and the client had
+                    # not seen it yet; the statement never left, so it goes on a new one.
+                    self._discard()
+                    conn = None
+                    batch = [row for row in batch if row[0] not in refused]
             if conn is None:
                 conn = await pool.acquire()
                 if self._pool_size > 1:  # else everything else would wait for it
                     # Kept from one commit to the next (never two at once: one writer).
                     self._committer = conn
-            while batch:
-                try:
-                    jobs = self._completions(batch)
-                    if jobs:
-                        ok, done = await conn.fetchrow(
-                            _COMMIT_COMPLETING,
-                            *self._arguments(batch),
-                            [job[1] for job in jobs],
-                            [job[2] for job in jobs],
-                            jobs[0][0],
-                        )
-                        if ok:
-                            self._completed_with(jobs, done)
-                            break
-                    elif await conn.fetchval(_COMMIT, *self._arguments(batch)):
-                        break
-                    found = await self._lost(conn, batch)
-                except asyncpg.UniqueViolationError:
-                    # A run that lost its flow meets the new owner's events: say so.
-                    found = await self._lost(conn, batch) or await self._conflicts(conn, batch)
-                if not found:
-                    raise JournalError(
-                        f"journal {_redact(self.url)}: a commit was refused for no flow"
-                    )
-                refused.update(found)
-                batch = [row for row in batch if row[0] not in found]
+                await self._commit_on(conn, batch, refused)
         except _ERRORS as exc:
             await self._drop_committer(conn)
             raise self._error(f"cannot commit {len(batch)} events", exc) from exc
@@ -599,6 +583,56 @@ class PostgresJournal(WriterJournal):
             await self._drop_committer(conn)
         self._committed_at = monotonic()
         return refused or None
+
+    async def _commit_on(
+        self, conn: Any, batch: list[_Row], refused: dict[str, BaseException]
+    ) -> None:
+        """Commit ``batch`` on ``conn``, the flows refused left out and added to
+        ``refused``. Nothing is committed until the last statement it sends."""
+        while batch:
+            try:
+                jobs = self._completions(batch)
+                if jobs:
+                    ok, done = await conn.fetchrow(
+                        _COMMIT_COMPLETING,
+                        *self._arguments(batch),
+                        [job[1] for job in jobs],
+                        [job[2] for job in jobs],
+                        jobs[0][0],
+                    )
+                    if ok:
+                        self._completed_with(jobs, done)
+                        return
+                elif await conn.fetchval(_COMMIT, *self._arguments(batch)):
+                    return
+                found = await self._lost(conn, batch)
+            except asyncpg.UniqueViolationError:
+                # A run that lost its flow meets the new owner's events: say so.
+                found = await self._lost(conn, batch) or await self._conflicts(conn, batch)
+            if not found:
+                raise JournalError(f"journal {_redact(self.url)}: a commit was refused for no flow")
+            refused.update(found)
+            batch = [row for row in batch if row[0] not in found]
+
+    def _kept(self) -> Any:
+        """The writer's kept connection, unless it has closed or sat idle too long (it
+        may have died unseen: a firewall, a server restart)."""
+        conn = self._committer
+        if conn is None:
+            return None
+        try:
+            usable = not conn.is_closed() and monotonic() - self._committed_at <= _KEEP_FOR
+        except asyncpg.InterfaceError:  # it closed, and its pool took it back
+            usable = False
+        if not usable:
+            self._discard()
+        return conn if usable else None
+
+    def _discard(self) -> None:
+        """Close the kept connection; its pool connects afresh in its place."""
+        conn, self._committer = self._committer, None
+        with contextlib.suppress(asyncpg.InterfaceError):  # already back in its pool
+            conn.terminate()
 
     async def _drop_committer(self, conn: Any = None) -> None:
         """Give the writer's connection (or ``conn``, one it took for one commit) back to
