@@ -178,8 +178,9 @@ class _MapScope(_Scope):
         return OUTER
 
 
-def _template(m: Map, outside: _Scope, missing: dict[str, list[str]]) -> tuple[MapSpec, Any]:
-    """Compile a Map's member once, in coordinates of its own (see MapSpec)."""
+def _template(m: Map, outside: _Scope, parent: _Builder) -> tuple[MapSpec, Any]:
+    """Compile a Map's member once, in coordinates of its own (see MapSpec), for the
+    graph ``parent`` builds."""
     member = m.member
     if isinstance(member, Flow):
         _check_names(member)
@@ -192,10 +193,11 @@ def _template(m: Map, outside: _Scope, missing: dict[str, list[str]]) -> tuple[M
         )
     root = _MapScope(outside, m.item)
     exits, structure = builder.build(member, [], root)
+    parent.tokens = parent.tokens or builder.tokens
     for atom, symbols in builder.missing.items():
-        missing.setdefault(f"{m.name}[*]" + ("" if atom == member.name else f".{atom}"), []).extend(
-            symbols
-        )
+        parent.missing.setdefault(
+            f"{m.name}[*]" + ("" if atom == member.name else f".{atom}"), []
+        ).extend(symbols)
     nodes = builder.nodes
     _link_successors(nodes, builder.edge_from, builder.edge_to)
     task = isinstance(member, Task)
@@ -274,12 +276,14 @@ class _Builder:
         self.edge_from: list[int] = []
         self.edge_to: list[int] = []
         self.shared: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.tokens = False
+        """A task added may hand out a completion token (see ExecGraph.issues_tokens)."""
 
     def node(
         self,
         name: str,
         kind: str,
-        preds: list[int],
+        preds: list[int] | tuple[int, ...],
         *,
         task: Task | None = None,
         checkpoint: Checkpoint | None = None,
@@ -288,17 +292,15 @@ class _Builder:
         unpack: bool = False,
         weight: float = 1.0,
     ) -> int:
+        """Add a node; ``preds`` as a tuple is one :meth:`shared_tuple` gave."""
         i = len(self.nodes)
-        shared = self.shared
-        preds_t = tuple(preds)
-        preds_t = shared.setdefault(preds_t, preds_t)
-        scopes = self.scope_tuple
+        shared = preds if isinstance(preds, tuple) else self.shared_tuple(preds)
         self.nodes.append(
             Node(
                 i,
                 name,
                 kind,
-                preds_t,
+                shared,
                 task,
                 checkpoint,
                 args,
@@ -307,7 +309,7 @@ class _Builder:
                 provides,
                 unpack,
                 weight,
-                scopes,
+                self.scope_tuple,
             )
         )
         if preds:
@@ -316,6 +318,11 @@ class _Builder:
         if kind != BARRIER:
             self.index[name] = i
         return i
+
+    def shared_tuple(self, preds: list[int]) -> tuple[int, ...]:
+        """``preds`` as a tuple, the same object for equal ones."""
+        preds_t = tuple(preds)
+        return self.shared.setdefault(preds_t, preds_t)
 
     def barrier(self, preds: list[int]) -> list[int]:
         return [self.node(f"<join {len(self.nodes)}>", BARRIER, preds)]
@@ -396,7 +403,7 @@ class _Builder:
             self.missing.setdefault(m.name, []).append(m.over)
         args = ((m.over, over, m.over),) if over is not None else ()
         c = self.node(m.name, MAP, preds, args=args, unpack=True, weight=0.0)
-        spec, structure = _template(m, scope, self.missing)
+        spec, structure = _template(m, scope, self)
         self.nodes[c].mapping = spec
         provides = (m.provides,) if m.provides else ()
         k = self.node(f"<collect {m.name}>", BARRIER, [c], provides=provides)
@@ -406,43 +413,58 @@ class _Builder:
         return [k], ["map", m.name, m.over, m.item, m.provides, structure]
 
     def task(
-        self, task: Task, preds: list[int], scope: _Scope, writes: dict[str, int] | None = None
+        self,
+        task: Task,
+        preds: list[int] | tuple[int, ...],
+        scope: _Scope,
+        writes: dict[str, int] | None = None,
     ) -> tuple[list[int], Any]:
         """Add ``task``, looking its requirements up in ``scope``; what it provides goes into
         ``writes`` (by default, the scope itself)."""
-        if task.retry is not None and task.retry.values is not None:
+        retry = task.retry
+        if retry is not None and retry.values is not None:
             raise InvalidFlowError(
                 f"task {task.name!r}: Retry.for_each belongs on a flow, not on a task",
                 atoms=[task.name],
             )
-        args = []
         requires = task.requires
-        for req in requires:
-            provider = scope.lookup(req.symbol)
-            if provider is None:
-                if not req.optional:
-                    self.missing.setdefault(task.name, []).append(req.symbol)
-                continue
-            args.append((req.param, provider, req.symbol))
-        provided = task.provided
+        args: tuple[tuple[str, int, str], ...] = ()
+        # Tuples of plain values, which the garbage collector stops tracking: a flow of
+        # 100k tasks must not make it traverse a million short-lived lists.
+        needs: tuple[tuple[str, str, bool], ...] = ()
+        if requires:
+            found = []
+            for req in requires:
+                provider = scope.lookup(req.symbol)
+                if provider is None:
+                    if not req.optional:
+                        self.missing.setdefault(task.name, []).append(req.symbol)
+                    continue
+                found.append((req.param, provider, req.symbol))
+            args = tuple(found)
+            needs = tuple([(r.param, r.symbol, r.optional) for r in requires])
+        provides = task.provides
+        provided: tuple[str, ...] = (
+            () if provides is None else (provides,) if isinstance(provides, str) else provides
+        )
+        unpack = isinstance(provides, tuple)
+        if task._injects and task.takes_token:
+            self.tokens = True
         i = self.node(
             task.name,
             TASK,
             preds,
             task=task,
-            args=tuple(args) if args else (),
+            args=args,
             provides=provided,
-            unpack=isinstance(task.provides, tuple),
+            unpack=unpack,
             weight=float(task.weight),
         )
         if provided:
             writes = scope.local if writes is None else writes
             for symbol in provided:
                 writes[symbol] = i
-        # Tuples of plain values, which the garbage collector stops tracking: a flow of
-        # 100k tasks must not make it traverse a million short-lived lists.
-        needs = tuple([(r.param, r.symbol, r.optional) for r in requires]) if requires else ()
-        if len(provided) == 1 and isinstance(task.provides, tuple):
+        if unpack and len(provided) == 1:
             # provides=("x",) unpacks a one-item result, provides="x" keeps it whole: the
             # structure (and so the fingerprint) tells them apart. Only here, so that the
             # fingerprints of every other flow stay what journals already hold.
@@ -479,10 +501,19 @@ class _Builder:
     def unordered(
         self, flow: Unordered, preds: list[int], scope: _Scope
     ) -> tuple[list[int], list[Any]]:
-        self.no_checkpoint_retry(flow)
+        members = flow.members
         providers: dict[str, str] = {}
-        for m in flow.members:
-            for symbol in _gives(m, self.summaries):
+        tasks: list[Task] = []  # when all members are tasks (the common case): a loop of its own
+        for m in members:
+            gives: Iterable[str]
+            if isinstance(m, Task):
+                tasks.append(m)
+                gives = m.provided
+                if not gives:
+                    continue
+            else:
+                gives = _gives(m, self.summaries)
+            for symbol in gives:
                 if symbol in providers:
                     raise InvalidFlowError(
                         f"unordered flow {flow.name!r}: {providers[symbol]!r} and {m.name!r} both"
@@ -490,7 +521,9 @@ class _Builder:
                         atoms=[providers[symbol], m.name],
                     )
                 providers[symbol] = m.name
-        for m in flow.members if providers else ():
+        if len(tasks) != len(members):
+            self.no_checkpoint_retry(flow)
+        for m in members if providers else ():
             for symbol in sorted(_summary(m, self.summaries)[0]):
                 other = providers.get(symbol)
                 if other is not None and other != m.name:
@@ -503,15 +536,21 @@ class _Builder:
         exits: list[int] = []
         structure = []
         writes: dict[str, int] = {}
-        for m in flow.members:
-            if isinstance(m, Task):  # no sibling provides what it needs: no scope of its own
-                ex, s = self.task(m, preds, scope, writes)
-            else:
-                child = _Scope(scope)
-                ex, s = self.build(m, preds, child)
-                writes.update(child.local)
-            exits.extend(ex)
-            structure.append(s)
+        if len(tasks) == len(members):  # no sibling provides what one needs: no scopes
+            first = len(self.nodes)
+            shared = self.shared_tuple(preds)
+            structure = [self.task(m, shared, scope, writes)[1] for m in tasks]
+            exits = list(range(first, len(self.nodes)))
+        else:
+            for m in members:
+                if isinstance(m, Task):
+                    ex, s = self.task(m, preds, scope, writes)
+                else:
+                    child = _Scope(scope)
+                    ex, s = self.build(m, preds, child)
+                    writes.update(child.local)
+                exits.extend(ex)
+                structure.append(s)
         scope.local.update(writes)
         return exits, ["unordered", flow.name, structure]
 
@@ -622,31 +661,38 @@ def _find_cycle(left: set[str], deps: dict[str, list[str]]) -> list[str]:
 
 def _check_names(flow: Flow) -> None:
     """Refuse names that would be ambiguous: two atoms of one name anywhere in the tree
-    (tasks, checkpoints, and flows with a retry or a deadline, whose controller is an
-    atom named like them), or two members of one name in one flow (a Graph's links name
-    members). A flow without a controller is no atom: it may share its name with a
-    member, as ``Linear("publish", prepare, publish)`` does."""
-    seen: dict[str, int] = {}
-    dups: set[str] = set()
+    (tasks, checkpoints, Maps, and flows with a retry or a deadline, whose controller is
+    an atom named like them), or two members of one name in one flow (a Graph's links
+    name members). A flow without a controller is no atom: it may share its name with a
+    member, as ``Linear("publish", prepare, publish)`` does. A Map's member is checked as
+    a flow of its own."""
+    if isinstance(flow, Map):
+        return  # one atom; its member is checked when the Map is compiled
+    atoms: list[str] = []
     controlled: set[str] = set()
-    stack: list[Member] = [flow]
+    dups: set[str] = set()
+    if flow.retry is not None or flow.timeout is not None:
+        atoms.append(flow.name)
+        controlled.add(flow.name)
+    stack: list[Flow] = [flow]
     while stack:
-        m = stack.pop()
-        if isinstance(m, Map):  # an atom; its member is checked as a flow of its own
-            seen[m.name] = seen.get(m.name, 0) + 1
+        members = stack.pop().members
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            dups.update(_repeated(names))
+        if not any([isinstance(m, Flow) and not isinstance(m, Map) for m in members]):
+            atoms += names  # tasks, checkpoints and Maps only: the common case
             continue
-        if not isinstance(m, Flow) or m.retry is not None or m.timeout is not None:
-            seen[m.name] = seen.get(m.name, 0) + 1
-            if isinstance(m, Flow):
+        for m in members:
+            if not isinstance(m, Flow) or isinstance(m, Map):
+                atoms.append(m.name)
+                continue
+            stack.append(m)
+            if m.retry is not None or m.timeout is not None:
+                atoms.append(m.name)
                 controlled.add(m.name)
-        if isinstance(m, Flow):
-            stack.extend(m.members)
-            names: set[str] = set()
-            for member in m.members:
-                if member.name in names:
-                    dups.add(member.name)
-                names.add(member.name)
-    dups.update(n for n, c in seen.items() if c > 1)
+    if len(set(atoms)) != len(atoms):
+        dups.update(_repeated(atoms))
     if dups:
         ordered = sorted(dups)
         why = ""
@@ -661,6 +707,17 @@ def _check_names(flow: Flow) -> None:
             f" task.using(name=...) for copies){why}",
             atoms=ordered,
         )
+
+
+def _repeated(names: list[str]) -> set[str]:
+    """The names that occur more than once in ``names``."""
+    seen: set[str] = set()
+    again: set[str] = set()
+    for name in names:
+        if name in seen:
+            again.add(name)
+        seen.add(name)
+    return again
 
 
 def _link_successors(nodes: list[Node], sources: list[int], targets: list[int]) -> None:
@@ -716,18 +773,8 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
         fingerprint=hashlib.sha256(text.encode()).hexdigest()[:32],
         checkpoints=builder.checkpoints,
         scopes=builder.scopes,
-        issues_tokens=any(n.task is not None and n.task.takes_token for n in every_node(nodes)),
+        issues_tokens=builder.tokens,
     )
-
-
-def every_node(nodes: list[Node]) -> Iterable[Node]:
-    """``nodes`` and the nodes of the Maps' members among them, however deep."""
-    stack = [nodes]
-    while stack:
-        for node in stack.pop():
-            yield node
-            if node.kind == MAP and node.mapping is not None:
-                stack.append(node.mapping.nodes)
 
 
 def weights_of(graph: ExecGraph) -> dict[str, float]:

@@ -643,3 +643,44 @@ def test_a_flow_with_a_controller_cannot_share_its_name_and_says_why() -> None:
     with pytest.raises(aioflow.InvalidFlowError, match="is itself an atom named like the flow"):
         aioflow.compile_flow(aioflow.Linear("publish", publish, retry=aioflow.Retry.times(2)))
     aioflow.compile_flow(aioflow.Linear("publish", publish))  # without a controller: fine
+
+
+def test_a_map_is_an_atom_whose_name_no_other_atom_may_take() -> None:
+    mapped = aioflow.Map("resize", step("one"), over="images")
+
+    error = invalid(Linear("f", mapped, Unordered("u", step("resize"))), inputs=("images",))
+
+    assert error.atoms == ("resize",)
+    # Its member's names are its own: the same task name outside it is fine.
+    aioflow.compile_flow(Linear("f", mapped, Unordered("u", step("one"))), inputs=("images",))
+
+
+def test_a_nested_flow_with_a_deadline_is_an_atom_named_like_it() -> None:
+    timed = Linear("fetch", step("a"), timeout=5)
+
+    error = invalid(Unordered("f", timed, Linear("other", step("fetch"))))
+
+    assert error.atoms == ("fetch",)
+    assert "is itself an atom named like the flow" in str(error)
+
+
+def test_the_graph_says_whether_a_task_may_hand_out_a_completion_token() -> None:
+    """A run reads the engine's signing secret only when some task may need it: one
+    given its ``external`` handle or its ``context``, however deep, a Map's member too."""
+
+    @aioflow.task
+    async def hand_off(external: aioflow.External) -> None:
+        return None
+
+    @aioflow.task
+    async def with_context(context: aioflow.TaskContext) -> None:
+        return None
+
+    plain = Unordered("f", step("a"), Linear("l", step("b")))
+    assert not aioflow.compile_flow(plain).issues_tokens
+    for deep in (
+        Unordered("f", step("a"), Linear("l", hand_off)),
+        Linear("f", Unordered("u", with_context, step("a"))),
+        Linear("f", aioflow.Map("m", Linear("inner", hand_off), over="xs")),
+    ):
+        assert aioflow.compile_flow(deep, inputs=("xs",)).issues_tokens, deep

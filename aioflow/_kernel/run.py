@@ -662,18 +662,22 @@ class Run:
             attempt = self.attempts[i]
             self.set_atom(i, _S.RUNNING)
             try:
-                args = self.arguments(node)
+                # The common case in fewer calls: no arguments, no injections, a plain
+                # async task (Task._direct), a result published whole or none at all.
+                args = self.arguments(node) if node.args else _NO_ARGS
                 injections = self.injections(i, attempt) if task._injects else _NO_INJECTIONS
                 if self.hooks is not None:
                     result = await self.instrumented(i, attempt, args, injections)
                 elif node.timed or self.limiter is not None or task.timeout is not None:
                     result = await self.dispatch(i, args, injections)
+                elif task._direct is not None:
+                    result = await task._direct(**args)
                 else:
                     result = await task._call_execute(args, injections)
-                if isinstance(result, WaitRequest):
+                if result is not None and isinstance(result, WaitRequest):
                     self.waits.open_wait(i, result)
                     return
-                value = self.published(node, result)
+                value = self.published(node, result) if node.unpack else result
                 details: Mapping[str, Any] = NO_RESULT
                 if result is not None:
                     details = {"result": result}

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import Any, TypeAlias
 
-from .._codec import Codec, get_codec
+from .._codec import NO_RESULT, Codec, get_codec
 from .._errors import FlowBusyError, JournalError, NotFoundError
 from .._events import Event, EventKind, decode_state, event_fields
 from .._states import AtomState, FlowStatus
@@ -111,6 +111,7 @@ class MemoryJournal(Journal):
         self.url = "memory://"
         self.codec = get_codec(codec)
         self._decode = self.codec.decode
+        self._no_result = self.codec.encode(NO_RESULT)
         self._flows: dict[str, _Flow] = {}
         self._meta: dict[str, str] = {}
         self._count = 0
@@ -159,12 +160,15 @@ class MemoryJournal(Journal):
         flow = self._flows.get(flow_id)
         fence = self._fences.get(flow_id) if self._fences else None
         if fence is not None:
-            if fence.lost:
+            if fence.failure is not None:  # lost (the property's test, one call less)
                 raise fence.error(flow_id)
             if flow is not None and flow.generation != fence.generation:
                 fence.lose(taken_over(flow_id, fence, flow.owner))
                 raise fence.error(flow_id)
-        text = encode_details(self.codec, flow_id, kind, atom, details) if details else None
+        if details is NO_RESULT:  # most successes: encoded once, not per atom
+            text: str | None = self._no_result
+        else:
+            text = encode_details(self.codec, flow_id, kind, atom, details) if details else None
         if flow is None:
             flow = self._flows[flow_id] = _Flow(seq, time)
             if fence is not None:
@@ -174,7 +178,8 @@ class MemoryJournal(Journal):
                 f"conflicting write to flow {flow_id} at seq {seq}: the journal "
                 f"is already at seq {flow.last_seq} (is another engine writing this flow?)"
             )
-        flow.events.append(_row(seq, time, kind, atom, state, attempt, progress, text))
+        value = None if state is None else state._value_  # as _row, inline: once per event
+        flow.events.append((seq, time, kind._value_, atom, value, attempt, progress, text))
         flow.last_seq = seq
         if kind is _FLOW:
             # As in SQLite: the first FLOW event naming the flow makes its summary.
