@@ -32,7 +32,7 @@ from ._handles import EXTERNAL, RECEIVE
 from ._kernel.waits import as_failure, wait_fields, wait_kind
 from ._log import get_logger
 from ._replay import replay
-from ._states import AtomState, FlowStatus
+from ._states import Atoms, FlowStatus
 from ._tokens import SECRET_META_KEY, Claim, Signer, new_secret, secret_from
 from ._values import encode_large, measure_from
 from .journal._base import encode_message
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ._timers import Timer
     from .journal import FlowSummary
 
-_S = AtomState
+_S = Atoms
 _LOG = get_logger("aioflow")
 _CONFLICT_RETRIES = 20
 _ENDED = (FlowStatus.SUCCESS, FlowStatus.REVERTED, FlowStatus.FAILED)

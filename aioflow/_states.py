@@ -30,6 +30,7 @@ Flow transitions::
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class AtomState(enum.Enum):
@@ -49,6 +50,23 @@ class AtomState(enum.Enum):
     # Members are singletons compared by identity: hashing by identity too makes every
     # table lookup of a state (the engine and replay do millions) a C-level operation.
     __hash__ = object.__hash__
+
+
+class Atoms:
+    """:class:`AtomState`'s members as plain class attributes, for the engine's hot
+    paths: on Python 3.11 ``AtomState.RUNNING`` costs ~80 ns a lookup (the enum's
+    metaclass), ``Atoms.RUNNING`` ~20 ns, and a step of a flow makes a dozen."""
+
+    PENDING: Final = AtomState.PENDING
+    RUNNING: Final = AtomState.RUNNING
+    WAITING: Final = AtomState.WAITING
+    SUCCESS: Final = AtomState.SUCCESS
+    FAILURE: Final = AtomState.FAILURE
+    RETRYING: Final = AtomState.RETRYING
+    REVERTING: Final = AtomState.REVERTING
+    REVERTED: Final = AtomState.REVERTED
+    REVERT_FAILURE: Final = AtomState.REVERT_FAILURE
+    IGNORED: Final = AtomState.IGNORED
 
 
 class FlowStatus(enum.Enum):

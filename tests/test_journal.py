@@ -833,3 +833,13 @@ def test_sigkill_loses_at_most_a_suffix(tmp_path: Path) -> None:
     assert seqs == list(range(1, len(seqs) + 1))  # a prefix: no gap
     assert len(seqs) >= flushed  # everything reported flushed is there
     assert last_seq == len(seqs)  # the summary moved in the same transactions
+
+
+def test_the_engines_plain_copy_of_the_atom_states_holds_every_member() -> None:
+    """The kernel reads atom states through ``Atoms`` (plain attributes, cheaper than an
+    enum's on Python 3.11): a state added to AtomState must be added there too."""
+    from aioflow._states import Atoms
+
+    copied = {name: value for name, value in vars(Atoms).items() if name.isupper()}
+    assert copied == dict(AtomState.__members__)
+    assert all(value is AtomState[name] for name, value in copied.items())

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from .._compile import BARRIER, INPUT, ITEM, OUTER, MapSpec, Node, RetryScope
 from .._failure import Failure
 from .._replay import EXPANDED
-from .._states import AtomState
+from .._states import Atoms
 from .reverting import FINISHED as _FINISHED
 
 if TYPE_CHECKING:
     from .._replay import AtomRecord
     from .run import Run
 
-_S = AtomState
+_S = Atoms
 
 
 class _Gate:

@@ -23,14 +23,14 @@ from .._compile import BARRIER, RETRY, Node
 from .._errors import DeadlineExceededError, FlowCancelledError
 from .._failure import CANCEL, Failure
 from .._instruments import Hooks
-from .._states import AtomState, FlowStatus
+from .._states import Atoms, FlowStatus
 from ..instrument import Attempt
 
 if TYPE_CHECKING:
     from .._timers import Timer
     from .run import Run
 
-_S = AtomState
+_S = Atoms
 TO_REVERT = (_S.SUCCESS, _S.FAILURE, _S.RETRYING, _S.REVERTING)
 FINISHED = (_S.SUCCESS, _S.IGNORED)
 NO_INJECTIONS: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from .._failure import Failure
 from .._handles import EXTERNAL, RECEIVE, SLEEP, WaitRequest
 from .._outcome import Waiting
 from .._replay import AtomRecord
-from .._states import AtomState
+from .._states import Atoms
 from .._tokens import Claim, Signer, new_nonce
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Waits", "as_failure", "timeout_failure", "wait_fields", "wait_kind"]
 
-_S = AtomState
+_S = Atoms
 
 
 def wait_kind(details: Mapping[str, Any]) -> str:

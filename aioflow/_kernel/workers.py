@@ -25,7 +25,7 @@ import anyio
 import anyio.lowlevel
 
 from .._scope import ScopeMembership
-from .._states import AtomState
+from .._states import Atoms
 
 if TYPE_CHECKING:
     from .run import Run
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Workers"]
 
 _YIELD_EVERY = 64
-_S = AtomState
+_S = Atoms
 _IN_GROUP: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
