@@ -444,10 +444,12 @@ class _Builder:
             args = tuple(found)
             needs = tuple([(r.param, r.symbol, r.optional) for r in requires])
         provides = task.provides
-        provided: tuple[str, ...] = (
-            () if provides is None else (provides,) if isinstance(provides, str) else provides
-        )
-        unpack = isinstance(provides, tuple)
+        provided: tuple[str, ...] = ()
+        unpack = False
+        if isinstance(provides, tuple):
+            provided, unpack = provides, True
+        elif provides is not None:
+            provided = (provides,)
         if task._injects and task.takes_token:
             self.tokens = True
         i = self.node(

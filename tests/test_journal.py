@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -843,3 +844,51 @@ def test_the_engines_plain_copy_of_the_atom_states_holds_every_member() -> None:
     copied = {name: value for name, value in vars(Atoms).items() if name.isupper()}
     assert copied == dict(AtomState.__members__)
     assert all(value is AtomState[name] for name, value in copied.items())
+
+
+async def test_a_lone_waiter_commits_in_place_and_one_among_others_lets_them_join() -> None:
+    """A waiter with a way to commit at once (``commit_now``, SQLite's inline commit)
+    yields first only when something else is ready to run, so that what it appends
+    shares the commit; alone, it commits without a turn of the event loop (a strict
+    chain's every step would pay one)."""
+    rec = Recorder()
+    now: list[list[int]] = []
+
+    def commit_now(batch: list[int]) -> bool:
+        now.append(list(batch))
+        return True
+
+    writer: GroupWriter[int] = GroupWriter(
+        rec, name="test", commit_now=commit_now, linger=60.0, linger_rows=1000
+    )
+
+    async def append(i: int) -> None:
+        writer.append(i)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        writer.append(1)
+        for _ in range(5):
+            await anyio.sleep(0)  # the writer wakes, and lingers over the row
+        step = writer.wait_durable(writer.append(2))
+        with pytest.raises(StopIteration):  # done without suspending once
+            step.send(None)
+        assert now == [[1, 2]]
+        ticket = writer.append(3)
+        tg.start_soon(append, 4)  # ready to run: it gets its turn first
+        await writer.wait_durable(ticket)
+        assert now[-1] == [3, 4]
+        await writer.close()
+    assert rec.batches == []
+
+
+def test_whether_others_are_ready_is_read_from_asyncios_own_loop() -> None:
+    from aioflow.journal._writer import _others_ready
+
+    async def main() -> tuple[bool, bool]:
+        alone = _others_ready()
+        asyncio.get_running_loop().call_soon(lambda: None)
+        return alone, _others_ready()
+
+    assert asyncio.run(main()) == (False, True)
+    assert _others_ready()  # no loop at all: it cannot tell, so it says yes
