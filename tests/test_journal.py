@@ -892,3 +892,17 @@ def test_whether_others_are_ready_is_read_from_asyncios_own_loop() -> None:
 
     assert asyncio.run(main()) == (False, True)
     assert _others_ready()  # no loop at all: it cannot tell, so it says yes
+
+
+def test_stored_state_names_decode_to_their_members_and_unknown_ones_are_refused() -> None:
+    from aioflow._events import decode_state
+
+    for state in AtomState:
+        assert decode_state(EventKind.ATOM, state.value) is state
+    for status in FlowStatus:
+        assert decode_state(EventKind.FLOW, status.value) is status
+    assert decode_state(EventKind.PROGRESS, None) is None
+    with pytest.raises(ValueError, match="BOGUS"):
+        decode_state(EventKind.ATOM, "BOGUS")
+    with pytest.raises(ValueError, match="SUCCESSFUL"):
+        decode_state(EventKind.FLOW, "SUCCESSFUL")
