@@ -121,6 +121,8 @@ class ExecGraph:
     issues_tokens: bool = False
     """True when a task of the flow may ask for a completion token (it is given its
     ``external`` handle or its ``context``): only then does a run need the signer."""
+    weighted: bool = True
+    """False when every task (a Map's member's too) weighs 1: no weights to record."""
 
     @property
     def atoms(self) -> Iterable[Node]:
@@ -194,6 +196,7 @@ def _template(m: Map, outside: _Scope, parent: _Builder) -> tuple[MapSpec, Any]:
     root = _MapScope(outside, m.item)
     exits, structure = builder.build(member, [], root)
     parent.tokens = parent.tokens or builder.tokens
+    parent.weighted = parent.weighted or builder.weighted
     for atom, symbols in builder.missing.items():
         parent.missing.setdefault(
             f"{m.name}[*]" + ("" if atom == member.name else f".{atom}"), []
@@ -278,6 +281,8 @@ class _Builder:
         self.shared: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.tokens = False
         """A task added may hand out a completion token (see ExecGraph.issues_tokens)."""
+        self.weighted = False
+        """A task added has a weight other than 1 (see weights_of)."""
 
     def node(
         self,
@@ -452,6 +457,9 @@ class _Builder:
             provided = (provides,)
         if task._injects and task.takes_token:
             self.tokens = True
+        weight = float(task.weight)
+        if weight != 1.0:
+            self.weighted = True
         i = self.node(
             task.name,
             TASK,
@@ -460,7 +468,7 @@ class _Builder:
             args=args,
             provides=provided,
             unpack=unpack,
-            weight=float(task.weight),
+            weight=weight,
         )
         if provided:
             writes = scope.local if writes is None else writes
@@ -725,6 +733,8 @@ def _repeated(names: list[str]) -> set[str]:
 def _link_successors(nodes: list[Node], sources: list[int], targets: list[int]) -> None:
     """Give each node the tuple of its successors, in the order the edges were added
     (a counting sort of the edges by source); equal tuples are shared."""
+    if not sources:  # an Unordered of tasks, a Map's one task: nothing to do, in no loop
+        return
     start = [0] * (len(nodes) + 1)
     for p in sources:
         start[p + 1] += 1
@@ -776,12 +786,15 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
         checkpoints=builder.checkpoints,
         scopes=builder.scopes,
         issues_tokens=builder.tokens,
+        weighted=builder.weighted,
     )
 
 
 def weights_of(graph: ExecGraph) -> dict[str, float]:
     """The tasks' weights that are not 1, as a flow's first event records them; a Map's
     copies under ``name[*]`` (``name[*].atom``), since their number is not known yet."""
+    if not graph.weighted:
+        return {}
     out: dict[str, float] = {}
     stack: list[tuple[list[Node], str, tuple[str, ...] | None]] = [(graph.nodes, "", None)]
     while stack:

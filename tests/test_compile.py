@@ -684,3 +684,14 @@ def test_the_graph_says_whether_a_task_may_hand_out_a_completion_token() -> None
         Linear("f", aioflow.Map("m", Linear("inner", hand_off), over="xs")),
     ):
         assert aioflow.compile_flow(deep, inputs=("xs",)).issues_tokens, deep
+
+
+def test_the_weights_a_flows_first_event_records_include_a_maps_members() -> None:
+    from aioflow._compile import weights_of
+
+    heavy = step("heavy").using(weight=3)
+    inner = Linear("inner", step("light"), step("deep").using(weight=0.5))
+    assert weights_of(aioflow.compile_flow(Unordered("f", step("a"), step("b")))) == {}
+    assert weights_of(aioflow.compile_flow(Unordered("f", step("a"), heavy))) == {"heavy": 3.0}
+    mapped = Linear("f", step("a"), aioflow.Map("m", inner, over="xs"))
+    assert weights_of(aioflow.compile_flow(mapped, inputs=("xs",))) == {"m[*].deep": 0.5}

@@ -428,6 +428,8 @@ class Waits:
 
     def waiting(self) -> tuple[Waiting, ...]:
         """The open waits, with their tokens (for the caller's :class:`Outcome` only)."""
+        if _S.WAITING not in self.run.states:  # most runs: one scan in C, not in Python
+            return ()
         out = []
         for i, state in enumerate(self.run.states):
             if state is _S.WAITING:
