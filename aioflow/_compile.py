@@ -283,6 +283,8 @@ class _Builder:
         """A task added may hand out a completion token (see ExecGraph.issues_tokens)."""
         self.weighted = False
         """A task added has a weight other than 1 (see weights_of)."""
+        self.maps: list[str] = []
+        """The names of the Maps added (the copies' names they reserve are checked)."""
 
     def node(
         self,
@@ -408,6 +410,7 @@ class _Builder:
             self.missing.setdefault(m.name, []).append(m.over)
         args = ((m.over, over, m.over),) if over is not None else ()
         c = self.node(m.name, MAP, preds, args=args, unpack=True, weight=0.0)
+        self.maps.append(m.name)
         spec, structure = _template(m, scope, self)
         self.nodes[c].mapping = spec
         provides = (m.provides,) if m.provides else ()
@@ -518,9 +521,9 @@ class _Builder:
             gives: Iterable[str]
             if isinstance(m, Task):
                 tasks.append(m)
-                gives = m.provided
-                if not gives:
+                if m.provides is None:  # most tasks
                     continue
+                gives = m.provided
             else:
                 gives = _gives(m, self.summaries)
             for symbol in gives:
@@ -767,8 +770,7 @@ def compile_flow(flow: Flow, inputs: Collection[str] = ()) -> ExecGraph:
 
     nodes = builder.nodes
     _link_successors(nodes, builder.edge_from, builder.edge_to)
-    maps = [n.name for n in nodes if n.kind == MAP]
-    for name in maps:
+    for name in builder.maps:
         taken = sorted(a for a in builder.index if a.startswith(f"{name}["))
         if taken:
             raise InvalidFlowError(

@@ -422,11 +422,8 @@ class Run:
         for s, failing in enumerate(self.scope_failing):
             if failing:
                 self.reverter.check_scope(s)
-        roots = [
-            i
-            for i, state in enumerate(self.states)
-            if self.indegree[i] == 0 and state in (_S.PENDING, _S.RETRYING)
-        ]
+        indegree, to_run = self.indegree, (_S.PENDING, _S.RETRYING)
+        roots = [i for i, state in enumerate(self.states) if not indegree[i] and state in to_run]
         for i in roots:  # taken first: releasing makes more nodes ready, once each
             if self.ready(i):
                 self.release(i)
