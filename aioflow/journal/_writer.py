@@ -434,12 +434,17 @@ def fields_row(
     attempt: int,
     progress: float | None,
     details: Mapping[str, Any] | None,
+    no_result: str | None = None,
 ) -> EventRow:
-    """An event given by its fields as a row (see :func:`encode_row`)."""
+    """An event given by its fields as a row (see :func:`encode_row`); ``no_result`` is
+    the codec's text of NO_RESULT, when the caller keeps it (most successes' details:
+    encoded once, not per event)."""
     text: str | None = None
     name: str | None = None
     ref: str | None = None
-    if details:  # most events have none: a RUNNING, a PROGRESS report
+    if details is NO_RESULT and no_result is not None:
+        text = no_result
+    elif details:  # most events have none: a RUNNING, a PROGRESS report
         text = encode_details(codec, flow_id, kind, atom, details)
         if kind is _FLOW and "name" in details:
             name = str(details["name"])
@@ -645,24 +650,19 @@ class WriterJournal(Journal):
                 raise fence.error(flow_id)
         if writer.broken and flow_id in writer.broken:
             raise writer.broken[flow_id]
-        if details is NO_RESULT or not details:  # most events: fields_row's case, inline
-            row: EventRow = (
-                flow_id,
-                seq,
-                time,
-                kind._value_,
-                atom,
-                None if state is None else state._value_,
-                attempt,
-                progress,
-                self._no_result if details else None,
-                None,
-                None,
-            )
-        else:
-            row = fields_row(
-                self.codec, flow_id, seq, time, kind, atom, state, attempt, progress, details
-            )
+        row = fields_row(
+            self.codec,
+            flow_id,
+            seq,
+            time,
+            kind,
+            atom,
+            state,
+            attempt,
+            progress,
+            details,
+            self._no_result,
+        )
         ticket = writer.append(row)
         if details.__class__ is Encoded:  # a large value, encoded off the loop
             self.large_until = ticket
