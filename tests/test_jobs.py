@@ -262,6 +262,55 @@ async def test_wait_for_work_wakes_on_a_post(
                 await woke.wait()
 
 
+@pytest.mark.parametrize("seen", [True, False], ids=["end-seen", "end-unseen"])
+async def test_a_board_listens_again_after_its_listening_connection_ends(
+    pg_url: str, clock: Clock, seen: bool
+) -> None:
+    """The connection that LISTENs is ended by the server (a restart, an idle timeout,
+    an operator): the waiter looks at once (posts made meanwhile were not heard), and
+    the next wait listens on a new connection, so posts wake it by NOTIFY again rather
+    than at its next poll. Whether the client had seen the end yet or not."""
+    import asyncpg
+
+    from aioflow.journal.postgres import dsn_from_url
+
+    async with open_board(pg_url, clock) as board, open_board(pg_url, clock) as poster:
+        await board.wait_for_work(0.01)  # starts listening
+        first = board._listener  # type: ignore[attr-defined]
+        assert first is not None
+        if not seen:  # the board is not told: it finds the connection closed
+            first.remove_termination_listener(board._listener_lost)  # type: ignore[attr-defined]
+        admin = await asyncpg.connect(dsn_from_url(pg_url))
+        try:  # our own session, by its pid
+            pid = first.get_server_pid()
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        if seen:
+            with anyio.fail_after(10):  # woken by the end itself
+                await board.wait_for_work(60)
+        else:
+            with anyio.fail_after(10):
+                while not first.is_closed():
+                    await anyio.sleep(0.01)
+            assert board._listener is first  # type: ignore[attr-defined]
+        await board.wait_for_work(0.01)  # listens again
+        again = board._listener  # type: ignore[attr-defined]
+        assert again is not None and again is not first and not again.is_closed()
+        woke = anyio.Event()
+
+        async def waiter() -> None:
+            await board.wait_for_work(60)
+            woke.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.05)
+            await poster.post("m:f")
+            with anyio.fail_after(10):
+                await woke.wait()
+
+
 def test_open_refuses_unknown_schemes() -> None:
     assert isinstance(JobBoard.open("memory://"), MemoryJobBoard)
     assert isinstance(JobBoard.open("sqlite:///x.db"), SqliteJobBoard)

@@ -433,12 +433,26 @@ class PostgresJobBoard(JobBoard):
     def _notified(self, *args: object) -> None:
         self._wake.set()
 
+    def _listener_lost(self, listener: object) -> None:
+        """The listening connection closed (a server restart, an idle timeout, an
+        operator): posts made since were not heard, so the waiter looks now, and the next
+        wait listens on a new connection."""
+        if self._listener is listener:
+            self._listener = None
+        self._wake.set()
+
     async def wait_for_work(self, seconds: float) -> None:
-        if self._listener is None:
+        listener = self._listener
+        if listener is not None and listener.is_closed():
+            self._listener = listener = None  # ended before its end was seen: listen anew
+        if listener is None:
             try:
                 listener = await asyncpg.connect(self._dsn)
                 await listener.add_listener(CHANNEL, self._notified)
+                listener.add_termination_listener(self._listener_lost)
             except _ERRORS:
+                if listener is not None:
+                    listener.terminate()
                 listener = None  # polling still works; try listening again next time
             self._listener = listener
         with anyio.move_on_after(seconds):
