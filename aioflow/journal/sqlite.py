@@ -217,7 +217,8 @@ def _event_steps(batch: list[_Row]) -> _Steps:
     each for the powers of two that make up the rest."""
     values = _values(batch)
     steps: _Steps = []
-    start, size = 0, _ONE_STATEMENT
+    # From the largest size that fits: a chain's commit of two rows looks at one size.
+    start, size = 0, min(_ONE_STATEMENT, 1 << (len(batch).bit_length() - 1))
     while start < len(batch):
         end = len(batch) - (len(batch) - start) % size
         if end > start:
