@@ -906,3 +906,24 @@ def test_stored_state_names_decode_to_their_members_and_unknown_ones_are_refused
         decode_state(EventKind.ATOM, "BOGUS")
     with pytest.raises(ValueError, match="SUCCESSFUL"):
         decode_state(EventKind.FLOW, "SUCCESSFUL")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 8, 255, 256, 257, 300, 513, 1000])
+def test_a_commits_events_go_in_by_statements_of_prepared_sizes_in_order(rows: int) -> None:
+    """The events of a SQLite commit are split into multi-row INSERTs of the sizes the
+    journal prepares (powers of two up to 256), largest first, every row once, in order."""
+    batch = [
+        ("f", seq, 0.0, "ATOM", "a", "RUNNING", 1, None, None, None, None) for seq in range(rows)
+    ]
+    sizes: list[int] = []
+    seqs: list[int] = []
+    for statement, executions in sqlite_journal._event_steps(batch):
+        size = next(k for k, text in sqlite_journal._INSERT_EVENTS.items() if text == statement)
+        for values in executions:
+            assert len(values) == 9 * size
+            sizes.append(size)
+            seqs.extend(values[1::9])
+    assert seqs == list(range(rows))
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes.count(256) == rows // 256  # then each smaller size at most once
+    assert len(set(sizes) - {256}) == len(sizes) - sizes.count(256)
