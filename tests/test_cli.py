@@ -332,7 +332,7 @@ def running(db: Path, flow_id: str) -> bool:
     try:
         with sqlite3.connect(db, timeout=5) as conn:
             row = conn.execute(
-                "SELECT count(*) FROM aioflow_events WHERE flow_id = ? AND kind = 'PROGRESS'",
+                "SELECT count(*) FROM aioflow_flow_events WHERE flow_id = ? AND kind = 'PROGRESS'",
                 (flow_id,),
             ).fetchone()
     except sqlite3.OperationalError:

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aioflow._errors import JournalError, NotFoundError, SerializationError
+from aioflow._errors import JournalError, LeaseLostError, NotFoundError, SerializationError
 from aioflow._events import Event, EventKind
 from aioflow._states import AtomState, FlowStatus
 from aioflow.journal import (
@@ -27,6 +27,7 @@ from aioflow.journal import (
     open_journal,
 )
 from aioflow.journal import sqlite as sqlite_journal
+from aioflow.journal._base import Fence
 from aioflow.journal._writer import GroupWriter
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -690,9 +691,9 @@ def make_sqlite_file(path: Path, *statements: str) -> None:
         (
             [
                 "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                "INSERT INTO aioflow_meta VALUES ('schema_version', '3')",
+                "INSERT INTO aioflow_meta VALUES ('schema_version', '4')",
             ],
-            r"version 3.*version 2.*upgrade aioflow",
+            r"version 4.*version 3.*upgrade aioflow",
         ),
     ],
     ids=["other-tables", "other-version"],
@@ -730,9 +731,18 @@ async def test_schema_and_pragmas(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute(
             "SELECT value FROM aioflow_meta WHERE key='schema_version'"
-        ).fetchone() == ("2",)
+        ).fetchone() == ("3",)
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert tables == {"aioflow_meta", "aioflow_events", "aioflow_flows", "aioflow_owners"}
+        assert tables == {
+            "aioflow_meta",
+            "aioflow_events",
+            "aioflow_flows",
+            "aioflow_owners",
+            "sqlite_sequence",  # the flows' keys are never handed out twice
+        }
+        # Events name their flow by its integer key; a view gives them their flow's id.
+        assert db.execute("SELECT typeof(flow) FROM aioflow_events").fetchone() == ("integer",)
+        assert db.execute("SELECT flow_id, seq FROM aioflow_flow_events").fetchall() == [("f", 1)]
         # Details are the codec's text: plain JSON that SQLite can query.
         assert db.execute(
             "SELECT json_extract(details, '$.name') FROM aioflow_events"
@@ -827,13 +837,13 @@ def test_sigkill_loses_at_most_a_suffix(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         seqs = [
             r[0]
-            for r in db.execute("SELECT seq FROM aioflow_events WHERE flow_id = 'f' ORDER BY seq")
+            for r in db.execute(
+                "SELECT seq FROM aioflow_flow_events WHERE flow_id = 'f' ORDER BY seq"
+            )
         ]
-        (last_seq,) = db.execute("SELECT last_seq FROM aioflow_flows").fetchone()
     db.close()
     assert seqs == list(range(1, len(seqs) + 1))  # a prefix: no gap
     assert len(seqs) >= flushed  # everything reported flushed is there
-    assert last_seq == len(seqs)  # the summary moved in the same transactions
 
 
 def test_the_engines_plain_copy_of_the_atom_states_holds_every_member() -> None:
@@ -917,7 +927,7 @@ def test_a_commits_events_go_in_by_statements_of_prepared_sizes_in_order(rows: i
     ]
     sizes: list[int] = []
     seqs: list[int] = []
-    for statement, executions in sqlite_journal._event_steps(batch):
+    for statement, executions in sqlite_journal._event_steps(batch, {"f": 1}):
         size = next(k for k, text in sqlite_journal._INSERT_EVENTS.items() if text == statement)
         for values in executions:
             assert len(values) == 9 * size
@@ -927,3 +937,106 @@ def test_a_commits_events_go_in_by_statements_of_prepared_sizes_in_order(rows: i
     assert sizes == sorted(sizes, reverse=True)
     assert sizes.count(256) == rows // 256  # then each smaller size at most once
     assert len(set(sizes) - {256}) == len(sizes) - sizes.count(256)
+
+
+# ------------------------------------------------------------- schema 2 -> 3
+
+
+_VERSION_2 = (
+    "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE aioflow_events(flow_id TEXT, seq INTEGER, time REAL, kind TEXT,"
+    " atom TEXT, state TEXT, attempt INTEGER, progress REAL, details TEXT,"
+    " PRIMARY KEY(flow_id, seq)) WITHOUT ROWID",
+    "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
+    " created REAL, updated REAL, last_seq INTEGER, owner TEXT,"
+    " generation INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX aioflow_flows_created ON aioflow_flows(created, flow_id)",
+    "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT NULL)",
+    "INSERT INTO aioflow_meta VALUES ('schema_version', '2')",
+    # Two flows as version 2 wrote them: one ended, one owned by an engine.
+    "INSERT INTO aioflow_flows VALUES ('done', 'demo', 'SUCCESS', 'm:f', 1.0, 3.0, 3, NULL, 1)",
+    "INSERT INTO aioflow_flows VALUES ('busy', 'demo', 'RUNNING', NULL, 2.0, 2.0, 2, 'e1', 4)",
+    "INSERT INTO aioflow_owners VALUES ('e1', 1.0)",
+    "INSERT INTO aioflow_events VALUES ('done', 1, 1.0, 'FLOW', NULL, 'RUNNING', 0, NULL,"
+    ' \'{"name": "demo", "ref": "m:f"}\')',
+    "INSERT INTO aioflow_events VALUES ('done', 2, 2.0, 'ATOM', 'a', 'SUCCESS', 1, NULL,"
+    ' \'{"result": 7}\')',
+    "INSERT INTO aioflow_events VALUES ('done', 3, 3.0, 'FLOW', NULL, 'SUCCESS', 0, NULL, NULL)",
+    "INSERT INTO aioflow_events VALUES ('busy', 1, 2.0, 'FLOW', NULL, 'RUNNING', 0, NULL,"
+    ' \'{"name": "demo"}\')',
+    "INSERT INTO aioflow_events VALUES ('busy', 2, 2.5, 'ATOM', 'a', 'RUNNING', 1, NULL, NULL)",
+    # Events with no summary (an appender's own): kept, and still not listed.
+    "INSERT INTO aioflow_events VALUES ('loose', 1, 0.5, 'ATOM', 'x', 'RUNNING', 1, NULL, NULL)",
+)
+
+
+async def test_a_version_2_journal_is_migrated_to_integer_flow_keys_with_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    """Opening a version 2 file moves it to version 3 in one transaction, every event and
+    summary as it was (the same events load, the same flows list, the owner and its
+    generation kept), and the journal goes on: a new flow, and the owned flow taken over
+    and continued. Two journals opening it at once migrate it once."""
+    path = tmp_path / "v2.db"
+    make_sqlite_file(path, *_VERSION_2)
+    async with SqliteJournal(path) as journal, SqliteJournal(path) as again:
+        assert [(e.seq, e.kind, e.atom, e.details) for e in await journal.load("done")] == [
+            (1, EventKind.FLOW, None, {"name": "demo", "ref": "m:f"}),
+            (2, EventKind.ATOM, "a", {"result": 7}),
+            (3, EventKind.FLOW, None, {}),
+        ]
+        assert [e.seq for e in await again.load("busy")] == [1, 2]
+        assert [e.atom for e in await journal.load("loose")] == ["x"]
+        flows = {f.flow_id: f for f in await journal.flows()}
+        assert sorted(flows) == ["busy", "done"]  # 'loose' never started
+        assert (flows["done"].status, flows["done"].ref, flows["done"].last_seq) == (
+            FlowStatus.SUCCESS,
+            "m:f",
+            3,
+        )
+        assert (flows["busy"].owner, flows["busy"].generation, flows["busy"].last_seq) == (
+            "e1",
+            4,
+            2,
+        )
+        assert flows["busy"].orphaned  # its owner's heartbeat expired long ago
+        assert await journal.take("busy", "e2") == (5, 2)
+        journal.append(atom_event("busy", 3))
+        journal.append(flow_start("new"))
+        await journal.flush()
+        assert [e.seq for e in await again.load("busy")] == [1, 2, 3]
+        assert (await again.summary("new")).last_seq == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(aioflow_events)")]
+        assert columns[0] == "flow"
+        # The keys follow the order the flows were made in; no table of the copy is left.
+        keys = db.execute("SELECT flow_id FROM aioflow_flows ORDER BY key").fetchall()
+        assert keys == [("done",), ("busy",), ("loose",), ("new",)]
+        names = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert not any(name.endswith("_v3") for name in names)
+        assert "aioflow_flows_created" in names
+    db.close()
+
+
+async def test_events_of_a_flow_the_journal_does_not_know_are_refused_when_it_is_fenced(
+    tmp_path: Path,
+) -> None:
+    """An owned flow's events name it by the key read in their commit: when its summary
+    is gone (purged by another process), the commit refuses them, naming the flow, and
+    keeps nothing of them."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        journal.append(flow_start("f"))
+        await journal.flush()
+        generation, _ = await journal.take("f", "me")
+        journal.set_fence("f", Fence("me", generation))
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM aioflow_flows WHERE flow_id = 'f'")
+        db.close()
+        journal.append(atom_event("f", 2))
+        with pytest.raises(LeaseLostError, match="flow f"):
+            await journal.flush()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT seq FROM aioflow_events").fetchall() == [(1,)]
+    db.close()

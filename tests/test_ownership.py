@@ -404,7 +404,8 @@ async def test_a_version_1_journal_is_migrated_and_its_running_flows_are_orphans
         journal.append(flow_start("new"))
         await journal.flush()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("2",)]
+        # Migrated through version 2 (ownership) to 3 (integer flow keys).
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
     db.close()
 
 

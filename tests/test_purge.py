@@ -89,12 +89,20 @@ async def stored(journal: Journal, flow_id: str) -> dict[str, int]:
     if isinstance(journal, SqliteJournal):
         with sqlite3.connect(journal.path) as conn:
             tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-            for table in ("events", "flows", "mailbox"):
+            # Events name their flow by its key: the view gives them its id, and no
+            # event may outlive its flow's summary (which the view would not show).
+            for table in ("flow_events", "flows", "mailbox"):
                 counts[table] = 0
                 if f"aioflow_{table}" in tables:  # the mailbox is made by the first post
                     (counts[table],) = conn.execute(
                         f"SELECT count(*) FROM aioflow_{table} WHERE flow_id = ?", (flow_id,)
                     ).fetchone()
+            counts["events"] = counts.pop("flow_events")
+            (unkeyed,) = conn.execute(
+                "SELECT count(*) FROM aioflow_events WHERE flow NOT IN"
+                " (SELECT key FROM aioflow_flows)"
+            ).fetchone()
+            assert unkeyed == 0, f"{unkeyed} events outlived their flow's summary"
         return counts
     import asyncpg
 
@@ -513,7 +521,14 @@ def test_aioflow_purge_and_aioflow_jobs_purge_as_a_user_runs_them(tmp_path: Path
     assert '"flows": 1' in purged.stdout and '"dry_run": false' in purged.stdout
 
     with sqlite3.connect(tmp_path / "flows.db") as conn:
-        left = {flow_id for (flow_id,) in conn.execute("SELECT flow_id FROM aioflow_events")}
+        # A purged flow's events go with it: none is left without its summary (None).
+        left = {
+            flow_id
+            for (flow_id,) in conn.execute(
+                "SELECT f.flow_id FROM aioflow_events e"
+                " LEFT JOIN aioflow_flows f ON f.key = e.flow"
+            )
+        }
     assert left == {"suspended", "new"}
 
     jobs = aioflow_cmd("jobs", "purge", "--older-than", "30d", "--journal", url)

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from time import monotonic, sleep
-from typing import Any, TypeAlias, cast
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import aiosqlite
 import anyio
@@ -38,7 +38,6 @@ from ._base import (
     PurgeKey,
     check_keep,
     check_limit,
-    encode_details,
     encode_message,
     page,
     plan_compaction,
@@ -46,17 +45,20 @@ from ._base import (
     settle_appends,
     taken_over,
 )
-from ._writer import CommitError, EventRow, GroupWriter, WriterJournal
+from ._writer import CommitError, EventRow, GroupWriter, WriterJournal, fields_row
 
 __all__ = ["SqliteJournal"]
 
 _LOG = get_logger("aioflow.journal")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``).
 
 Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows``, and the
-engines' heartbeats in ``aioflow_owners``); a version 1 file is migrated when opened."""
+engines' heartbeats in ``aioflow_owners``). Version 3 keys events by the flow's integer
+``key`` instead of its 32-letter id (a smaller row and a cheaper index a row), and stops
+rewriting the flow's summary at every commit (its last seq is read from its events). A
+version 1 or 2 file is migrated when opened."""
 
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT NULL)"
 # The order list_flows pages in, newest first. No schema version of its own: an older
@@ -66,16 +68,32 @@ _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT 
 _FLOWS_CREATED = (
     "CREATE INDEX IF NOT EXISTS aioflow_flows_created ON aioflow_flows(created, flow_id)"
 )
+# AUTOINCREMENT: a key is never handed out twice, so a key this process remembers for a
+# flow that another one purged names no other flow.
+_FLOWS_TABLE = (
+    "CREATE TABLE aioflow_flows(key INTEGER PRIMARY KEY AUTOINCREMENT, flow_id TEXT NOT NULL"
+    " UNIQUE, name TEXT, status TEXT, ref TEXT, created REAL, updated REAL, owner TEXT,"
+    " generation INTEGER NOT NULL DEFAULT 0)"
+)
+_EVENTS_TABLE = (
+    "CREATE TABLE aioflow_events(flow INTEGER, seq INTEGER, time REAL, kind TEXT,"
+    " atom TEXT, state TEXT, attempt INTEGER, progress REAL, details TEXT,"
+    " PRIMARY KEY(flow, seq)) WITHOUT ROWID"
+)
+# For people reading the file with sqlite3: the events with their flow's id, as version
+# 2 stored them. aioflow itself never reads it.
+_EVENTS_VIEW = (
+    "CREATE VIEW IF NOT EXISTS aioflow_flow_events AS SELECT f.flow_id, e.seq, e.time, e.kind,"
+    " e.atom, e.state, e.attempt, e.progress, e.details FROM aioflow_events e"
+    " JOIN aioflow_flows f ON f.key = e.flow"
+)
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE aioflow_events(flow_id TEXT, seq INTEGER, time REAL, kind TEXT,"
-    " atom TEXT, state TEXT, attempt INTEGER, progress REAL, details TEXT,"
-    " PRIMARY KEY(flow_id, seq)) WITHOUT ROWID",
-    "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
-    " created REAL, updated REAL, last_seq INTEGER, owner TEXT,"
-    " generation INTEGER NOT NULL DEFAULT 0)",
+    _EVENTS_TABLE,
+    _FLOWS_TABLE,
     _FLOWS_CREATED,
     _OWNERS,
+    _EVENTS_VIEW,
 )
 # The mailbox (see Journal.post_message). No schema version of its own: an older aioflow
 # opening the file ignores a table it does not know, and this one reads a file without
@@ -103,6 +121,29 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE aioflow_flows ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
     _OWNERS,
     "UPDATE aioflow_meta SET value = '2' WHERE key = 'schema_version'",
+)
+# Version 2 to 3 in one transaction: the flows get integer keys (in the order they were
+# made), and the events are copied under them. Events of a flow with no summary row (none
+# should exist) are kept, under a summary of their own with no status.
+_MIGRATE_2_TO_3 = (
+    _FLOWS_TABLE.replace("aioflow_flows(", "aioflow_flows_v3(", 1),
+    "INSERT INTO aioflow_flows_v3(flow_id, name, status, ref, created, updated, owner,"
+    " generation) SELECT flow_id, name, status, ref, created, updated, owner, generation"
+    " FROM aioflow_flows ORDER BY created, rowid",
+    "INSERT INTO aioflow_flows_v3(flow_id, created, updated) SELECT flow_id, min(time),"
+    " max(time) FROM aioflow_events WHERE flow_id NOT IN (SELECT flow_id FROM aioflow_flows)"
+    " GROUP BY flow_id ORDER BY min(time)",
+    _EVENTS_TABLE.replace("aioflow_events(", "aioflow_events_v3(", 1),
+    "INSERT INTO aioflow_events_v3 SELECT f.key, e.seq, e.time, e.kind, e.atom, e.state,"
+    " e.attempt, e.progress, e.details FROM aioflow_events e JOIN aioflow_flows_v3 f"
+    " USING (flow_id) ORDER BY f.key, e.seq",
+    "DROP TABLE aioflow_events",
+    "DROP TABLE aioflow_flows",
+    "ALTER TABLE aioflow_flows_v3 RENAME TO aioflow_flows",
+    "ALTER TABLE aioflow_events_v3 RENAME TO aioflow_events",
+    _FLOWS_CREATED,
+    _EVENTS_VIEW,
+    "UPDATE aioflow_meta SET value = '3' WHERE key = 'schema_version'",
 )
 
 _PRAGMAS = "PRAGMA synchronous=NORMAL;"
@@ -148,25 +189,30 @@ _INSERT_EVENTS = {
 }
 _INSERT_EVENT = _INSERT_EVENTS[1]
 _CREATE_FLOW = (
-    "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, last_seq, owner,"
-    " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
+    "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, owner,"
+    " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
 )
-# A flow that comes to rest gives its owner up in the same transaction (?2 = 2).
-_SET_SUMMARY = (
-    "UPDATE aioflow_flows SET last_seq = max(last_seq, ?1),"
-    " status = CASE WHEN ?2 THEN ?3 ELSE status END,"
-    " updated = CASE WHEN ?2 THEN ?4 ELSE updated END,"
-    " owner = CASE WHEN ?2 = 2 THEN NULL ELSE owner END WHERE flow_id = ?5"
+# A flow that comes to rest gives its owner up in the same transaction (?3).
+_SET_STATUS = (
+    "UPDATE aioflow_flows SET status = ?1, updated = ?2,"
+    " owner = CASE WHEN ?3 THEN NULL ELSE owner END WHERE key = ?4"
 )
+"""The summary update of a commit holding FLOW events (the last one's status); a commit
+without one changes no summary."""
 _HEARTBEAT = (
     "INSERT INTO aioflow_owners(owner, expires) VALUES (?, ?)"
     " ON CONFLICT(owner) DO UPDATE SET expires = excluded.expires"
 )
-_UPDATE_FLOW = _SET_SUMMARY
-"""The summary update of an unfenced flow."""
-_UPDATE_FENCED = _SET_SUMMARY + " AND generation = ?6"
-"""The summary update of a fenced flow: it matches no row once the flow's generation
-moved on, which the commit counts (the fence check costs no statement of its own)."""
+_FIND_BY = {
+    column: "SELECT key, flow_id, generation, owner FROM aioflow_flows WHERE " + column + " IN "
+    for column in ("key", "flow_id")
+}
+_FIND_ONE = {
+    column: "SELECT key, flow_id, generation, owner FROM aioflow_flows WHERE " + column + " = ?"
+    for column in ("key", "flow_id")
+}
+_FIND_CHUNK = 1024
+"""The most flows one lookup of :meth:`SqliteJournal._finds` names."""
 _COMPLETE_JOB = (
     "UPDATE aioflow_jobs SET state = 'COMPLETE', status = 'SUCCESS', failures = NULL,"
     " updated = ? WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
@@ -185,19 +231,30 @@ _JOBBOARD_NAMES = ("aioflow_job", "sqlite_autoindex_aioflow_job")
 
 _SELECT_EVENTS = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
-    " WHERE flow_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+    " WHERE flow = (SELECT key FROM aioflow_flows WHERE flow_id = ?) AND seq > ?"
+    " ORDER BY seq LIMIT ?"
 )
 _LOAD = (
     "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
-    " WHERE flow_id = ? ORDER BY seq"
+    " WHERE flow = (SELECT key FROM aioflow_flows WHERE flow_id = ?) ORDER BY seq"
+)
+_LOAD_KEY = (
+    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    " WHERE flow = ? ORDER BY seq"
 )
 """A whole flow, in one statement: one read transaction, hence one snapshot of the WAL."""
+_LAST_SEQ = "coalesce((SELECT max(seq) FROM aioflow_events e WHERE e.flow = f.key), 0)"
+"""A flow's last seq, from its events (one step down the primary key)."""
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 """The most values one statement may take (SQLite's limit): a purge batch's bound."""
 _SELECT_FLOWS = (
-    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
-    " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, "
+    + _LAST_SEQ
+    + ", f.owner, f.generation, o.expires FROM aioflow_flows f"
+    " LEFT JOIN aioflow_owners o USING (owner) WHERE f.name IS NOT NULL"
 )
+"""The summaries of the flows that started (a flow known only by events that a caller
+appended without a start has a summary row without a name, as a key for them)."""
 _OWNERS_KEPT = 3600.0
 """Seconds an expired heartbeat row is kept before a heartbeat deletes it (a flow whose
 owner has no row is orphaned all the same)."""
@@ -211,11 +268,15 @@ _Steps: TypeAlias = list[tuple[str, Sequence[Sequence[Any]]]]
 _Fetch: TypeAlias = Callable[[str, Iterable[Any]], Awaitable[Iterable[Any]]]
 
 
-def _event_steps(batch: list[_Row]) -> _Steps:
+def _event_steps(batch: list[_Row], keys: Mapping[str, int]) -> _Steps:
     """``batch``'s events as (statement, values of each execution) pairs for
-    ``executemany``: as many statements of :data:`_ONE_STATEMENT` rows as fit, then one
-    each for the powers of two that make up the rest."""
-    values = _values(batch)
+    ``executemany``, each flow named by its key in ``keys``: as many statements of
+    :data:`_ONE_STATEMENT` rows as fit, then one each for the powers of two that make up
+    the rest."""
+    values = _values(batch, keys)
+    n = len(batch)
+    if n <= _ONE_STATEMENT and not n & (n - 1):  # one statement (a chain's two rows)
+        return [(_INSERT_EVENTS[n], [values])]
     steps: _Steps = []
     # From the largest size that fits: a chain's commit of two rows looks at one size.
     start, size = 0, min(_ONE_STATEMENT, 1 << (len(batch).bit_length() - 1))
@@ -229,7 +290,7 @@ def _event_steps(batch: list[_Row]) -> _Steps:
     return steps
 
 
-def _values(rows: list[_Row]) -> list[Any]:
+def _values(rows: list[_Row], keys: Mapping[str, int]) -> list[Any]:
     """The values of ``rows`` for :data:`_INSERT_EVENTS`, a NULL as ''. Only atom, state,
     progress and details may be NULL; no stored text is ever ''."""
     values: list[Any] = []
@@ -237,7 +298,7 @@ def _values(rows: list[_Row]) -> list[Any]:
     for flow_id, seq, time, kind, atom, state, attempt, progress, details, _, _ in rows:
         extend(
             (
-                flow_id,
+                keys[flow_id],
                 seq,
                 time,
                 kind,
@@ -249,6 +310,19 @@ def _values(rows: list[_Row]) -> list[Any]:
             )
         )
     return values
+
+
+def _in_list(values: list[Any]) -> tuple[str, list[Any]]:
+    """``(?, ...)`` for ``values``, padded to a power of two by repeating the last value,
+    so that a few statement texts serve every lookup (and stay in the statement cache)."""
+    size = 1 << (len(values) - 1).bit_length()
+    marks = _MARKS.get(size)
+    if marks is None:
+        marks = _MARKS[size] = "(" + ", ".join("?" * size) + ")"
+    return marks, values + [values[-1]] * (size - len(values))
+
+
+_MARKS: dict[int, str] = {}
 
 
 def _passive_checkpoint(conn: sqlite3.Connection) -> bool:
@@ -335,7 +409,7 @@ def _list_query(
         created, flow_id = read_cursor(before)
         where.append("f.created <= ? AND (f.created < ? OR f.flow_id < ?)")
         params.extend((created, created, flow_id))
-    sql = _SELECT_FLOWS + (" WHERE " + " AND ".join(where) if where else "")
+    sql = _SELECT_FLOWS + "".join(" AND " + term for term in where)
     return sql + " ORDER BY f.created DESC, f.flow_id DESC LIMIT ?", [*params, limit + 1]
 
 
@@ -373,16 +447,16 @@ def _purge_sync(
     in_ids = "flow_id IN (" + ", ".join("?" * len(ids)) + ")"
     conn.execute("BEGIN IMMEDIATE")
     try:
-        gone = [
-            flow_id
-            for (flow_id,) in conn.execute(
-                f"SELECT flow_id FROM aioflow_flows WHERE {in_ids} AND {where}",
-                [*ids, *statuses, cut, cut],
-            ).fetchall()
-        ]
+        found = conn.execute(
+            f"SELECT key, flow_id FROM aioflow_flows WHERE {in_ids} AND {where}",
+            [*ids, *statuses, cut, cut],
+        ).fetchall()
+        gone = [flow_id for _, flow_id in found]
         if gone:
+            keys = [key for key, _ in found]
+            in_keys = "flow IN (" + ", ".join("?" * len(keys)) + ")"
+            conn.execute(f"DELETE FROM aioflow_events WHERE {in_keys}", keys)
             in_gone = "flow_id IN (" + ", ".join("?" * len(gone)) + ")"
-            conn.execute(f"DELETE FROM aioflow_events WHERE {in_gone}", gone)
             mailbox = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'aioflow_mailbox'"
             ).fetchone()
@@ -413,6 +487,30 @@ def _event(flow_id: str, row: Sequence[Any], decode: Callable[[str], Any]) -> Ev
         progress,
         {} if details is None else cast("Mapping[str, Any]", decode(details)),
     )
+
+class _Plan(NamedTuple):
+    """What a commit reads and writes before its events: the flows of its batch, its
+    FLOW rows, the summaries it creates (values of :data:`_CREATE_FLOW`), and the lookups
+    (statement, values) that give the keys it does not know yet and the generations of
+    its fenced flows."""
+
+    flows: set[str]
+    flow_rows: list[_Row]
+    created: list[tuple[Any, ...]]
+    finds: list[tuple[str, list[Any]]]
+
+
+def _finds(column: str, values: list[Any]) -> list[tuple[str, list[Any]]]:
+    """The lookups of the flows whose ``column`` is in ``values`` (:data:`_FIND_BY`), in
+    chunks of :data:`_FIND_CHUNK`."""
+    if len(values) == 1:  # most commits: one flow's events
+        return [(_FIND_ONE[column], values)]
+    finds = []
+    for start in range(0, len(values), _FIND_CHUNK):
+        marks, padded = _in_list(values[start : start + _FIND_CHUNK])
+        finds.append((_FIND_BY[column] + marks, padded))
+    return finds
+
 
 class SqliteJournal(WriterJournal):
     """A :class:`Journal` in a SQLite file that several processes may share.
@@ -448,6 +546,9 @@ class SqliteJournal(WriterJournal):
         # connection never runs inside that open transaction.
         self._lock = anyio.Lock()
         self._fences: dict[str, Fence] = {}
+        # The integer keys of flows (aioflow_flows.key) this journal has met: the events'
+        # rows name a flow by it. A key is never reused (AUTOINCREMENT).
+        self._keys: dict[str, int] = {}
         self._retiring: dict[str, tuple[int, Fence]] = {}
         self._completing: dict[str, tuple[int, Callable[[], float]]] = {}
         self._completed: dict[str, bool] = {}
@@ -586,13 +687,13 @@ class SqliteJournal(WriterJournal):
         version = next(iter(found), (None,))[0]
         if version is None:
             raise JournalError(f"{self.path} has an aioflow_meta table without a schema_version")
-        if version == "1":
+        if version in ("1", "2"):
             await self._migrate(db)
         elif version != str(SCHEMA_VERSION):
             raise JournalError(
                 f"{self.path} is an aioflow journal with schema version {version}; this "
                 f"version of aioflow reads schema version {SCHEMA_VERSION} (and migrates "
-                "version 1); a newer aioflow wrote it: upgrade aioflow to open it"
+                "versions 1 and 2); a newer aioflow wrote it: upgrade aioflow to open it"
             )
         missing = {"aioflow_events", "aioflow_flows"} - names
         if missing:
@@ -600,17 +701,24 @@ class SqliteJournal(WriterJournal):
         return True
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        """Bring a version 1 journal to version 2 (flow ownership), in one transaction:
-        every process opening it at once migrates it once."""
+        """Bring a version 1 or 2 journal to version 3, in one transaction: every process
+        opening it at once migrates it once. Version 1 to 2 adds flow ownership; 2 to 3
+        keys the events by an integer per flow (it copies them: a large journal takes a
+        while, once)."""
 
         async def steps(db: aiosqlite.Connection) -> None:
             found = await db.execute_fetchall(
                 "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
             )
-            if next(iter(found), (None,))[0] == "1":
+            version = next(iter(found), (None,))[0]
+            if version == "1":
                 for statement in _MIGRATE_1_TO_2:
                     await db.execute(statement)
-                _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=2)
+                version = "2"
+            if version == "2":
+                for statement in _MIGRATE_2_TO_3:
+                    await db.execute(statement)
+                _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=3)
 
         await immediate(db, steps)
 
@@ -787,7 +895,7 @@ class SqliteJournal(WriterJournal):
 
     def _commit_inline(self, batch: list[_Row]) -> bool:
         """Commit a few hundred rows at most on the event loop's thread; False if the file
-        was locked.
+        was locked, or a flow of the batch is refused (the writer's path names why).
 
         A hop to aiosqlite's thread and back costs more than writing a few hundred rows
         to the WAL (no fsync with synchronous=NORMAL), and while the loop is busy the hop
@@ -799,6 +907,7 @@ class SqliteJournal(WriterJournal):
         """
         inline = self._inline
         assert inline is not None
+        plan = self._plan(batch)
         try:
             inline.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -806,22 +915,38 @@ class SqliteJournal(WriterJournal):
                 return False
             raise
         beat = self._beat
+        jobs: list[tuple[float, str, int]] = []
         try:
-            for statement, rows in self._inserts(batch):
-                # No cursor is kept: a failure's traceback would keep the file open.
-                changed = inline.executemany(statement, rows).rowcount
-                if statement is _UPDATE_FENCED and changed != len(rows):
-                    inline.execute("ROLLBACK")  # a fence no longer holds
+            if plan.created:
+                inline.executemany(_CREATE_FLOW, plan.created)
+            # No cursor is kept: a failure's traceback would keep the file open.
+            found = [row for sql, values in plan.finds for row in inline.execute(sql, values)]
+            if found or plan.created:
+                if self._refusals(plan, found):
+                    inline.execute("ROLLBACK")
+                    self._forget(plan)
                     return False
-            jobs = self._completions(batch)
+            elif plan.finds:
+                inline.execute("ROLLBACK")  # no flow found: the writer's path says why
+                return False
+            for statement, rows in self._inserts(batch, plan):
+                if len(rows) == 1:
+                    inline.execute(statement, rows[0])
+                else:
+                    inline.executemany(statement, rows)
+            if plan.flow_rows:  # only a FLOW event can complete a job
+                jobs = self._completions(batch)
             done = [job[1] for job in jobs if inline.execute(_COMPLETE_JOB, job).rowcount]
             inline.execute("COMMIT")
         except BaseException:
             if inline.in_transaction:
                 inline.execute("ROLLBACK")
+            self._forget(plan)
             raise
-        self._completed_with(jobs, done)
-        self._beat_sent(beat)
+        if jobs:
+            self._completed_with(jobs, done)
+        if beat is not None:
+            self._beat_sent(beat)
         self._inline_rows += len(batch)
         return True
 
@@ -830,24 +955,27 @@ class SqliteJournal(WriterJournal):
     ) -> dict[str, BaseException]:
         """Commit ``batch`` in aiosqlite's thread, which waits for the file's lock: one
         transaction of the same statements as an inline commit. The rows of a flow whose
-        fence no longer holds, or that conflict with committed events, are left out (the
-        transaction is tried again without them); returns those flows with their errors.
+        fence no longer holds, that is not in the journal, or that conflict with committed
+        events, are left out (the transaction is tried again without them); returns those
+        flows with their errors.
         """
         refused: dict[str, BaseException] = {}
         # Readers on this connection must not see the open transaction.
         async with self._lock:
             while batch:
-                found: dict[str, BaseException] = {}
                 beat = self._beat
+                plan = self._plan(batch)
                 await db.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement, rows in self._inserts(batch):
-                        cursor = await db.executemany(statement, rows)
-                        if statement is _UPDATE_FENCED and cursor.rowcount != len(rows):
-                            # Read in the transaction: no claim can change meanwhile.
-                            found = await self._lost(db, batch)
-                            break
-                    else:
+                    if plan.created:
+                        await db.executemany(_CREATE_FLOW, plan.created)
+                    found: list[Any] = []
+                    for sql, values in plan.finds:
+                        found += await db.execute_fetchall(sql, values)
+                    lost = self._refusals(plan, found)
+                    if not lost:
+                        for statement, rows in self._inserts(batch, plan):
+                            await db.executemany(statement, rows)
                         jobs = self._completions(batch)
                         done = []
                         for job in jobs:
@@ -858,52 +986,107 @@ class SqliteJournal(WriterJournal):
                         self._beat_sent(beat)
                         break
                     await db.execute("ROLLBACK")
+                    self._forget(plan)
                 except sqlite3.IntegrityError:
                     if db.in_transaction:
                         await db.execute("ROLLBACK")
+                    self._forget(plan)
                     # A run that lost its flow meets the new owner's events: say so.
-                    found = await self._lost(db, batch) or await self._conflicts(db, batch)
+                    lost = await self._conflicts(db, batch)
                 except BaseException:
                     if db.in_transaction:
                         await db.execute("ROLLBACK")
+                    self._forget(plan)
                     raise
-                if not found:
+                if not lost:
                     raise JournalError(f"journal {self.url}: a commit was refused for no flow")
-                refused.update(found)
-                batch = [row for row in batch if row[0] not in found]
+                refused.update(lost)
+                batch = [row for row in batch if row[0] not in lost]
         return refused
 
-    async def _lost(self, db: aiosqlite.Connection, batch: list[_Row]) -> dict[str, BaseException]:
-        """The fenced flows of ``batch`` whose generation moved on, with their errors."""
-        fenced = {row[0]: self._fences[row[0]] for row in batch if row[0] in self._fences}
-        if not fenced:
-            return {}
-        marks = ", ".join("?" * len(fenced))
-        rows = await db.execute_fetchall(
-            f"SELECT flow_id, generation, owner FROM aioflow_flows WHERE flow_id IN ({marks})",
-            list(fenced),
-        )
-        current = {flow_id: (generation, owner) for flow_id, generation, owner in rows}
-        lost: dict[str, BaseException] = {}
-        for flow_id, fence in fenced.items():
-            generation, owner = current.get(flow_id, (None, None))
-            if generation != fence.generation:
-                lost[flow_id] = taken_over(flow_id, fence, owner)
-        return lost
+    def _plan(self, batch: list[_Row]) -> _Plan:
+        """What a commit of ``batch`` reads and writes before its events (see
+        :class:`_Plan`)."""
+        flow_rows = [row for row in batch if row[3] == "FLOW"]  # few: a C-speed filter
+        flows = {row[0] for row in batch}
+        keys = self._keys
+        fences = self._fences
+        if not flow_rows and len(flows) == 1:  # most commits: a run's events
+            (flow_id,) = flows
+            key = keys.get(flow_id)
+            if key is not None:
+                if flow_id not in fences:
+                    return _Plan(flows, flow_rows, [], [])
+                return _Plan(flows, flow_rows, [], [(_FIND_ONE["key"], [key])])
+        created: list[tuple[Any, ...]] = []
+        by_id: dict[str, None] = {}
+        for row in flow_rows:
+            if row[9] is not None:  # the flow's first event: its summary is made
+                fence = fences.get(row[0])
+                owner, generation = (None, 0) if fence is None else (fence.owner, fence.generation)
+                created.append((row[0], row[9], row[5], row[10], row[2], row[2], owner, generation))
+                by_id[row[0]] = None
+        by_key: list[int] = []
+        for flow_id in flows:
+            key = keys.get(flow_id)
+            if key is None:
+                if flow_id not in by_id and flow_id not in fences:
+                    # Events without a start (a caller's own appends): a summary without
+                    # a name keys them, unless the flow has one (as the memory journal).
+                    when = batch[0][2]
+                    created.append((flow_id, None, None, None, when, when, None, 0))
+                by_id[flow_id] = None
+            elif flow_id in fences and flow_id not in by_id:
+                by_key.append(key)
+        finds = _finds("key", by_key) if by_key else []
+        if by_id:
+            finds += _finds("flow_id", list(by_id))
+        return _Plan(flows, flow_rows, created, finds)
 
-    def _inserts(self, batch: list[_Row]) -> _Steps:
-        """The statements that commit ``batch``: its events, the flows it creates, and
-        the summary update of each flow it touches (the fenced ones' last)."""
-        created, updates, fenced = self._summaries(batch)
-        steps = _event_steps(batch)
-        if created:
-            steps.append((_CREATE_FLOW, created))
-        if updates:
-            steps.append((_UPDATE_FLOW, updates))
+    def _refusals(self, plan: _Plan, found: Iterable[Sequence[Any]]) -> dict[str, BaseException]:
+        """Learn the keys in ``found`` (rows of :data:`_FIND_BY`, read in the commit's
+        transaction, so that no claim can change before it ends), and return the flows
+        of ``plan`` whose rows must be refused, with their errors: a fence whose
+        generation moved on, a flow that is not in the journal."""
+        keys = self._keys
+        fences = self._fences
+        current: dict[str, tuple[int, str | None]] = {}
+        for key, flow_id, generation, owner in found:
+            keys[flow_id] = key
+            current[flow_id] = (generation, owner)
+        refused: dict[str, BaseException] = {}
+        for flow_id in plan.flows:
+            fence = fences.get(flow_id)
+            if fence is not None:
+                generation, owner = current.get(flow_id, (None, None))
+                if generation != fence.generation:
+                    refused[flow_id] = taken_over(flow_id, fence, owner)
+            elif flow_id not in keys:
+                refused[flow_id] = JournalError(
+                    f"journal {self.url}: no flow {flow_id} to add events to (it was never "
+                    "started in this journal, or it was purged)"
+                )
+        return refused
+
+    def _forget(self, plan: _Plan) -> None:
+        """After a rollback: the keys of the flows ``plan`` created are not theirs."""
+        for row in plan.created:
+            self._keys.pop(row[0], None)
+
+    def _inserts(self, batch: list[_Row], plan: _Plan) -> _Steps:
+        """The statements that commit ``batch`` once its flows' keys are known: its
+        events, the status of each flow that has a FLOW event in it, and a heartbeat."""
+        keys = self._keys
+        steps = _event_steps(batch, keys)
+        if plan.flow_rows:
+            # The last FLOW event's; a flow that comes to rest gives up its owner.
+            status = {
+                row[0]: (row[5], row[2], row[5] in _RESTING, keys[row[0]])
+                for row in plan.flow_rows
+            }
+            steps.append((_SET_STATUS, list(status.values())))
         if self._beat is not None:
             steps.append((_HEARTBEAT, [self._beat]))
-        if fenced:
-            steps.append((_UPDATE_FENCED, fenced))
         return steps
 
     def beat_on_commit(self, owner: str, expires: float) -> bool:
@@ -916,38 +1099,6 @@ class SqliteJournal(WriterJournal):
         """A commit carrying ``beat`` succeeded."""
         if beat is not None and self._beat is beat:
             self._beat = None
-
-    def _summaries(
-        self, batch: list[_Row]
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The flow rows a batch creates, and the summary update of each flow it touches:
-        unfenced, and fenced (which must find the fence's generation).
-
-        A flow's rows come in the order of their seq (its run numbers them as it appends
-        them), so the last row of a flow in the batch has its highest seq."""
-        fences = self._fences
-        last = {row[0]: row[1] for row in batch}
-        status: dict[str, tuple[int, str | None, float]] = {}
-        created: list[tuple[Any, ...]] = []
-        for row in [row for row in batch if row[3] == "FLOW"]:  # few: a C-speed filter
-            # The last FLOW event's; a flow that comes to rest gives up its owner.
-            status[row[0]] = (2 if row[5] in _RESTING else 1, row[5], row[2])
-            if row[9] is not None:
-                fence = fences.get(row[0])
-                owner, generation = (None, 0) if fence is None else (fence.owner, fence.generation)
-                created.append(
-                    (row[0], row[9], row[5], row[10], row[2], row[2], row[1], owner, generation)
-                )
-        updates: list[tuple[Any, ...]] = []
-        fenced: list[tuple[Any, ...]] = []
-        for flow_id, seq in last.items():
-            flag, state, when = status.get(flow_id, (0, None, None))
-            fence = fences.get(flow_id)
-            if fence is None:
-                updates.append((seq, flag, state, when, flow_id))
-            else:
-                fenced.append((seq, flag, state, when, flow_id, fence.generation))
-        return created, updates, fenced
 
     async def _conflicts(
         self, db: aiosqlite.Connection, batch: list[_Row]
@@ -965,7 +1116,8 @@ class SqliteJournal(WriterJournal):
             if flow_id in found:
                 continue
             rows = await db.execute_fetchall(
-                "SELECT seq FROM aioflow_events WHERE flow_id = ? AND seq BETWEEN ? AND ?",
+                "SELECT seq FROM aioflow_events WHERE flow = (SELECT key FROM aioflow_flows"
+                " WHERE flow_id = ?) AND seq BETWEEN ? AND ?",
                 (flow_id, min(seqs), max(seqs)),
             )
             taken = seqs & {seq for (seq,) in rows}
@@ -1026,7 +1178,7 @@ class SqliteJournal(WriterJournal):
             rows = await self._query(_SELECT_FLOWS + " ORDER BY f.created, f.rowid")
         else:
             rows = await self._query(
-                _SELECT_FLOWS + " WHERE f.status = ? ORDER BY f.created, f.rowid", (status.value,)
+                _SELECT_FLOWS + " AND f.status = ? ORDER BY f.created, f.rowid", (status.value,)
             )
         now = self.clock()
         return [FlowSummary.from_row(row, now) for row in rows]
@@ -1045,7 +1197,7 @@ class SqliteJournal(WriterJournal):
         return page([FlowSummary.from_row(row, now) for row in rows], limit)
 
     async def summary(self, flow_id: str) -> FlowSummary:
-        rows = await self._query(_SELECT_FLOWS + " WHERE f.flow_id = ?", (flow_id,))
+        rows = await self._query(_SELECT_FLOWS + " AND f.flow_id = ?", (flow_id,))
         if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
         return FlowSummary.from_row(rows[0], self.clock())
@@ -1053,7 +1205,7 @@ class SqliteJournal(WriterJournal):
     async def orphans(self) -> list[FlowSummary]:
         now = self.clock()
         rows = await self._query(
-            _SELECT_FLOWS + " WHERE f.status IN (?, ?) AND (f.owner IS NULL OR o.expires IS NULL"
+            _SELECT_FLOWS + " AND f.status IN (?, ?) AND (f.owner IS NULL OR o.expires IS NULL"
             " OR o.expires <= ?) ORDER BY f.created, f.rowid",
             (*sorted(status.value for status in ACTIVE), now),
         )
@@ -1080,7 +1232,7 @@ class SqliteJournal(WriterJournal):
         async def steps(db: aiosqlite.Connection) -> tuple[int, int]:
             rows = list(
                 await db.execute_fetchall(
-                    "SELECT f.owner, f.generation, f.last_seq, o.expires FROM"
+                    "SELECT f.owner, f.generation, " + _LAST_SEQ + ", o.expires, f.key FROM"
                     " aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
                     " WHERE f.flow_id = ?",
                     (flow_id,),
@@ -1088,13 +1240,14 @@ class SqliteJournal(WriterJournal):
             )
             if not rows:
                 raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-            current, generation, last_seq, expires = rows[0]
+            current, generation, last_seq, expires, key = rows[0]
             if current is not None and current != owner and expires is not None and expires > now:
                 raise FlowBusyError(flow_id, current, expires)
             await db.execute(
-                "UPDATE aioflow_flows SET owner = ?, generation = ? WHERE flow_id = ?",
-                (owner, generation + 1, flow_id),
+                "UPDATE aioflow_flows SET owner = ?, generation = ? WHERE key = ?",
+                (owner, generation + 1, key),
             )
+            self._keys[flow_id] = key
             if self._beat is not None:  # the taker's heartbeat, in the same transaction
                 await db.execute(_HEARTBEAT, self._beat)
             return generation + 1, last_seq
@@ -1319,25 +1472,24 @@ class SqliteJournal(WriterJournal):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = conn.execute(
-                    "SELECT seq, time, kind, atom, state, attempt, progress, details"
-                    " FROM aioflow_events WHERE flow_id = ? ORDER BY seq",
-                    (flow_id,),
-                ).fetchall()
+                found = conn.execute(
+                    "SELECT key FROM aioflow_flows WHERE flow_id = ?", (flow_id,)
+                ).fetchone()
+                rows = [] if found is None else conn.execute(_LOAD_KEY, found).fetchall()
                 if not rows:
                     raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
+                (key,) = found
                 plan = plan_compaction([self._event(flow_id, row) for row in rows], keep, before)
                 if plan is None:
                     return 0
                 n, folded = plan
                 conn.execute(
-                    "DELETE FROM aioflow_events WHERE flow_id = ? AND seq <= ?",
-                    (flow_id, folded.seq),
+                    "DELETE FROM aioflow_events WHERE flow = ? AND seq <= ?", (key, folded.seq)
                 )
                 conn.execute(
                     _INSERT_EVENT,
                     (
-                        flow_id,
+                        key,
                         folded.seq,
                         folded.time,
                         folded.kind.value,
@@ -1370,13 +1522,21 @@ class SqliteJournal(WriterJournal):
         fence = self._fences.get(flow_id)
         if fence is not None and fence.lost:
             raise fence.error(flow_id)
-        rows: list[tuple[Any, ...]] = []
-        for event in events:  # encoded first: a value the codec refuses keeps nothing
-            text = encode_details(self.codec, flow_id, event.kind, event.atom, event.details)
-            state = None if event.state is None else event.state.value
-            kind = event.kind.value
-            row = (flow_id, event.seq, event.time, kind, event.atom, state, event.attempt)
-            rows.append((*row, event.progress, text))
+        rows = [  # encoded first: a value the codec refuses keeps nothing
+            fields_row(
+                self.codec,
+                flow_id,
+                event.seq,
+                event.time,
+                event.kind,
+                event.atom,
+                event.state,
+                event.attempt,
+                event.progress,
+                event.details,
+            )
+            for event in events
+        ]
         # Its own connection: the shared one carries the group writer's statements, which
         # must not land inside (or be rolled back with) this transaction.
         db = await self._connect(create=False)
@@ -1384,19 +1544,33 @@ class SqliteJournal(WriterJournal):
             await db.execute("BEGIN IMMEDIATE")
             found = list(
                 await db.execute_fetchall(
-                    "SELECT max(seq), (SELECT owner FROM aioflow_flows WHERE flow_id = ?1)"
-                    " FROM aioflow_events WHERE flow_id = ?1",
+                    "SELECT f.key, " + _LAST_SEQ + ", f.owner FROM aioflow_flows f"
+                    " WHERE f.flow_id = ?",
                     (flow_id,),
                 )
             )
+            key, seq, owner = found[0] if found else (None, 0, None)
             # Not while an engine has taken the flow: it may be about to write it.
-            if (found[0][0] or 0) != last_seq or found[0][1] is not None:
+            if seq != last_seq or owner is not None:
                 await db.execute("ROLLBACK")
                 return False
-            await db.executemany(_INSERT_EVENT, rows)
-            for row in rows:
-                flag = row[3] == "FLOW"
-                await db.execute(_UPDATE_FLOW, (row[1], flag, row[5], row[2], flow_id))
+            if key is None:  # a flow these events start
+                first = next((row for row in rows if row[9] is not None), None)
+                name, status, ref = (None, None, None)
+                if first is not None:
+                    name, status, ref = first[9], first[5], first[10]
+                when = rows[0][2] if rows else self.clock()
+                cursor = await db.execute(
+                    _CREATE_FLOW, (flow_id, name, status, ref, when, when, None, 0)
+                )
+                key = cursor.lastrowid
+            assert key is not None
+            for statement, values in _event_steps(rows, {flow_id: key}) if rows else ():
+                await db.executemany(statement, values)
+            changes = [row for row in rows if row[3] == "FLOW"]
+            if changes:  # the last one's status
+                last = changes[-1]
+                await db.execute(_SET_STATUS, (last[5], last[2], last[5] in _RESTING, key))
             await db.execute("COMMIT")
             return True
         except sqlite3.Error as exc:
