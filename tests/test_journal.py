@@ -1040,3 +1040,72 @@ async def test_events_of_a_flow_the_journal_does_not_know_are_refused_when_it_is
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT seq FROM aioflow_events").fetchall() == [(1,)]
     db.close()
+
+
+def spy_on_alone(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """What each call of ``SqliteJournal._commit_alone`` answered."""
+    answers: list[bool | None] = []
+    real = SqliteJournal._commit_alone
+
+    def spy(self: SqliteJournal, inline: sqlite3.Connection, batch: list[Any]) -> bool | None:
+        answer = real(self, inline, batch)
+        answers.append(answer)
+        return answer
+
+    monkeypatch.setattr(SqliteJournal, "_commit_alone", spy)
+    return answers
+
+
+async def test_a_commit_of_one_statement_keeps_the_fence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few events of one owned flow commit in one statement, which checks the flow's
+    generation itself: once another journal took the flow over, that statement keeps
+    nothing, and the writer's path refuses the events with LeaseLostError."""
+    path = tmp_path / "j.db"
+    answers = spy_on_alone(monkeypatch)
+    async with SqliteJournal(path) as mine, SqliteJournal(path) as theirs:
+        mine.append(flow_start("f"))
+        await mine.flush()
+        generation, _ = await mine.take("f", "me")
+        mine.set_fence("f", Fence("me", generation))
+        mine.append(atom_event("f", 2))
+        mine.append(atom_event("f", 3))
+        await mine.flush()
+        assert answers[-1] is True  # committed by the one statement
+        await theirs.take("f", "them")
+        mine.append(atom_event("f", 4))
+        mine.append(atom_event("f", 5))
+        with pytest.raises(LeaseLostError, match="flow f"):
+            await mine.flush()
+        assert False in answers  # the statement saw the fence fail
+        assert [e.seq for e in await theirs.load("f")] == [1, 2, 3]
+
+
+async def test_a_commit_of_one_statement_waits_out_another_process_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When another connection holds the file's write lock, the one-statement commit
+    does not wait on the loop's thread: it hands the batch to the writer, which commits
+    it once the lock is released."""
+    path = tmp_path / "j.db"
+    answers = spy_on_alone(monkeypatch)
+    async with SqliteJournal(path) as journal:
+        journal.append(flow_start("f"))
+        await journal.flush()
+        generation, _ = await journal.take("f", "me")
+        journal.set_fence("f", Fence("me", generation))
+        locker = sqlite3.connect(path, isolation_level=None)
+        try:
+            locker.execute("BEGIN IMMEDIATE")
+            journal.append(atom_event("f", 2))
+            journal.append(atom_event("f", 3))
+            with anyio.move_on_after(0.3):
+                await journal.flush()
+            assert journal.durable < journal.appended  # it waits for the lock
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        await journal.flush()
+        assert False in answers  # the lock sent it to the writer's path
+        assert [e.seq for e in await journal.load("f")] == [1, 2, 3]
