@@ -1109,3 +1109,82 @@ async def test_a_commit_of_one_statement_waits_out_another_process_lock(
         await journal.flush()
         assert False in answers  # the lock sent it to the writer's path
         assert [e.seq for e in await journal.load("f")] == [1, 2, 3]
+
+
+async def test_append_after_commits_only_after_the_seq_it_names(url: str) -> None:
+    """``append_after`` keeps its events only when the flow's last seq is the one it
+    names and no engine has taken the flow; a flow it starts (after seq 0) is listed
+    like any other."""
+    async with open_journal(url) as journal:
+        journal.append(flow_start("f"))
+        await journal.flush()
+        assert await journal.append_after("f", 1, [atom_event("f", 2)]) is True
+        assert await journal.append_after("f", 1, [atom_event("f", 2, "b")]) is False
+        assert [e.atom for e in await journal.load("f")] == [None, "a"]
+        await journal.take("f", "an-engine")
+        assert await journal.append_after("f", 2, [atom_event("f", 3)]) is False
+        assert await journal.append_after("g", 0, [flow_start("g", name="late")]) is True
+        assert await journal.append_after("g", 0, [flow_start("g")]) is False
+        summary = await journal.summary("g")
+        assert (summary.name, summary.status, summary.last_seq) == ("late", FlowStatus.RUNNING, 1)
+
+
+_MIGRATE_AND_FREEZE = """
+import asyncio, sys, time
+from pathlib import Path
+from aioflow.journal import SqliteJournal
+from aioflow.journal import sqlite as sqlite_journal
+
+real = sqlite_journal.immediate
+
+async def frozen(db, steps):
+    async def then_freeze(db):
+        await steps(db)
+        version = await db.execute_fetchall("SELECT value FROM aioflow_meta")
+        print("migrated", version[0][0], flush=True)
+        time.sleep(60)  # inside the transaction, before its COMMIT: killed here
+    return await real(db, then_freeze)
+
+sqlite_journal.immediate = frozen
+
+async def main():
+    async with SqliteJournal(Path(sys.argv[1])):
+        pass
+
+asyncio.run(main())
+"""
+
+
+def test_a_migration_killed_before_its_commit_leaves_version_2_whole(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) after every statement of the move to version 3 ran but
+    before it committed leaves the file at version 2, every event there; the next open
+    migrates it."""
+    path = tmp_path / "v2.db"
+    make_sqlite_file(path, *_VERSION_2)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _MIGRATE_AND_FREEZE, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.strip() == "migrated 3", line + child.stderr.read()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.communicate()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("2",)]
+        assert db.execute("SELECT count(*) FROM aioflow_events").fetchone() == (6,)
+    db.close()
+
+    async def reopen() -> list[int]:
+        async with SqliteJournal(path) as journal:
+            return [e.seq for e in await journal.load("done")]
+
+    assert anyio.run(reopen) == [1, 2, 3]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
+        assert db.execute("SELECT count(*) FROM aioflow_flow_events").fetchone() == (6,)
+    db.close()

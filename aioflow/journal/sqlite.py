@@ -721,11 +721,11 @@ class SqliteJournal(WriterJournal):
         keys the events by an integer per flow (it copies them: a large journal takes a
         while, once)."""
 
-        async def steps(db: aiosqlite.Connection) -> None:
+        async def steps(db: aiosqlite.Connection) -> str | None:
             found = await db.execute_fetchall(
                 "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
             )
-            version = next(iter(found), (None,))[0]
+            version = before = next(iter(found), (None,))[0]
             if version == "1":
                 for statement in _MIGRATE_1_TO_2:
                     await db.execute(statement)
@@ -733,9 +733,14 @@ class SqliteJournal(WriterJournal):
             if version == "2":
                 for statement in _MIGRATE_2_TO_3:
                     await db.execute(statement)
-                _LOG.info("aioflow.journal_migrated", journal=self.url, schema_version=3)
+                return cast("str", before)
+            return None  # another process migrated it meanwhile
 
-        await immediate(db, steps)
+        before = await immediate(db, steps)
+        if before is not None:
+            _LOG.info(
+                "aioflow.journal_migrated", journal=self.url, schema_version=3, was=int(before)
+            )
 
     async def _add_flows_created(self, db: aiosqlite.Connection) -> None:
         """Give a journal made before it the index that list_flows pages by (see
