@@ -1188,3 +1188,21 @@ def test_a_migration_killed_before_its_commit_leaves_version_2_whole(tmp_path: P
         assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
         assert db.execute("SELECT count(*) FROM aioflow_flow_events").fetchone() == (6,)
     db.close()
+
+
+async def test_a_sqlite_journal_forgets_the_keys_of_flows_that_rested(tmp_path: Path) -> None:
+    """A process that runs flow after flow keeps no key per flow it ever ran: a flow's
+    key is forgotten once it rests, and looked up again if it moves on."""
+    async with SqliteJournal(tmp_path / "j.db") as journal:
+        for flow_id in ("a", "b", "c"):
+            journal.append(flow_start(flow_id))
+            journal.append(atom_event(flow_id, 2))
+            await journal.flush()
+            assert flow_id in journal._keys
+            journal.append(flow_status(flow_id, 3, FlowStatus.SUCCESS))
+            await journal.flush()
+            assert flow_id not in journal._keys
+        journal.append(atom_event("b", 4))  # moved on after resting: found again
+        await journal.flush()
+        assert [e.seq for e in await journal.load("b")] == [1, 2, 3, 4]
+        assert list(journal._keys) == ["b"]

@@ -228,6 +228,9 @@ _FIND_ONE = {
 }
 _FIND_CHUNK = 1024
 """The most flows one lookup of :meth:`SqliteJournal._finds` names."""
+_KEYS_KEPT = 100_000
+"""The most flow keys a journal remembers; past it, it forgets them all (a commit looks
+up a key it does not know, at the cost of one read)."""
 _COMPLETE_JOB = (
     "UPDATE aioflow_jobs SET state = 'COMPLETE', status = 'SUCCESS', failures = NULL,"
     " updated = ? WHERE id = ? AND generation = ? AND state = 'CLAIMED'"
@@ -973,6 +976,8 @@ class SqliteJournal(WriterJournal):
             self._completed_with(jobs, done)
         if beat is not None:
             self._beat_sent(beat)
+        if plan.flow_rows:
+            self._rested(plan)
         self._inline_rows += len(batch)
         return True
 
@@ -1044,6 +1049,7 @@ class SqliteJournal(WriterJournal):
                         await db.execute("COMMIT")
                         self._completed_with(jobs, done)
                         self._beat_sent(beat)
+                        self._rested(plan)
                         break
                     await db.execute("ROLLBACK")
                     self._forget(plan)
@@ -1133,6 +1139,17 @@ class SqliteJournal(WriterJournal):
                     "started in this journal, or it was purged)"
                 )
         return refused
+
+    def _rested(self, plan: _Plan) -> None:
+        """After a commit: forget the keys of the flows it brought to rest (looked up
+        again if they ever move on), so that a process running flow after flow does not
+        keep one key per flow it ever ran."""
+        keys = self._keys
+        for row in plan.flow_rows:
+            if row[5] in _RESTING:
+                keys.pop(row[0], None)
+        if len(keys) > _KEYS_KEPT:  # flows that stopped without resting here
+            keys.clear()
 
     def _forget(self, plan: _Plan) -> None:
         """After a rollback: the keys of the flows ``plan`` created are not theirs."""
