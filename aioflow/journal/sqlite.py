@@ -45,7 +45,7 @@ from ._base import (
     settle_appends,
     taken_over,
 )
-from ._writer import CommitError, EventRow, GroupWriter, WriterJournal, fields_row
+from ._writer import CommitError, EventRow, GroupWriter, WriterJournal, encode_row
 
 __all__ = ["SqliteJournal"]
 
@@ -1605,21 +1605,8 @@ class SqliteJournal(WriterJournal):
         fence = self._fences.get(flow_id)
         if fence is not None and fence.lost:
             raise fence.error(flow_id)
-        rows = [  # encoded first: a value the codec refuses keeps nothing
-            fields_row(
-                self.codec,
-                flow_id,
-                event.seq,
-                event.time,
-                event.kind,
-                event.atom,
-                event.state,
-                event.attempt,
-                event.progress,
-                event.details,
-            )
-            for event in events
-        ]
+        # Encoded first: a value the codec refuses keeps nothing.
+        rows = [encode_row(event, self.codec) for event in events]
         # Its own connection: the shared one carries the group writer's statements, which
         # must not land inside (or be rolled back with) this transaction.
         db = await self._connect(create=False)
