@@ -706,7 +706,16 @@ class SqliteJournal(WriterJournal):
         if version is None:
             raise JournalError(f"{self.path} has an aioflow_meta table without a schema_version")
         if version in ("1", "2"):
-            await self._migrate(db)
+            try:
+                await self._migrate(db)
+            except sqlite3.Error as exc:
+                error = await self._open_error(exc)
+                raise JournalError(
+                    f"{self.path} is an aioflow journal of schema version {version}, which "
+                    f"this version of aioflow moves to version {SCHEMA_VERSION} before it "
+                    f"reads or writes it, and could not: {error} (opening it once where "
+                    "it may be written migrates it)"
+                ) from exc
         elif version != str(SCHEMA_VERSION):
             raise JournalError(
                 f"{self.path} is an aioflow journal with schema version {version}; this "
