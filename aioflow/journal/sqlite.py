@@ -1,13 +1,16 @@
 """The SQLite journal: one file, several processes, group commit over aiosqlite.
 
 The file is in WAL mode, so readers (in this process or another) never block the writer.
-Events go to ``aioflow_events``; ``aioflow_flows`` keeps one summary row per flow and is
-updated in the same transaction. The schema is described in ``docs/journal.md``.
+Events go to ``aioflow_events``, naming their flow by its integer key;
+``aioflow_flows`` keeps one summary row per flow, changed in the same transaction as the
+events that change it. The schema is described in ``docs/journal.md``.
 
 Commits are made on the event loop's thread by a second connection when they can (see
-:meth:`SqliteJournal._commit_inline`); when the file is locked by another process, or
-the batch holds fenced rows, they go to aiosqlite's thread, where they wait for the
-lock. Both paths run the same statements (:meth:`SqliteJournal._inserts`).
+:meth:`SqliteJournal._commit_inline`; a few events of one flow are one statement,
+:meth:`SqliteJournal._commit_alone`); when the file is locked by another process, or a
+flow of the batch is refused, they go to aiosqlite's thread, where they wait for the
+lock and find out which flows to refuse. Both run the same transaction
+(:meth:`SqliteJournal._plan`, then :meth:`SqliteJournal._inserts`).
 """
 
 from __future__ import annotations
