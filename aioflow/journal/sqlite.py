@@ -509,6 +509,7 @@ def _event(flow_id: str, row: Sequence[Any], decode: Callable[[str], Any]) -> Ev
         {} if details is None else cast("Mapping[str, Any]", decode(details)),
     )
 
+
 class _Plan(NamedTuple):
     """What a commit reads and writes before its events: the flows of its batch, its
     FLOW rows, the summaries it creates (values of :data:`_CREATE_FLOW`), and the lookups
