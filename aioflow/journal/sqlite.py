@@ -295,9 +295,6 @@ def _event_steps(batch: list[_Row], keys: Mapping[str, int]) -> _Steps:
     :data:`_ONE_STATEMENT` rows as fit, then one each for the powers of two that make up
     the rest."""
     values = _values(batch, keys)
-    n = len(batch)
-    if n <= _ONE_STATEMENT and not n & (n - 1):  # one statement (a chain's two rows)
-        return [(_INSERT_EVENTS[n], [values])]
     steps: _Steps = []
     # From the largest size that fits: a chain's commit of two rows looks at one size.
     start, size = 0, min(_ONE_STATEMENT, 1 << (len(batch).bit_length() - 1))
@@ -959,23 +956,13 @@ class SqliteJournal(WriterJournal):
             if plan.created:
                 inline.executemany(_CREATE_FLOW, plan.created)
             # No cursor is kept: a failure's traceback would keep the file open.
-            if len(plan.finds) == 1:  # most commits: one flow's fence
-                found = inline.execute(*plan.finds[0]).fetchall()
-            else:
-                found = [row for sql, values in plan.finds for row in inline.execute(sql, values)]
-            if found or plan.created:
-                if self._refusals(plan, found):
-                    inline.execute("ROLLBACK")
-                    self._forget(plan)
-                    return False
-            elif plan.finds:
-                inline.execute("ROLLBACK")  # no flow found: the writer's path says why
+            found = [row for sql, values in plan.finds for row in inline.execute(sql, values)]
+            if plan.finds and self._refusals(plan, found):
+                inline.execute("ROLLBACK")  # the writer's path says why
+                self._forget(plan)
                 return False
             for statement, rows in self._inserts(batch, plan):
-                if len(rows) == 1:
-                    inline.execute(statement, rows[0])
-                else:
-                    inline.executemany(statement, rows)
+                inline.executemany(statement, rows)
             if plan.flow_rows:  # only a FLOW event can complete a job
                 jobs = self._completions(batch)
             done = [job[1] for job in jobs if inline.execute(_COMPLETE_JOB, job).rowcount]
@@ -1096,7 +1083,7 @@ class SqliteJournal(WriterJournal):
             if key is not None:
                 if flow_id not in fences:
                     return _Plan(flows, flow_rows, [], [])
-                return _Plan(flows, flow_rows, [], [(_FIND_ONE["key"], [key])])
+                return _Plan(flows, flow_rows, [], _finds("key", [key]))
         created: list[tuple[Any, ...]] = []
         by_id: dict[str, None] = {}
         for row in flow_rows:
@@ -1129,12 +1116,6 @@ class SqliteJournal(WriterJournal):
         generation moved on, a flow that is not in the journal."""
         keys = self._keys
         fences = self._fences
-        if len(found) == 1 and len(plan.flows) == 1:  # most commits: one flow, found
-            key, flow_id, generation, owner = found[0]
-            keys[flow_id] = key
-            fence = fences.get(flow_id)
-            if fence is None or generation == fence.generation:
-                return {}
         current: dict[str, tuple[int, str | None]] = {}
         for key, flow_id, generation, owner in found:
             keys[flow_id] = key
