@@ -372,7 +372,7 @@ class TestCompaction:
         assert len(events) < 40
         assert replay("periodic", events).status is FlowStatus.SUCCESS
         with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:
-            [(rows,)] = db.execute("SELECT count(*) FROM aioflow_events").fetchall()
+            [(rows,)] = db.execute("SELECT count(*) FROM aioflow_flow_events").fetchall()
         assert rows == len(events)  # the rows in the file, not only what load() shows
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aioflow._errors import JournalError, LeaseLostError, NotFoundError, SerializationError
 from aioflow._events import Event, EventKind
@@ -691,9 +693,9 @@ def make_sqlite_file(path: Path, *statements: str) -> None:
         (
             [
                 "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                "INSERT INTO aioflow_meta VALUES ('schema_version', '4')",
+                "INSERT INTO aioflow_meta VALUES ('schema_version', '5')",
             ],
-            r"version 4.*version 3.*upgrade aioflow",
+            r"version 5.*version 4.*upgrade aioflow",
         ),
     ],
     ids=["other-tables", "other-version"],
@@ -731,7 +733,7 @@ async def test_schema_and_pragmas(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute(
             "SELECT value FROM aioflow_meta WHERE key='schema_version'"
-        ).fetchone() == ("3",)
+        ).fetchone() == ("4",)
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {
             "aioflow_meta",
@@ -1007,9 +1009,9 @@ async def test_a_version_2_journal_is_migrated_to_integer_flow_keys_with_nothing
         assert [e.seq for e in await again.load("busy")] == [1, 2, 3]
         assert (await again.summary("new")).last_seq == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("4",)]
         columns = [row[1] for row in db.execute("PRAGMA table_info(aioflow_events)")]
-        assert columns[0] == "flow"
+        assert (columns[0], columns[-1]) == ("flow", "started")
         # The keys follow the order the flows were made in; no table of the copy is left.
         keys = db.execute("SELECT flow_id FROM aioflow_flows ORDER BY key").fetchall()
         assert keys == [("done",), ("busy",), ("loose",), ("new",)]
@@ -1156,7 +1158,7 @@ asyncio.run(main())
 
 
 def test_a_migration_killed_before_its_commit_leaves_version_2_whole(tmp_path: Path) -> None:
-    """A process killed (SIGKILL) after every statement of the move to version 3 ran but
+    """A process killed (SIGKILL) after every statement of the move to version 4 ran but
     before it committed leaves the file at version 2, every event there; the next open
     migrates it."""
     path = tmp_path / "v2.db"
@@ -1170,7 +1172,7 @@ def test_a_migration_killed_before_its_commit_leaves_version_2_whole(tmp_path: P
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
-        assert line.strip() == "migrated 3", line + child.stderr.read()
+        assert line.strip() == "migrated 4", line + child.stderr.read()
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.communicate()
@@ -1185,7 +1187,7 @@ def test_a_migration_killed_before_its_commit_leaves_version_2_whole(tmp_path: P
 
     assert anyio.run(reopen) == [1, 2, 3]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("4",)]
         assert db.execute("SELECT count(*) FROM aioflow_flow_events").fetchone() == (6,)
     db.close()
 
@@ -1206,3 +1208,217 @@ async def test_a_sqlite_journal_forgets_the_keys_of_flows_that_rested(tmp_path: 
         await journal.flush()
         assert [e.seq for e in await journal.load("b")] == [1, 2, 3, 4]
         assert list(journal._keys) == ["b"]
+
+
+# ------------------------------------------------------- schema 4: paired starts
+
+
+def start_of(
+    flow_id: str, seq: int, atom: str = "a", *, attempt: int = 1, progress: float = 0.0
+) -> Event:
+    """An atom's RUNNING, as the engine writes it when the atom starts."""
+    return Event(
+        flow_id, seq, time.time(), EventKind.ATOM, atom, AtomState.RUNNING, attempt, progress
+    )
+
+
+async def owned(journal: SqliteJournal, flow_id: str) -> None:
+    """Start ``flow_id`` in ``journal`` and take it, so that its commits are fenced."""
+    await journal.wait_durable(journal.append(flow_start(flow_id)))
+    generation, _ = await journal.take(flow_id, "me")
+    journal.set_fence(flow_id, Fence("me", generation))
+
+
+def stored_pairs(path: Path, flow_id: str) -> list[int]:
+    """The seqs of the rows of ``flow_id`` that hold a start with the event after it."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT e.seq FROM aioflow_events e JOIN aioflow_flows f ON f.key = e.flow"
+            " WHERE f.flow_id = ? AND e.started IS NOT NULL ORDER BY e.seq",
+            (flow_id,),
+        ).fetchall()
+    db.close()
+    return [seq for (seq,) in rows]
+
+
+async def test_an_atoms_start_and_the_event_after_it_share_a_row_and_read_back_as_two(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An owned flow's RUNNING followed in one commit by its atom's next event (same
+    attempt) is stored as one row, and every read gives back both events as they were
+    appended: load, events after any seq, another journal, and the view for people."""
+    path = tmp_path / "j.db"
+    answers = spy_on_alone(monkeypatch)
+    async with SqliteJournal(path) as journal:
+        await owned(journal, "f")
+        events = [
+            start_of("f", 2),
+            atom_event("f", 3, result=7),  # pairs with 2
+            start_of("f", 4, "b"),
+            start_of("f", 5, "c", attempt=2),  # after another atom's start: 4 alone
+            atom_event("f", 6, "c"),  # another attempt: 5 alone
+            start_of("f", 7, "d", progress=0.5),  # a start with progress: alone
+            atom_event("f", 8, "d"),
+            start_of("f", 9, "e"),  # the last of its commit: alone
+        ]
+        for event in events:
+            journal.append(event)
+        await journal.flush()
+        tail = [atom_event("f", 10, "e"), start_of("f", 11), atom_event("f", 12, result=8)]
+        for event in tail:
+            journal.append(event)
+        await journal.flush()
+        journal.append(start_of("f", 13, "g"))
+        journal.append(atom_event("f", 14, "g"))
+        await journal.flush()
+        assert answers[-1] is True  # two events, one paired row: the one-statement path
+        events = [*(await journal.load("f"))[:1], *events, *tail]
+        events += [start_of("f", 13, "g"), atom_event("f", 14, "g")]
+        loaded = await journal.load("f")
+        assert [(e.seq, e.atom, e.state, e.attempt, e.progress, e.details) for e in loaded] == [
+            (e.seq, e.atom, e.state, e.attempt, e.progress, e.details) for e in events
+        ]
+        assert loaded[1:] == (await journal.load("f"))[1:]
+        for after in (0, 1, 2, 3, 10, 11, 13):
+            assert [e.seq async for e in journal.events("f", after=after)] == list(
+                range(after + 1, 15)
+            )
+    assert stored_pairs(path, "f") == [3, 12, 14]
+    async with SqliteJournal(path) as other:
+        assert await other.load("f") == loaded
+    with sqlite3.connect(path) as db:
+        viewed = db.execute(
+            "SELECT seq, time, atom, state, attempt, progress, details FROM aioflow_flow_events"
+            " WHERE flow_id = 'f' ORDER BY seq"
+        ).fetchall()
+    db.close()
+    assert [
+        (seq, when, atom, state, attempt) for seq, when, atom, state, attempt, _, _ in viewed
+    ] == [(e.seq, e.time, e.atom, e.state.value if e.state else None, e.attempt) for e in loaded]
+    assert viewed[1][5:] == (0.0, None)  # the start a row shares: progress 0, no details
+
+
+async def test_a_flow_that_no_fence_guards_keeps_one_row_an_event(tmp_path: Path) -> None:
+    """Events appended without taking their flow are never paired: anyone may append to
+    such a flow, and each event keeps a key of its own to collide on."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        journal.append(flow_start("f"))
+        journal.append(start_of("f", 2))
+        journal.append(atom_event("f", 3))
+        await journal.flush()
+        assert [e.seq for e in await journal.load("f")] == [1, 2, 3]
+    assert stored_pairs(path, "f") == []
+
+
+@pytest.mark.parametrize("seq", [2, 3])
+async def test_an_event_at_either_seq_of_a_pair_conflicts(tmp_path: Path, seq: int) -> None:
+    """A paired row holds two seqs but one key: an event another journal appends at
+    either of them is refused as a conflict, naming that seq, and the log is unchanged;
+    one after the last is taken."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as owner, SqliteJournal(path) as other:
+        await owned(owner, "f")
+        owner.append(start_of("f", 2))
+        owner.append(atom_event("f", 3))
+        await owner.flush()
+        other.append(atom_event("f", seq, "x"))
+        with pytest.raises(JournalError, match=f"flow f at seq {seq}"):
+            await other.flush()
+        assert [e.atom for e in await owner.load("f")] == [None, "a", "a"]
+    async with SqliteJournal(path) as late:
+        await late.wait_durable(late.append(atom_event("f", 4, "x")))
+        assert [e.seq for e in await late.load("f")] == [1, 2, 3, 4]
+
+
+async def test_a_compaction_that_cuts_a_pair_keeps_the_event_after_the_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were a compaction to fold a paired row's start but not the event after it (a cut
+    is at a checkpoint event, which pairs with nothing; this forces one between), the
+    row keeps that event alone: no seq is read twice."""
+    import aioflow.journal._base as journal_base
+
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as journal:
+        await owned(journal, "f")
+        journal.append(start_of("f", 2))
+        journal.append(atom_event("f", 3))
+        await journal.flush()
+        assert stored_pairs(path, "f") == [3]
+        monkeypatch.setattr(journal_base, "compaction_cut", lambda events, keep, before: 2)
+        assert await journal.compact("f") == 1
+        loaded = await journal.load("f")
+        assert [(e.seq, e.kind) for e in loaded] == [
+            (2, EventKind.SNAPSHOT),
+            (3, EventKind.ATOM),
+        ]
+    assert stored_pairs(path, "f") == []
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["start", "start+", "end", "other", "progress"]),
+            st.sampled_from("ab"),
+            st.integers(1, 2),
+            st.booleans(),  # a commit after it
+        ),
+        max_size=40,
+    )
+)
+def test_whatever_is_paired_every_event_reads_back_as_appended(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, str, int, bool]]
+) -> None:
+    """Any run of starts, ends, progress reports and other events of an owned flow, in
+    commits of any size, reads back event for event (and through the view) as the
+    memory journal gives it."""
+    path = tmp_path_factory.mktemp("pairs") / "j.db"
+
+    def event_of(seq: int, what: str, atom: str, attempt: int) -> Event:
+        if what == "start":
+            return start_of("f", seq, atom, attempt=attempt)
+        if what == "start+":
+            return start_of("f", seq, atom, attempt=attempt, progress=0.25)
+        if what == "progress":
+            return Event("f", seq, time.time(), EventKind.PROGRESS, atom, None, attempt, 0.5)
+        if what == "other":
+            return Event("f", seq, time.time(), EventKind.CHECKPOINT, details={"name": atom})
+        return Event(
+            "f",
+            seq,
+            time.time(),
+            EventKind.ATOM,
+            atom,
+            AtomState.SUCCESS,
+            attempt,
+            1.0,
+            {"result": seq},
+        )
+
+    async def run() -> None:
+        memory = MemoryJournal()
+        async with memory, SqliteJournal(path) as journal:
+            await owned(journal, "f")
+            memory.append((await journal.load("f"))[0])
+            for seq, (what, atom, attempt, commit) in enumerate(steps, start=2):
+                event = event_of(seq, what, atom, attempt)
+                journal.append(event)
+                memory.append(event)
+                if commit:
+                    await journal.flush()
+            await journal.flush()
+            expected = await memory.load("f")
+            assert await journal.load("f") == expected
+            assert [e.seq async for e in journal.events("f", after=1)] == [
+                e.seq for e in expected[1:]
+            ]
+        with sqlite3.connect(path) as db:
+            seqs = db.execute("SELECT seq FROM aioflow_flow_events ORDER BY seq").fetchall()
+        db.close()
+        assert [seq for (seq,) in seqs] == [e.seq for e in expected]
+
+    anyio.run(run)

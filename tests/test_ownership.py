@@ -405,7 +405,7 @@ async def test_a_version_1_journal_is_migrated_and_its_running_flows_are_orphans
         await journal.flush()
     with sqlite3.connect(path) as db:
         # Migrated through version 2 (ownership) to 3 (integer flow keys).
-        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("3",)]
+        assert db.execute("SELECT value FROM aioflow_meta").fetchall() == [("4",)]
     db.close()
 
 

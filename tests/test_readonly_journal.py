@@ -199,7 +199,7 @@ async def test_sqlite_refusing_a_write_is_reported_as_read_only(tmp_path: Path) 
 async def test_a_version_2_journal_that_may_not_be_written_says_it_needs_migrating(
     read_only_mount: Path,
 ) -> None:
-    """Reading a version 2 journal needs its move to version 3 first; on a file that may
+    """Reading a version 2 journal needs its move to version 4 first; on a file that may
     not be written that fails, with an error that says so, and the file is untouched."""
     from tests.test_journal import _VERSION_2, make_sqlite_file
 
@@ -210,6 +210,6 @@ async def test_a_version_2_journal_that_may_not_be_written_says_it_needs_migrati
     with pytest.raises(aioflow.JournalError) as info:
         await open_journal(f"sqlite:///{path}").flows()
     message = str(info.value)
-    assert "schema version 2" in message and "version 3" in message, message
+    assert "schema version 2" in message and "version 4" in message, message
     assert "is read-only" in message and "opening it once where it may be written" in message
     assert path.read_bytes() == before

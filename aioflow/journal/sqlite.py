@@ -18,7 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from time import monotonic, sleep
 from typing import Any, NamedTuple, TypeAlias, cast
@@ -54,14 +62,15 @@ __all__ = ["SqliteJournal"]
 
 _LOG = get_logger("aioflow.journal")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``).
 
 Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows``, and the
 engines' heartbeats in ``aioflow_owners``). Version 3 keys events by the flow's integer
 ``key`` instead of its 32-letter id (a smaller row and a cheaper index a row), and stops
-rewriting the flow's summary at every commit (its last seq is read from its events). A
-version 1 or 2 file is migrated when opened."""
+rewriting the flow's summary at every commit (its last seq is read from its events).
+Version 4 lets one row hold an atom's start with the event that follows it (a ``started``
+column, see :data:`_EVENTS_TABLE`). A version 1, 2 or 3 file is migrated when opened."""
 
 _OWNERS = "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires REAL NOT NULL)"
 # The order list_flows pages in, newest first. No schema version of its own: an older
@@ -78,17 +87,27 @@ _FLOWS_TABLE = (
     " UNIQUE, name TEXT, status TEXT, ref TEXT, created REAL, updated REAL, owner TEXT,"
     " generation INTEGER NOT NULL DEFAULT 0)"
 )
-_EVENTS_TABLE = (
+_EVENTS_TABLE_3 = (
     "CREATE TABLE aioflow_events(flow INTEGER, seq INTEGER, time REAL, kind TEXT,"
     " atom TEXT, state TEXT, attempt INTEGER, progress REAL, details TEXT,"
     " PRIMARY KEY(flow, seq)) WITHOUT ROWID"
 )
-# For people reading the file with sqlite3: the events with their flow's id, as version
-# 2 stored them. aioflow itself never reads it.
+"""The events' table of version 3 (what the migration from version 2 makes)."""
+_STARTED = "ALTER TABLE aioflow_events ADD COLUMN started REAL"
+_EVENTS_TABLE = _EVENTS_TABLE_3.replace(" details TEXT,", " details TEXT, started REAL,", 1)
+"""One row an event, except that a row whose ``started`` is not NULL also holds the
+event before it: its atom's RUNNING, at ``seq - 1`` and time ``started``, with the same
+kind, atom and attempt, progress 0 and no details. A flow's events come in pairs like
+that only when they were committed together by the flow's owner (see :func:`_values`):
+an atom that finished in the turn it started writes one row, not two."""
+# For people reading the file with sqlite3: the events with their flow's id, one row an
+# event (the second part opens the rows that hold two). aioflow itself never reads it.
 _EVENTS_VIEW = (
     "CREATE VIEW IF NOT EXISTS aioflow_flow_events AS SELECT f.flow_id, e.seq, e.time, e.kind,"
     " e.atom, e.state, e.attempt, e.progress, e.details FROM aioflow_events e"
-    " JOIN aioflow_flows f ON f.key = e.flow"
+    " JOIN aioflow_flows f ON f.key = e.flow UNION ALL SELECT f.flow_id, e.seq - 1,"
+    " e.started, e.kind, e.atom, 'RUNNING', e.attempt, 0.0, NULL FROM aioflow_events e"
+    " JOIN aioflow_flows f ON f.key = e.flow WHERE e.started IS NOT NULL"
 )
 _SCHEMA = (
     "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -136,7 +155,7 @@ _MIGRATE_2_TO_3 = (
     "INSERT INTO aioflow_flows_v3(flow_id, created, updated) SELECT flow_id, min(time),"
     " max(time) FROM aioflow_events WHERE flow_id NOT IN (SELECT flow_id FROM aioflow_flows)"
     " GROUP BY flow_id ORDER BY min(time)",
-    _EVENTS_TABLE.replace("aioflow_events(", "aioflow_events_v3(", 1),
+    _EVENTS_TABLE_3.replace("aioflow_events(", "aioflow_events_v3(", 1),
     "INSERT INTO aioflow_events_v3 SELECT f.key, e.seq, e.time, e.kind, e.atom, e.state,"
     " e.attempt, e.progress, e.details FROM aioflow_events e JOIN aioflow_flows_v3 f"
     " USING (flow_id) ORDER BY f.key, e.seq",
@@ -145,8 +164,15 @@ _MIGRATE_2_TO_3 = (
     "ALTER TABLE aioflow_flows_v3 RENAME TO aioflow_flows",
     "ALTER TABLE aioflow_events_v3 RENAME TO aioflow_events",
     _FLOWS_CREATED,
-    _EVENTS_VIEW,
     "UPDATE aioflow_meta SET value = '3' WHERE key = 'schema_version'",
+)
+# Version 3 to 4: a column added at the end (SQLite rewrites no row for it), and the view
+# that reads it.
+_MIGRATE_3_TO_4 = (
+    _STARTED,
+    "DROP VIEW IF EXISTS aioflow_flow_events",
+    _EVENTS_VIEW,
+    "UPDATE aioflow_meta SET value = '4' WHERE key = 'schema_version'",
 )
 
 _PRAGMAS = "PRAGMA synchronous=NORMAL;"
@@ -183,13 +209,26 @@ _CATCH_UP_AFTER = 0.1
 # A NULL is bound as '' and turned back by NULLIF: the sqlite3 module binds None through
 # its adapter lookup (an AttributeError made and cleared), a fifth of a row's whole cost;
 # no stored text is ever ''.
-_INSERT_EVENTS = {
-    size: "INSERT INTO aioflow_events VALUES "
-    + ", ".join(
-        ["(?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, NULLIF(?, ''), NULLIF(?, ''))"] * size
-    )
-    for size in (1 << k for k in range(_ONE_STATEMENT.bit_length()))
-}
+_ROW = "(?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, NULLIF(?, ''), NULLIF(?, ''), NULL)"
+"""The values of one event's row: 9 (see :func:`_values`)."""
+_PAIR = "(?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?)"
+"""The values of a row that holds an atom's RUNNING and the event after it: 10, the last
+being ``started`` (a paired event always has an atom and a state)."""
+
+
+def _statements(row: str, most: int, suffix: str = "") -> dict[int, str]:
+    """Multi-row INSERTs of ``row``'s form, by their number of rows (powers of two up to
+    ``most``); with a ``suffix``, the rows are selected from their VALUES under it."""
+    sizes = (1 << k for k in range(most.bit_length()))
+    if suffix:
+        head, tail = "INSERT INTO aioflow_events SELECT * FROM (VALUES ", ") " + suffix
+    else:
+        head, tail = "INSERT INTO aioflow_events VALUES ", ""
+    return {size: head + ", ".join([row] * size) + tail for size in sizes}
+
+
+_INSERT_EVENTS = _statements(_ROW, _ONE_STATEMENT)
+_INSERT_PAIRS = _statements(_PAIR, _ONE_STATEMENT)
 _INSERT_EVENT = _INSERT_EVENTS[1]
 _ALONE_ROWS = 16
 """The most rows a commit makes in one fenced statement (see
@@ -198,14 +237,9 @@ through a subquery than the separate statements it saves."""
 # One statement that commits a batch of one flow by itself (autocommit), if and only if
 # the flow's generation is still the fence's: SQLite reads the generation and takes the
 # write lock within the statement, so no claim can come between.
-_INSERT_FENCED = {
-    size: "INSERT INTO aioflow_events SELECT * FROM (VALUES "
-    + ", ".join(
-        ["(?, ?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, NULLIF(?, ''), NULLIF(?, ''))"] * size
-    )
-    + ") WHERE (SELECT generation FROM aioflow_flows WHERE key = ?) = ?"
-    for size in (1 << k for k in range(_ALONE_ROWS.bit_length()))
-}
+_FENCE = "WHERE (SELECT generation FROM aioflow_flows WHERE key = ?) = ?"
+_INSERT_FENCED = _statements(_ROW, _ALONE_ROWS, _FENCE)
+_INSERT_FENCED_PAIRS = _statements(_PAIR, _ALONE_ROWS, _FENCE)
 _CREATE_FLOW = (
     "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, owner,"
     " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
@@ -221,14 +255,12 @@ _HEARTBEAT = (
     "INSERT INTO aioflow_owners(owner, expires) VALUES (?, ?)"
     " ON CONFLICT(owner) DO UPDATE SET expires = excluded.expires"
 )
-_FIND_BY = {
-    column: "SELECT key, flow_id, generation, owner FROM aioflow_flows WHERE " + column + " IN "
-    for column in ("key", "flow_id")
-}
-_FIND_ONE = {
-    column: "SELECT key, flow_id, generation, owner FROM aioflow_flows WHERE " + column + " = ?"
-    for column in ("key", "flow_id")
-}
+_LAST_SEQ = "coalesce((SELECT max(seq) FROM aioflow_events e WHERE e.flow = f.key), 0)"
+"""A flow's last seq, from its events (one step down the primary key)."""
+# A flow's key, generation, owner and last seq, read in a commit's transaction.
+_FIND = "SELECT key, flow_id, generation, owner, " + _LAST_SEQ + " FROM aioflow_flows f WHERE "
+_FIND_BY = {column: _FIND + column + " IN " for column in ("key", "flow_id")}
+_FIND_ONE = {column: _FIND + column + " = ?" for column in ("key", "flow_id")}
 _FIND_CHUNK = 1024
 """The most flows one lookup of :meth:`SqliteJournal._finds` names."""
 _KEYS_KEPT = 100_000
@@ -251,21 +283,22 @@ _JOBBOARD_NAMES = ("aioflow_job", "sqlite_autoindex_aioflow_job")
 """Prefixes of the names of a jobboard's tables and indexes (``aioflow.jobs.sqlite``)."""
 
 _SELECT_EVENTS = (
-    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    "SELECT seq, time, kind, atom, state, attempt, progress, details, started"
+    " FROM aioflow_events"
     " WHERE flow = (SELECT key FROM aioflow_flows WHERE flow_id = ?) AND seq > ?"
     " ORDER BY seq LIMIT ?"
 )
 _LOAD = (
-    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    "SELECT seq, time, kind, atom, state, attempt, progress, details, started"
+    " FROM aioflow_events"
     " WHERE flow = (SELECT key FROM aioflow_flows WHERE flow_id = ?) ORDER BY seq"
 )
 _LOAD_KEY = (
-    "SELECT seq, time, kind, atom, state, attempt, progress, details FROM aioflow_events"
+    "SELECT seq, time, kind, atom, state, attempt, progress, details, started"
+    " FROM aioflow_events"
     " WHERE flow = ? ORDER BY seq"
 )
 """A whole flow, in one statement: one read transaction, hence one snapshot of the WAL."""
-_LAST_SEQ = "coalesce((SELECT max(seq) FROM aioflow_events e WHERE e.flow = f.key), 0)"
-"""A flow's last seq, from its events (one step down the primary key)."""
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 """The most values one statement may take (SQLite's limit): a purge batch's bound."""
 _SELECT_FLOWS = (
@@ -289,31 +322,87 @@ _Steps: TypeAlias = list[tuple[str, Sequence[Sequence[Any]]]]
 _Fetch: TypeAlias = Callable[[str, Iterable[Any]], Awaitable[Iterable[Any]]]
 
 
-def _event_steps(batch: list[_Row], keys: Mapping[str, int]) -> _Steps:
+def _event_steps(
+    batch: list[_Row], keys: Mapping[str, int], owned: Container[str] = ()
+) -> _Steps:
     """``batch``'s events as (statement, values of each execution) pairs for
-    ``executemany``, each flow named by its key in ``keys``: as many statements of
+    ``executemany``, each flow named by its key in ``keys``, the events of the flows in
+    ``owned`` paired where they can be (see :func:`_values`): as many statements of
     :data:`_ONE_STATEMENT` rows as fit, then one each for the powers of two that make up
     the rest."""
-    values = _values(batch, keys)
+    rows, pairs = _values(batch, keys, owned)
     steps: _Steps = []
-    # From the largest size that fits: a chain's commit of two rows looks at one size.
-    start, size = 0, min(_ONE_STATEMENT, 1 << (len(batch).bit_length() - 1))
-    while start < len(batch):
-        end = len(batch) - (len(batch) - start) % size
-        if end > start:
-            chunks = [values[i * 9 : (i + size) * 9] for i in range(start, end, size)]
-            steps.append((_INSERT_EVENTS[size], chunks))
-            start = end
-        size >>= 1
+    for values, width, statements in ((rows, 9, _INSERT_EVENTS), (pairs, 10, _INSERT_PAIRS)):
+        n = len(values) // width
+        if not n:
+            continue
+        # From the largest size that fits: a chain's commit of one row looks at one size.
+        start, size = 0, min(_ONE_STATEMENT, 1 << (n.bit_length() - 1))
+        while start < n:
+            end = n - (n - start) % size
+            if end > start:
+                chunks = [values[i * width : (i + size) * width] for i in range(start, end, size)]
+                steps.append((statements[size], chunks))
+                start = end
+            size >>= 1
     return steps
 
 
-def _values(rows: list[_Row], keys: Mapping[str, int]) -> list[Any]:
-    """The values of ``rows`` for :data:`_INSERT_EVENTS`, a NULL as ''. Only atom, state,
-    progress and details may be NULL; no stored text is ever ''."""
-    values: list[Any] = []
-    extend = values.extend
-    for flow_id, seq, time, kind, atom, state, attempt, progress, details, _, _ in rows:
+def _values(
+    batch: list[_Row], keys: Mapping[str, int], owned: Container[str]
+) -> tuple[list[Any], list[Any]]:
+    """The values of ``batch`` for :data:`_INSERT_EVENTS` (9 a row, a NULL as ''; only
+    atom, state, progress and details may be NULL, and no stored text is ever '') and
+    for :data:`_INSERT_PAIRS` (10 a row).
+
+    An atom's RUNNING (progress 0, no details) followed in ``batch`` by its atom's next
+    event (the next seq, the same kind and attempt) is paired with it: one row holds both
+    (see :data:`_EVENTS_TABLE`). Only events of flows in ``owned`` are paired, flows this
+    journal holds under a fence: no other writer may add to them, so a pair's first seq,
+    which no key of the table holds, is never written twice. An atom that finishes in
+    the turn it started (most of a wide flow's) costs one row instead of two."""
+    rows: list[Any] = []
+    pairs: list[Any] = []
+    extend = rows.extend
+    held: _Row | None = None  # a RUNNING that may pair with the row after it
+    for row in batch:
+        flow_id, seq, time, kind, atom, state, attempt, progress, details, _, _ = row
+        if held is not None:
+            if (
+                seq == held[1] + 1
+                and atom == held[4]
+                and flow_id == held[0]
+                and attempt == held[6]
+                and kind == "ATOM"
+            ):
+                pairs.extend(
+                    (
+                        keys[flow_id],
+                        seq,
+                        time,
+                        kind,
+                        atom,
+                        state,
+                        attempt,
+                        "" if progress is None else progress,
+                        details or "",
+                        held[2],
+                    )
+                )
+                held = None
+                continue
+            _, hseq, htime, hkind, hatom, hstate, hattempt, _, _, _, _ = held
+            extend((keys[held[0]], hseq, htime, hkind, hatom or "", hstate, hattempt, 0.0, ""))
+            held = None
+        if (
+            state == "RUNNING"
+            and kind == "ATOM"
+            and details is None
+            and progress == 0.0
+            and flow_id in owned
+        ):
+            held = row
+            continue
         extend(
             (
                 keys[flow_id],
@@ -327,7 +416,10 @@ def _values(rows: list[_Row], keys: Mapping[str, int]) -> list[Any]:
                 details or "",
             )
         )
-    return values
+    if held is not None:
+        _, hseq, htime, hkind, hatom, hstate, hattempt, _, _, _, _ = held
+        extend((keys[held[0]], hseq, htime, hkind, hatom or "", hstate, hattempt, 0.0, ""))
+    return rows, pairs
 
 
 def _in_list(values: list[Any]) -> tuple[str, list[Any]]:
@@ -490,33 +582,48 @@ def _purge_sync(
 
 
 
-def _event(flow_id: str, row: Sequence[Any], decode: Callable[[str], Any]) -> Event:
-    """The event a row of ``_SELECT_EVENTS`` or ``_LOAD`` holds."""
-    seq, time, kind_name, atom, state, attempt, progress, details = row
-    kind = _KINDS[kind_name]
-    return Event(
-        flow_id,
-        seq,
-        time,
-        kind,
-        atom,
-        decode_state(kind, state),
-        attempt,
-        progress,
-        {} if details is None else cast("Mapping[str, Any]", decode(details)),
-    )
+def _events(
+    flow_id: str, rows: Iterable[Sequence[Any]], decode: Callable[[str], Any], after: int = 0
+) -> list[Event]:
+    """The events that rows of ``_SELECT_EVENTS`` or ``_LOAD`` hold, after seq ``after``:
+    a row with a ``started`` time holds two (see :data:`_EVENTS_TABLE`)."""
+    events: list[Event] = []
+    append = events.append
+    for seq, time, kind_name, atom, state, attempt, progress, details, started in rows:
+        kind = _KINDS[kind_name]
+        if started is not None and seq - 1 > after:
+            append(Event(flow_id, seq - 1, started, kind, atom, _RUNNING, attempt, 0.0, {}))
+        append(
+            Event(
+                flow_id,
+                seq,
+                time,
+                kind,
+                atom,
+                decode_state(kind, state),
+                attempt,
+                progress,
+                {} if details is None else cast("Mapping[str, Any]", decode(details)),
+            )
+        )
+    return events
+
+
+_RUNNING = decode_state(EventKind.ATOM, "RUNNING")
 
 
 class _Plan(NamedTuple):
     """What a commit reads and writes before its events: the flows of its batch, its
-    FLOW rows, the summaries it creates (values of :data:`_CREATE_FLOW`), and the lookups
-    (statement, values) that give the keys it does not know yet and the generations of
-    its fenced flows."""
+    FLOW rows, the summaries it creates (values of :data:`_CREATE_FLOW`), the lookups
+    (statement, values) that give the keys it does not know yet, the generations of its
+    fenced flows and the last seqs of the others, and the first seq of each of those
+    others in the batch."""
 
     flows: set[str]
     flow_rows: list[_Row]
     created: list[tuple[Any, ...]]
     finds: list[tuple[str, list[Any]]]
+    firsts: dict[str, int]
 
 
 def _finds(column: str, values: list[Any]) -> list[tuple[str, list[Any]]]:
@@ -706,7 +813,7 @@ class SqliteJournal(WriterJournal):
         version = next(iter(found), (None,))[0]
         if version is None:
             raise JournalError(f"{self.path} has an aioflow_meta table without a schema_version")
-        if version in ("1", "2"):
+        if version in ("1", "2", "3"):
             try:
                 await self._migrate(db)
             except sqlite3.Error as exc:
@@ -721,7 +828,7 @@ class SqliteJournal(WriterJournal):
             raise JournalError(
                 f"{self.path} is an aioflow journal with schema version {version}; this "
                 f"version of aioflow reads schema version {SCHEMA_VERSION} (and migrates "
-                "versions 1 and 2); a newer aioflow wrote it: upgrade aioflow to open it"
+                "versions 1 to 3); a newer aioflow wrote it: upgrade aioflow to open it"
             )
         missing = {"aioflow_events", "aioflow_flows"} - names
         if missing:
@@ -729,10 +836,10 @@ class SqliteJournal(WriterJournal):
         return True
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        """Bring a version 1 or 2 journal to version 3, in one transaction: every process
-        opening it at once migrates it once. Version 1 to 2 adds flow ownership; 2 to 3
-        keys the events by an integer per flow (it copies them: a large journal takes a
-        while, once)."""
+        """Bring a version 1, 2 or 3 journal to version 4, in one transaction: every
+        process opening it at once migrates it once. Version 1 to 2 adds flow ownership; 2
+        to 3 keys the events by an integer per flow (it copies them: a large journal takes
+        a while, once); 3 to 4 adds a column (no row is rewritten)."""
 
         async def steps(db: aiosqlite.Connection) -> str | None:
             found = await db.execute_fetchall(
@@ -746,13 +853,20 @@ class SqliteJournal(WriterJournal):
             if version == "2":
                 for statement in _MIGRATE_2_TO_3:
                     await db.execute(statement)
+                version = "3"
+            if version == "3":
+                for statement in _MIGRATE_3_TO_4:
+                    await db.execute(statement)
                 return cast("str", before)
             return None  # another process migrated it meanwhile
 
         before = await immediate(db, steps)
         if before is not None:
             _LOG.info(
-                "aioflow.journal_migrated", journal=self.url, schema_version=3, was=int(before)
+                "aioflow.journal_migrated",
+                journal=self.url,
+                schema_version=SCHEMA_VERSION,
+                was=int(before),
             )
 
     async def _add_flows_created(self, db: aiosqlite.Connection) -> None:
@@ -987,10 +1101,10 @@ class SqliteJournal(WriterJournal):
         among them, no heartbeat to carry. None when ``batch`` is not one; False when the
         file is locked or the fence failed (the writer's path says why).
 
-        A strict chain's step commits its two events this way: 3 statements fewer than
-        ``BEGIN IMMEDIATE``, the fence's read, the events and ``COMMIT``."""
-        n = len(batch)
-        if n > _ALONE_ROWS or n & (n - 1) or self._beat is not None:
+        A strict chain's step commits its two events this way, as one paired row: 3
+        statements fewer than ``BEGIN IMMEDIATE``, the fence's read, the events and
+        ``COMMIT``."""
+        if len(batch) > _ALONE_ROWS or self._beat is not None:
             return None
         flow_id = batch[0][0]
         key = self._keys.get(flow_id)
@@ -999,15 +1113,22 @@ class SqliteJournal(WriterJournal):
         for row in batch:
             if row[0] != flow_id or row[3] == "FLOW":
                 return None
-        values = _values(batch, {flow_id: key})
-        fence = self._fences.get(flow_id)
+        fences = self._fences
+        fence = fences.get(flow_id)
+        if fence is None:
+            return None  # the writer's path checks that its events come after the last
+        rows, pairs = _values(batch, {flow_id: key}, fences)
+        if rows and pairs:
+            return None  # two statements: the writer's transaction holds them
+        values, width = (pairs, 10) if pairs else (rows, 9)
+        n = len(values) // width
+        if n & (n - 1):
+            return None  # few statement texts, which stay prepared
+        values += (key, fence.generation)
+        statement = (_INSERT_FENCED_PAIRS if pairs else _INSERT_FENCED)[n]
         try:
-            if fence is None:
-                inline.execute(_INSERT_EVENTS[n], values)
-            else:
-                values += (key, fence.generation)
-                if inline.execute(_INSERT_FENCED[n], values).rowcount != n:
-                    return False  # the generation moved on, or the flow is gone
+            if inline.execute(statement, values).rowcount != n:
+                return False  # the generation moved on, or the flow is gone
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return False  # (BUSY_SNAPSHOT too: another process wrote first)
@@ -1077,13 +1198,21 @@ class SqliteJournal(WriterJournal):
         flows = {row[0] for row in batch}
         keys = self._keys
         fences = self._fences
+        # A flow that no fence guards is written by whoever appends to it: an event that
+        # does not come after its last one conflicts (a pair's start, which no key of
+        # the table holds, included; see _values).
+        firsts: dict[str, int] = {}
+        if not flows <= fences.keys():
+            for row in batch:
+                if row[0] not in fences:
+                    first = firsts.get(row[0])
+                    if first is None or row[1] < first:
+                        firsts[row[0]] = row[1]
         if not flow_rows and len(flows) == 1:  # most commits: a run's events
             (flow_id,) = flows
             key = keys.get(flow_id)
             if key is not None:
-                if flow_id not in fences:
-                    return _Plan(flows, flow_rows, [], [])
-                return _Plan(flows, flow_rows, [], _finds("key", [key]))
+                return _Plan(flows, flow_rows, [], _finds("key", [key]), firsts)
         created: list[tuple[Any, ...]] = []
         by_id: dict[str, None] = {}
         for row in flow_rows:
@@ -1102,12 +1231,12 @@ class SqliteJournal(WriterJournal):
                     when = batch[0][2]
                     created.append((flow_id, None, None, None, when, when, None, 0))
                 by_id[flow_id] = None
-            elif flow_id in fences and flow_id not in by_id:
+            elif flow_id not in by_id:
                 by_key.append(key)
         finds = _finds("key", by_key) if by_key else []
         if by_id:
             finds += _finds("flow_id", list(by_id))
-        return _Plan(flows, flow_rows, created, finds)
+        return _Plan(flows, flow_rows, created, finds, firsts)
 
     def _refusals(self, plan: _Plan, found: Sequence[Sequence[Any]]) -> dict[str, BaseException]:
         """Learn the keys in ``found`` (rows of :data:`_FIND_BY`, read in the commit's
@@ -1116,15 +1245,15 @@ class SqliteJournal(WriterJournal):
         generation moved on, a flow that is not in the journal."""
         keys = self._keys
         fences = self._fences
-        current: dict[str, tuple[int, str | None]] = {}
-        for key, flow_id, generation, owner in found:
+        current: dict[str, tuple[int, str | None, int]] = {}
+        for key, flow_id, generation, owner, last in found:
             keys[flow_id] = key
-            current[flow_id] = (generation, owner)
+            current[flow_id] = (generation, owner, last)
         refused: dict[str, BaseException] = {}
         for flow_id in plan.flows:
             fence = fences.get(flow_id)
             if fence is not None:
-                generation, owner = current.get(flow_id, (None, None))
+                generation, owner, _ = current.get(flow_id, (None, None, 0))
                 if generation != fence.generation:
                     refused[flow_id] = taken_over(flow_id, fence, owner)
             elif flow_id not in keys:
@@ -1132,6 +1261,10 @@ class SqliteJournal(WriterJournal):
                     f"journal {self.url}: no flow {flow_id} to add events to (it was never "
                     "started in this journal, or it was purged)"
                 )
+            else:
+                first = plan.firsts[flow_id]
+                if first <= current[flow_id][2]:
+                    refused[flow_id] = self._conflict_error(flow_id, first)
         return refused
 
     def _rested(self, plan: _Plan) -> None:
@@ -1154,7 +1287,7 @@ class SqliteJournal(WriterJournal):
         """The statements that commit ``batch`` once its flows' keys are known: its
         events, the status of each flow that has a FLOW event in it, and a heartbeat."""
         keys = self._keys
-        steps = _event_steps(batch, keys)
+        steps = _event_steps(batch, keys, self._fences)
         if plan.flow_rows:
             # The last FLOW event's; a flow that comes to rest gives up its owner.
             status = {
@@ -1193,11 +1326,13 @@ class SqliteJournal(WriterJournal):
             if flow_id in found:
                 continue
             rows = await db.execute_fetchall(
-                "SELECT seq FROM aioflow_events WHERE flow = (SELECT key FROM aioflow_flows"
-                " WHERE flow_id = ?) AND seq BETWEEN ? AND ?",
-                (flow_id, min(seqs), max(seqs)),
+                "SELECT seq, started FROM aioflow_events WHERE flow = (SELECT key FROM"
+                " aioflow_flows WHERE flow_id = ?) AND seq BETWEEN ? AND ?",
+                (flow_id, min(seqs), max(seqs) + 1),  # a pair's start is at its seq - 1
             )
-            taken = seqs & {seq for (seq,) in rows}
+            stored = {seq for seq, _ in rows}
+            stored.update(seq - 1 for seq, started in rows if started is not None)
+            taken = seqs & stored
             if taken:
                 found[flow_id] = self._conflict_error(flow_id, min(taken))
         return found
@@ -1439,8 +1574,8 @@ class SqliteJournal(WriterJournal):
                     page = list(await fetch(_SELECT_EVENTS, (flow_id, after, _PAGE)))
                 except (sqlite3.Error, ValueError) as exc:
                     raise self._error(f"cannot read flow {flow_id}", exc) from exc
-                for row in page:
-                    yield _event(flow_id, row, decode)
+                for event in _events(flow_id, page, decode, after):
+                    yield event
                 if len(page) < _PAGE:
                     return
                 after = page[-1][0]
@@ -1462,7 +1597,7 @@ class SqliteJournal(WriterJournal):
         if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
         decode = self.codec.decode
-        return [_event(flow_id, row, decode) for row in rows]
+        return _events(flow_id, rows, decode)
 
     async def _purge_batch(
         self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
@@ -1556,12 +1691,19 @@ class SqliteJournal(WriterJournal):
                 if not rows:
                     raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
                 (key,) = found
-                plan = plan_compaction([self._event(flow_id, row) for row in rows], keep, before)
+                events = _events(flow_id, rows, self.codec.decode)
+                plan = plan_compaction(events, keep, before)
                 if plan is None:
                     return 0
                 n, folded = plan
                 conn.execute(
                     "DELETE FROM aioflow_events WHERE flow = ? AND seq <= ?", (key, folded.seq)
+                )
+                # A row that paired a start folded away with the event after it keeps
+                # that event alone.
+                conn.execute(
+                    "UPDATE aioflow_events SET started = NULL WHERE flow = ? AND seq = ?",
+                    (key, folded.seq + 1),
                 )
                 conn.execute(
                     _INSERT_EVENT,
