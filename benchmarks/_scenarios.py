@@ -152,13 +152,40 @@ async def engine_for(journal: str, cfg: Config, **options: Any) -> AsyncIterator
         return
     if journal.startswith("pg "):
         durability = journal.removeprefix("pg ")
-        async with aioflow.Engine(POSTGRES_URL, durability=durability, **options) as engine:  # type: ignore[arg-type]
+        async with (
+            fresh_schema(POSTGRES_URL) as url,
+            aioflow.Engine(url, durability=durability, **options) as engine,  # type: ignore[arg-type]
+        ):
             yield engine
         return
     with tempfile.TemporaryDirectory(prefix="aioflow-bench-", dir=cfg.tmp) as tmp:
         url = f"sqlite:///{os.path.join(tmp, 'journal.db')}"
         async with aioflow.Engine(url, durability=journal, **options) as engine:  # type: ignore[arg-type]
             yield engine
+
+
+@asynccontextmanager
+async def fresh_schema(url: str) -> AsyncIterator[str]:
+    """``url`` with a ``search_path`` of a schema made for the caller, dropped after: each
+    PostgreSQL measurement starts from empty tables, as the floor's do (a journal left
+    in ``public`` by earlier runs grew to millions of events, and every step was slower
+    for it)."""
+    import asyncpg
+
+    schema = f"aioflow_bench_{time.monotonic_ns()}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    finally:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        finally:
+            await conn.close()
 
 
 async def run_flow(engine: aioflow.Engine, flow: aioflow.Flow) -> float:
