@@ -1422,3 +1422,26 @@ def test_whatever_is_paired_every_event_reads_back_as_appended(
         assert [seq for (seq,) in seqs] == [e.seq for e in expected]
 
     anyio.run(run)
+
+
+async def test_events_for_a_flow_purged_under_a_key_remembered_go_under_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """A journal that remembers a flow's key, when another one ended and purged that
+    flow meanwhile, takes the events it is then given for it as those of a flow it does
+    not know (under a new summary, as events appended without a start are), and never
+    stores them under the key of the purged flow."""
+    path = tmp_path / "j.db"
+    async with SqliteJournal(path) as mine, SqliteJournal(path) as theirs:
+        for event in a_flow("f", 3):
+            mine.append(event)
+        await mine.flush()  # mine now knows the flow's key
+        await theirs.wait_durable(theirs.append(flow_status("f", 4, FlowStatus.SUCCESS)))
+        assert await theirs.purge(older_than=0) == 1
+        await mine.wait_durable(mine.append(atom_event("f", 5)))
+        assert [e.seq for e in await theirs.load("f")] == [5]
+    with sqlite3.connect(path) as db:
+        [(key, name)] = db.execute("SELECT key, name FROM aioflow_flows").fetchall()
+        assert key != 1 and name is None  # the purged flow's key was 1
+        assert db.execute("SELECT DISTINCT flow FROM aioflow_events").fetchall() == [(key,)]
+    db.close()

@@ -1236,7 +1236,8 @@ class SqliteJournal(WriterJournal):
         """Learn the keys in ``found`` (rows of :data:`_FIND_BY`, read in the commit's
         transaction, so that no claim can change before it ends), and return the flows
         of ``plan`` whose rows must be refused, with their errors: a fence whose
-        generation moved on, a flow that is not in the journal."""
+        generation moved on, a flow that is not in the journal, an event of a flow no
+        fence guards that does not come after the flow's last one."""
         keys = self._keys
         fences = self._fences
         current: dict[str, tuple[int, str | None, int]] = {}
@@ -1250,14 +1251,15 @@ class SqliteJournal(WriterJournal):
                 generation, owner, _ = current.get(flow_id, (None, None, 0))
                 if generation != fence.generation:
                     refused[flow_id] = taken_over(flow_id, fence, owner)
-            elif flow_id not in keys:
+            elif flow_id not in current:  # (a key remembered for it names no flow now)
+                keys.pop(flow_id, None)
                 refused[flow_id] = JournalError(
                     f"journal {self.url}: no flow {flow_id} to add events to (it was never "
                     "started in this journal, or it was purged)"
                 )
             else:
-                first = plan.firsts[flow_id]
-                if first <= current[flow_id][2]:
+                first = plan.firsts.get(flow_id)  # None: it had a fence when planned
+                if first is not None and first <= current[flow_id][2]:
                     refused[flow_id] = self._conflict_error(flow_id, first)
         return refused
 
