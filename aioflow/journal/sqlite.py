@@ -245,6 +245,15 @@ through a subquery than the separate statements it saves."""
 _FENCE = "WHERE (SELECT generation FROM aioflow_flows WHERE key = ?) = ?"
 _INSERT_FENCED = _statements(_ROW, _ALONE_ROWS, _FENCE)
 _INSERT_FENCED_PAIRS = _statements(_PAIR, _ALONE_ROWS, _FENCE)
+_INLINE_STATEMENTS = (
+    *_INSERT_EVENTS.values(),
+    *_INSERT_PAIRS.values(),
+    *_INSERT_FENCED.values(),
+    *_INSERT_FENCED_PAIRS.values(),
+)
+"""The statements of events that the inline connection prepares when it opens, and
+keeps: the largest of them, 256 rows, costs SQLite ~1 ms to prepare again, so its cache
+holds them all, and the few other statements of a commit besides."""
 _CREATE_FLOW = (
     "INSERT INTO aioflow_flows(flow_id, name, status, ref, created, updated, owner,"
     " generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(flow_id) DO NOTHING"
@@ -735,11 +744,11 @@ class SqliteJournal(WriterJournal):
             isolation_level=None,
             check_same_thread=False,  # opened in a worker thread, used on the loop's
             timeout=0,
-            cached_statements=len(_INSERT_EVENTS) + len(_INSERT_FENCED) + 8,
+            cached_statements=len(_INLINE_STATEMENTS) + 16,
         )
         try:
             inline.executescript(_PRAGMAS + "PRAGMA wal_autocheckpoint=0;")
-            for statement in (*_INSERT_EVENTS.values(), *_INSERT_FENCED.values()):
+            for statement in _INLINE_STATEMENTS:
                 # Compiled here, in a worker thread, and kept in the connection's cache;
                 # without values it is then refused: nothing is written.
                 with contextlib.suppress(sqlite3.ProgrammingError):
@@ -773,7 +782,7 @@ class SqliteJournal(WriterJournal):
                 uri=True,
                 isolation_level=None,  # autocommit: we say where transactions are
                 timeout=self._busy_timeout,  # sets SQLite's busy_timeout
-                cached_statements=len(_INSERT_EVENTS) + 32,
+                cached_statements=len(_INSERT_EVENTS) + len(_INSERT_PAIRS) + 32,
             )
         except sqlite3.Error as exc:
             if create or await anyio.Path(self.path).exists():
