@@ -418,6 +418,32 @@ EventRow: TypeAlias = tuple[
 names a flow, the flow's name and reference for its summary row."""
 
 
+def stored_event(
+    flow_id: str,
+    seq: int,
+    time: float,
+    kind: EventKind,
+    atom: str | None,
+    state: str | None,
+    attempt: int,
+    progress: float | None,
+    details: str | None,
+    codec: Codec,
+) -> Event:
+    """The event a backend stored with these columns (``details`` the codec's text)."""
+    return Event(
+        flow_id,
+        seq,
+        time,
+        kind,
+        atom,
+        decode_state(kind, state),
+        attempt,
+        progress,
+        {} if details is None else cast("Mapping[str, Any]", codec.decode(details)),
+    )
+
+
 def encode_row(event: Event, codec: Codec) -> EventRow:
     """``event`` as a row; a value the codec refuses raises SerializationError now."""
     return fields_row(codec, *event_fields(event))
@@ -612,18 +638,9 @@ class WriterJournal(Journal):
     def _event(self, flow_id: str, row: Sequence[Any]) -> Event:
         """The event a stored row (seq, time, kind, atom, state, attempt, progress,
         details) holds."""
-        seq, time, kind_name, atom, state, attempt, progress, details = row
-        kind = EventKind(kind_name)
-        return Event(
-            flow_id,
-            seq,
-            time,
-            kind,
-            atom,
-            decode_state(kind, state),
-            attempt,
-            progress,
-            {} if details is None else cast("Mapping[str, Any]", self.codec.decode(details)),
+        seq, time, kind, atom, state, attempt, progress, details = row
+        return stored_event(
+            flow_id, seq, time, EventKind(kind), atom, state, attempt, progress, details, self.codec
         )
 
     def append(self, event: Event) -> int:

@@ -56,7 +56,14 @@ from ._base import (
     settle_appends,
     taken_over,
 )
-from ._writer import CommitError, EventRow, GroupWriter, WriterJournal, encode_row
+from ._writer import (
+    CommitError,
+    EventRow,
+    GroupWriter,
+    WriterJournal,
+    encode_row,
+    stored_event,
+)
 
 __all__ = ["SqliteJournal"]
 
@@ -586,7 +593,7 @@ def _purge_sync(
 
 
 def _events(
-    flow_id: str, rows: Iterable[Sequence[Any]], decode: Callable[[str], Any], after: int = 0
+    flow_id: str, rows: Iterable[Sequence[Any]], codec: Codec, after: int = 0
 ) -> list[Event]:
     """The events that rows of ``_SELECT_EVENTS`` or ``_LOAD`` hold, after seq ``after``:
     a row with a ``started`` time holds two (see :data:`_EVENTS_TABLE`)."""
@@ -597,17 +604,7 @@ def _events(
         if started is not None and seq - 1 > after:
             append(Event(flow_id, seq - 1, started, kind, atom, _RUNNING, attempt, 0.0, {}))
         append(
-            Event(
-                flow_id,
-                seq,
-                time,
-                kind,
-                atom,
-                decode_state(kind, state),
-                attempt,
-                progress,
-                {} if details is None else cast("Mapping[str, Any]", decode(details)),
-            )
+            stored_event(flow_id, seq, time, kind, atom, state, attempt, progress, details, codec)
         )
     return events
 
@@ -1572,14 +1569,13 @@ class SqliteJournal(WriterJournal):
 
     async def events(self, flow_id: str, *, after: int = 0) -> AsyncIterator[Event]:
         fetch, temporary = await self._reading()
-        decode = self.codec.decode
         try:
             while fetch is not None:
                 try:
                     page = list(await fetch(_SELECT_EVENTS, (flow_id, after, _PAGE)))
                 except (sqlite3.Error, ValueError) as exc:
                     raise self._error(f"cannot read flow {flow_id}", exc) from exc
-                for event in _events(flow_id, page, decode, after):
+                for event in _events(flow_id, page, self.codec, after):
                     yield event
                 if len(page) < _PAGE:
                     return
@@ -1601,8 +1597,7 @@ class SqliteJournal(WriterJournal):
                     await temporary.close()
         if not rows:
             raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
-        decode = self.codec.decode
-        return _events(flow_id, rows, decode)
+        return _events(flow_id, rows, self.codec)
 
     async def _purge_batch(
         self, statuses: frozenset[FlowStatus], cut: float, after: PurgeKey | None, limit: int
@@ -1696,7 +1691,7 @@ class SqliteJournal(WriterJournal):
                 if not rows:
                     raise NotFoundError(f"no flow {flow_id} in journal {self.url}")
                 (key,) = found
-                events = _events(flow_id, rows, self.codec.decode)
+                events = _events(flow_id, rows, self.codec)
                 plan = plan_compaction(events, keep, before)
                 if plan is None:
                     return 0
