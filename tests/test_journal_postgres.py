@@ -9,6 +9,7 @@ import pytest
 import aioflow
 from aioflow._errors import JournalError, NotFoundError
 from aioflow.journal import MemoryJournal, open_journal
+from aioflow.journal._base import Fence
 from aioflow.journal.postgres import PostgresJournal, dsn_from_url
 
 from . import test_journal as shared
@@ -111,11 +112,11 @@ async def test_reading_while_closed_and_from_an_empty_schema(pg_url: str) -> Non
 async def test_another_schema_version_is_refused_and_untouched(pg_url: str) -> None:
     async with PostgresJournal(pg_url) as j:
         j.append(flow_start("f"))
-    await sql(pg_url, "UPDATE aioflow_meta SET value = '3' WHERE key = 'schema_version'")
-    with pytest.raises(JournalError, match=r"version 3.*version 2.*upgrade aioflow"):
+    await sql(pg_url, "UPDATE aioflow_meta SET value = '4' WHERE key = 'schema_version'")
+    with pytest.raises(JournalError, match=r"version 4.*version 3.*upgrade aioflow"):
         await PostgresJournal(pg_url).open()
     assert len(await sql(pg_url, "SELECT * FROM aioflow_events")) == 1
-    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("3",)]
+    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("4",)]
 
 
 async def test_foreign_tables_are_refused(pg_url: str) -> None:
@@ -192,7 +193,63 @@ async def test_a_version_1_schema_is_migrated_once_and_keeps_its_flows(pg_url: s
         summary = await one.summary("old")
         # A RUNNING flow of the old schema has no owner: it is orphaned, resumable.
         assert summary.owner is None and summary.orphaned
-    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("2",)]
+        assert summary.last_seq == 1
+    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("3",)]
+
+
+async def test_a_version_2_schema_loses_last_seq_and_reads_it_from_the_events(
+    pg_url: str,
+) -> None:
+    """Version 3 reads a flow's last seq from its events, so a commit of events without
+    a FLOW event rewrites no summary: a version 2 schema's column is dropped when it is
+    opened, its flows keep their summaries, and their last seqs are those of their
+    events."""
+    for statement in (
+        "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
+        " time DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, atom TEXT, state TEXT,"
+        " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
+        " PRIMARY KEY(flow_id, seq))",
+        "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
+        " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
+        " ord BIGSERIAL, owner TEXT, generation BIGINT NOT NULL DEFAULT 0)",
+        "CREATE TABLE aioflow_owners(owner TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL)",
+        "INSERT INTO aioflow_meta VALUES ('schema_version', '2')",
+        "INSERT INTO aioflow_events VALUES ('old', 1, 1.0, 'FLOW', NULL, 'RUNNING', 0, NULL,"
+        " '{\"name\": \"demo\"}'), ('old', 2, 2.0, 'ATOM', 'a', 'SUCCESS', 1, 1.0, NULL)",
+        "INSERT INTO aioflow_flows(flow_id, name, status, created, updated, last_seq, owner,"
+        " generation) VALUES ('old', 'demo', 'RUNNING', 1.0, 1.0, 2, 'gone', 3)",
+    ):
+        await sql(pg_url, statement)
+    async with PostgresJournal(pg_url) as journal:
+        summary = await journal.summary("old")
+        assert (summary.name, summary.last_seq, summary.generation) == ("demo", 2, 3)
+        generation, last_seq = await journal.take("old", "me")
+        assert (generation, last_seq) == (4, 2)
+        journal.set_fence("old", Fence("me", generation))
+        await journal.wait_durable(journal.append(atom_event("old", 3)))
+        assert (await journal.summary("old")).last_seq == 3
+    assert await sql(pg_url, "SELECT value FROM aioflow_meta") == [("3",)]
+    columns = await sql(
+        pg_url,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'aioflow_flows'",
+    )
+    assert ("last_seq",) not in columns
+
+
+async def test_a_commit_without_a_flow_event_rewrites_no_summary(pg_url: str) -> None:
+    """A fenced commit of atom events leaves the flow's summary row as it was (the same
+    tuple: PostgreSQL wrote no new version of it), and its last seq still moves."""
+    async with PostgresJournal(pg_url) as journal:
+        await journal.wait_durable(journal.append(flow_start("f")))
+        generation, _ = await journal.take("f", "me")
+        journal.set_fence("f", Fence("me", generation))
+        [(before,)] = await sql(pg_url, "SELECT ctid::text FROM aioflow_flows")
+        await journal.wait_durable(journal.append(atom_event("f", 2)))
+        [(after,)] = await sql(pg_url, "SELECT ctid::text FROM aioflow_flows")
+        assert (await journal.summary("f")).last_seq == 2
+    assert after == before
 
 
 def test_schema_helper_isolation(pg_schema: str) -> None:

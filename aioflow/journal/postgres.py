@@ -48,11 +48,13 @@ __all__ = ["SCHEMA_VERSION", "PostgresJournal", "dsn_from_url"]
 
 _LOG = get_logger("aioflow.journal")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema version this module reads and writes (``schema_version`` in ``aioflow_meta``).
 
 Version 2 added flow ownership (``owner`` and ``generation`` in ``aioflow_flows``, and the
-engines' heartbeats in ``aioflow_owners``); a version 1 schema is migrated when opened."""
+engines' heartbeats in ``aioflow_owners``). Version 3 drops the summary's ``last_seq``: a
+flow's last seq is read from its events, so a commit without a FLOW event rewrites no
+summary row. A version 1 or 2 schema is migrated when opened."""
 
 _TABLES = ("aioflow_meta", "aioflow_events", "aioflow_flows")
 # The mailbox (see Journal.post_message). No schema version of its own: an older aioflow
@@ -104,6 +106,11 @@ _MIGRATE_1_TO_2 = (
     _OWNERS,
     "UPDATE aioflow_meta SET value = '2' WHERE key = 'schema_version'",
 )
+# Version 2 to 3: the column goes (PostgreSQL only marks it dropped: no row is rewritten).
+_MIGRATE_2_TO_3 = (
+    "ALTER TABLE aioflow_flows DROP COLUMN last_seq",
+    "UPDATE aioflow_meta SET value = '3' WHERE key = 'schema_version'",
+)
 _ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 """What asyncpg raises when the server, the connection or the statement fails."""
 _UNSENT = (asyncpg.InterfaceError, asyncpg.InternalClientError)
@@ -116,7 +123,7 @@ _SCHEMA = (
     " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
     " PRIMARY KEY(flow_id, seq))",
     "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
-    " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
+    " created DOUBLE PRECISION, updated DOUBLE PRECISION,"
     " ord BIGSERIAL, owner TEXT, generation BIGINT NOT NULL DEFAULT 0)",
     "CREATE INDEX aioflow_flows_status ON aioflow_flows(status)",
     _FLOWS_CREATED,
@@ -124,8 +131,9 @@ _SCHEMA = (
 )
 
 # One statement commits a batch: it locks the summary rows of the fenced flows that hold
-# their fence's generation ($20, $21: flows the batch does not create), and only when all
-# of them do, inserts the events and upserts one summary per flow it touches. A flow's
+# their fence's generation ($19, $20: flows the batch does not create), and only when all
+# of them do, inserts the events and upserts the summary of each flow it names or moves
+# to another status (no other: a flow's last seq is read from its events). A flow's
 # summary row is made by the event that names it (as in SQLite); a flow with no row and
 # no naming event in the batch keeps having none. A flow that comes to rest gives up its
 # owner. The statement returns whether the fences held; when they did not, it wrote
@@ -133,11 +141,11 @@ _SCHEMA = (
 _COMMIT = """
 WITH owned AS (
     SELECT f.flow_id FROM aioflow_flows f
-    JOIN unnest($20::text[], $21::bigint[]) AS x(flow_id, generation) USING (flow_id)
+    JOIN unnest($19::text[], $20::bigint[]) AS x(flow_id, generation) USING (flow_id)
     WHERE f.generation = x.generation
     FOR UPDATE OF f
 ), held AS (
-    SELECT count(*) = cardinality($20::text[]) AS ok FROM owned
+    SELECT count(*) = cardinality($19::text[]) AS ok FROM owned
 ), events AS (
     INSERT INTO aioflow_events
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[],
@@ -145,32 +153,30 @@ WITH owned AS (
     WHERE (SELECT ok FROM held)
 ), flows AS (
     INSERT INTO aioflow_flows AS f
-        (flow_id, name, status, ref, created, updated, last_seq, owner, generation)
-    SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.last_seq, u.owner,
-           u.generation
+        (flow_id, name, status, ref, created, updated, owner, generation)
+    SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.owner, u.generation
     FROM unnest($10::text[], $11::text[], $12::text[], $13::text[], $14::float8[],
-                $15::float8[], $16::bigint[], $17::text[], $18::bigint[])
-         AS u(flow_id, name, status, ref, created, updated, last_seq, owner, generation)
+                $15::float8[], $16::text[], $17::bigint[])
+         AS u(flow_id, name, status, ref, created, updated, owner, generation)
     WHERE (SELECT ok FROM held) AND (u.name IS NOT NULL
            OR EXISTS (SELECT 1 FROM aioflow_flows g WHERE g.flow_id = u.flow_id))
     ON CONFLICT (flow_id) DO UPDATE SET
-        last_seq = GREATEST(f.last_seq, EXCLUDED.last_seq),
         status = COALESCE(EXCLUDED.status, f.status),
         updated = COALESCE(EXCLUDED.updated, f.updated),
-        owner = CASE WHEN EXCLUDED.status = ANY($19::text[]) THEN NULL ELSE f.owner END
+        owner = CASE WHEN EXCLUDED.status = ANY($18::text[]) THEN NULL ELSE f.owner END
 )
 SELECT ok FROM held
 """
 # The commit of a batch that brings a conductor's job's flow to SUCCESS completes the job
-# too ($22 ids, $23 the claims' generations, $24 the time), if the claim still holds
+# too ($21 ids, $22 the claims' generations, $23 the time), if the claim still holds
 # (see Journal._complete_job_on_success); it returns the jobs it completed. A statement
 # of its own: only a journal whose database holds a board prepares it.
 _COMMIT_COMPLETING = _COMMIT.replace(
     "\nSELECT ok FROM held\n",
     """, jobs AS (
     UPDATE aioflow_jobs j SET state = 'COMPLETE', status = 'SUCCESS', failures = NULL,
-        updated = $24
-    FROM unnest($22::text[], $23::bigint[]) AS c(id, generation)
+        updated = $23
+    FROM unnest($21::text[], $22::bigint[]) AS c(id, generation)
     WHERE (SELECT ok FROM held) AND j.id = c.id AND j.generation = c.generation
           AND j.state = 'CLAIMED'
     RETURNING j.id
@@ -228,9 +234,14 @@ _PURGE_MAIL = (
     ", mail AS (DELETE FROM aioflow_mailbox WHERE flow_id IN (SELECT flow_id FROM doomed))"
 )
 _PURGE_AFTER = "AND (created, flow_id) > ($4::float8, $5::text)"
+_LAST_SEQ = "coalesce((SELECT max(e.seq) FROM aioflow_events e WHERE e.flow_id = f.flow_id), 0)"
+"""A flow's last seq, from its events (one step down their primary key)."""
+_LAST_SEQ_OF = "SELECT coalesce(max(seq), 0) FROM aioflow_events WHERE flow_id = $1"
 _SELECT_FLOWS = (
-    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, f.last_seq, f.owner,"
-    " f.generation, o.expires FROM aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
+    "SELECT f.flow_id, f.name, f.status, f.ref, f.created, f.updated, "
+    + _LAST_SEQ
+    + ", f.owner, f.generation, o.expires FROM aioflow_flows f"
+    " LEFT JOIN aioflow_owners o USING (owner)"
 )
 _OWNERS_KEPT = 3600.0
 """Seconds an expired heartbeat row is kept before a heartbeat deletes it."""
@@ -400,13 +411,13 @@ class PostgresJournal(WriterJournal):
             raise JournalError(
                 f"{_redact(self.url)} has an aioflow_meta table without a schema_version"
             )
-        if version == "1":
+        if version in ("1", "2"):
             await self._migrate(conn)
         elif version != str(SCHEMA_VERSION):
             raise JournalError(
                 f"{_redact(self.url)} is an aioflow journal with schema version {version}; "
                 f"this version of aioflow reads schema version {SCHEMA_VERSION} (and "
-                "migrates version 1); a newer aioflow wrote it: upgrade aioflow to open it"
+                "migrates versions 1 and 2); a newer aioflow wrote it: upgrade aioflow to open it"
             )
         missing = set(_TABLES) - names
         if missing:
@@ -416,8 +427,8 @@ class PostgresJournal(WriterJournal):
         return True
 
     async def _migrate(self, conn: Any) -> None:
-        """Bring a version 1 schema to version 2 (flow ownership), once for every process
-        opening it at once."""
+        """Bring a version 1 or 2 schema to version 3, once for every process opening it
+        at once: 1 to 2 adds flow ownership, 2 to 3 drops the summaries' ``last_seq``."""
         async with conn.transaction():
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.aioflow_journal'))"
@@ -425,10 +436,20 @@ class PostgresJournal(WriterJournal):
             version = await conn.fetchval(
                 "SELECT value FROM aioflow_meta WHERE key = 'schema_version'"
             )
+            before = version
             if version == "1":
                 for statement in _MIGRATE_1_TO_2:
                     await conn.execute(statement)
-                _LOG.info("aioflow.journal_migrated", journal=self.label, schema_version=2)
+                version = "2"
+            if version == "2":
+                for statement in _MIGRATE_2_TO_3:
+                    await conn.execute(statement)
+                _LOG.info(
+                    "aioflow.journal_migrated",
+                    journal=self.label,
+                    schema_version=SCHEMA_VERSION,
+                    was=int(before),
+                )
 
     async def _ensure_schema(self, conn: Any) -> None:
         async with conn.transaction():
@@ -516,18 +537,18 @@ class PostgresJournal(WriterJournal):
         return True
 
     def _arguments(self, batch: list[_Row], *, fenced: bool = True) -> list[Any]:
-        """The 21 parameters of :data:`_COMMIT` for ``batch``."""
+        """The 20 parameters of :data:`_COMMIT` for ``batch``: its events, the summaries
+        it changes (of the flows it names or moves to another status: a commit of other
+        events rewrites no summary) and the fences it checks."""
         columns: list[Any] = [list(column) for column in zip(*batch, strict=True)][:9]
         fences = self._fences if fenced else {}
-        # flow_id -> [name, status, ref, created, updated, last_seq, owner, generation]
+        # flow_id -> [name, status, ref, created, updated, owner, generation]
         flows: dict[str, list[Any]] = {}
         for row in batch:
-            flow_id, seq, when, kind, state, name = row[0], row[1], row[2], row[3], row[5], row[9]
+            flow_id, when, kind, state, name = row[0], row[2], row[3], row[5], row[9]
             summary = flows.get(flow_id)
             if summary is None:
-                summary = flows[flow_id] = [None, None, None, None, None, seq, None, 0]
-            elif seq > summary[5]:
-                summary[5] = seq
+                summary = flows[flow_id] = [None, None, None, None, None, None, 0]
             if name is not None and summary[0] is None:
                 summary[0], summary[2], summary[3] = name, row[10], when
             if kind == "FLOW":
@@ -542,10 +563,14 @@ class PostgresJournal(WriterJournal):
                 checked.append(flow_id)
                 generations.append(fence.generation)
             elif summary[1] not in _RESTING:  # a new flow is made with its owner
-                summary[6], summary[7] = fence.owner, fence.generation
+                summary[5], summary[6] = fence.owner, fence.generation
             else:
-                summary[7] = fence.generation
-        summaries = [[flow_id, *summary] for flow_id, summary in flows.items()]
+                summary[6] = fence.generation
+        summaries = [
+            [flow_id, *summary]
+            for flow_id, summary in flows.items()
+            if summary[0] is not None or summary[1] is not None  # named, or a FLOW event
+        ] or [[None] * 8]  # (a row that matches no flow: unnest needs its arrays typed)
         columns += [list(column) for column in zip(*summaries, strict=True)]
         columns += [_RESTING, checked, generations]
         return columns
@@ -760,14 +785,17 @@ class PostgresJournal(WriterJournal):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 row = await conn.fetchrow(
-                    "SELECT f.owner, f.generation, f.last_seq, o.expires FROM"
+                    "SELECT f.owner, f.generation, o.expires FROM"
                     " aioflow_flows f LEFT JOIN aioflow_owners o USING (owner)"
                     " WHERE f.flow_id = $1 FOR UPDATE OF f",
                     flow_id,
                 )
                 if row is None:
                     raise NotFoundError(f"no flow {flow_id} in journal {_redact(self.url)}")
-                current, generation, last_seq, expires = row
+                current, generation, expires = row
+                # Read once the row is locked, in a statement of its own (a snapshot of
+                # its own): it sees the events of a commit that held the lock before us.
+                last_seq = await conn.fetchval(_LAST_SEQ_OF, flow_id)
                 if (
                     current is not None
                     and current != owner
