@@ -172,13 +172,19 @@ async def test_compact_folds_history_and_replays_the_same(pg_url: str) -> None:
             await j.compact("nope")
 
 
+_OLD_META_AND_EVENTS = (
+    "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
+    " time DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, atom TEXT, state TEXT,"
+    " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
+    " PRIMARY KEY(flow_id, seq))",
+)
+"""Two tables as versions 1 and 2 made them (written out: what an older aioflow left)."""
+
+
 async def test_a_version_1_schema_is_migrated_once_and_keeps_its_flows(pg_url: str) -> None:
     for statement in (
-        "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
-        " time DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, atom TEXT, state TEXT,"
-        " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
-        " PRIMARY KEY(flow_id, seq))",
+        *_OLD_META_AND_EVENTS,
         "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
         " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT, ord BIGSERIAL)",
         "INSERT INTO aioflow_meta VALUES ('schema_version', '1')",
@@ -205,11 +211,7 @@ async def test_a_version_2_schema_loses_last_seq_and_reads_it_from_the_events(
     opened, its flows keep their summaries, and their last seqs are those of their
     events."""
     for statement in (
-        "CREATE TABLE aioflow_meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE aioflow_events(flow_id TEXT NOT NULL, seq BIGINT NOT NULL,"
-        " time DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, atom TEXT, state TEXT,"
-        " attempt INTEGER NOT NULL, progress DOUBLE PRECISION, details TEXT,"
-        " PRIMARY KEY(flow_id, seq))",
+        *_OLD_META_AND_EVENTS,
         "CREATE TABLE aioflow_flows(flow_id TEXT PRIMARY KEY, name TEXT, status TEXT, ref TEXT,"
         " created DOUBLE PRECISION, updated DOUBLE PRECISION, last_seq BIGINT,"
         " ord BIGSERIAL, owner TEXT, generation BIGINT NOT NULL DEFAULT 0)",

@@ -282,6 +282,9 @@ _LAST_SEQ = "coalesce((SELECT max(seq) FROM aioflow_events e WHERE e.flow = f.ke
 _FIND = "SELECT key, flow_id, generation, owner, " + _LAST_SEQ + " FROM aioflow_flows f WHERE "
 _FIND_BY = {column: _FIND + column + " IN " for column in ("key", "flow_id")}
 _FIND_ONE = {column: _FIND + column + " = ?" for column in ("key", "flow_id")}
+_FIND_FENCED = "SELECT key, flow_id, generation, owner, 0 FROM aioflow_flows WHERE key = ?"
+"""The lookup of a commit's one fenced flow: the fence needs no last seq (see
+:meth:`SqliteJournal._refusals`), so the commit most runs make reads none."""
 _FIND_CHUNK = 1024
 """The most flows one lookup of :meth:`SqliteJournal._finds` names."""
 _KEYS_KEPT = 100_000
@@ -401,8 +404,7 @@ def _values(
                 )
                 held = None
                 continue
-            _, hseq, htime, hkind, hatom, hstate, hattempt, _, _, _, _ = held
-            extend((keys[held[0]], hseq, htime, hkind, hatom or "", hstate, hattempt, 0.0, ""))
+            extend(_alone(held, keys))
             held = None
         if (
             state == "RUNNING"
@@ -427,9 +429,15 @@ def _values(
             )
         )
     if held is not None:
-        _, hseq, htime, hkind, hatom, hstate, hattempt, _, _, _, _ = held
-        extend((keys[held[0]], hseq, htime, hkind, hatom or "", hstate, hattempt, 0.0, ""))
+        extend(_alone(held, keys))
     return rows, pairs
+
+
+def _alone(start: _Row, keys: Mapping[str, int]) -> tuple[Any, ...]:
+    """The values of a RUNNING that :func:`_values` held back and that paired with
+    nothing: a row of its own (its progress is 0 and it has no details)."""
+    flow_id, seq, time, kind, atom, state, attempt, _, _, _, _ = start
+    return (keys[flow_id], seq, time, kind, atom or "", state, attempt, 0.0, "")
 
 
 def _in_list(values: list[Any]) -> tuple[str, list[Any]]:
@@ -1212,7 +1220,8 @@ class SqliteJournal(WriterJournal):
             (flow_id,) = flows
             key = keys.get(flow_id)
             if key is not None:
-                return _Plan(flows, flow_rows, [], _finds("key", [key]), firsts)
+                finds = _finds("key", [key]) if firsts else [(_FIND_FENCED, [key])]
+                return _Plan(flows, flow_rows, [], finds, firsts)
         created: list[tuple[Any, ...]] = []
         by_id: dict[str, None] = {}
         for row in flow_rows:
