@@ -220,6 +220,106 @@ async def test_a_lingering_writer_gathers_rows_nobody_waits_for() -> None:
     assert writer.commits == 3
 
 
+class TaskRecorder(Recorder):
+    """A Recorder that also notes which task made each commit, and that no two commits
+    ever overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[int] = []
+        self.inside = 0
+
+    async def __call__(self, batch: list[int]) -> None:
+        assert self.inside == 0, "two commits at once"
+        self.inside += 1
+        try:
+            self.tasks.append(anyio.get_current_task().id)
+            await super().__call__(batch)
+        finally:
+            self.inside -= 1
+
+
+async def test_an_in_waiter_writer_commits_in_the_waiter_one_commit_at_a_time() -> None:
+    rec = TaskRecorder()
+    writer: GroupWriter[int] = GroupWriter(
+        rec, name="test", in_waiter=True, linger=60.0, linger_rows=1000
+    )
+    me = anyio.get_current_task().id
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        with anyio.fail_after(5):  # the writer lingers a minute: it is not the one
+            await writer.wait_durable(writer.append(1))
+        assert rec.batches == [[1]] and rec.tasks == [me]
+        # A waiter's commit in flight: later waiters wait for it, then one of them
+        # commits what came meanwhile; the log keeps its order.
+        rec.gate = anyio.Event()
+        rec.entered = anyio.Event()
+        done: list[int] = []
+
+        async def waiter(ticket: int) -> None:
+            await writer.wait_durable(ticket)
+            done.append(ticket)
+
+        tg.start_soon(waiter, writer.append(2))
+        await rec.entered.wait()
+        for i in range(3, 6):
+            tg.start_soon(waiter, writer.append(i))
+        for _ in range(5):
+            await anyio.sleep(0)
+        assert rec.batches == [[1]]  # nothing overtakes the commit in flight
+        rec.gate.set()
+        rec.gate = None
+        with anyio.fail_after(5):
+            while len(done) < 4:
+                await anyio.sleep(0.001)
+        assert rec.batches == [[1], [2], [3, 4, 5]]
+        assert writer.durable == 5 and writer.commits == 3
+        await writer.close()
+
+
+async def test_an_in_waiter_commit_outlives_a_cancelled_waiter_and_holds_up_close() -> None:
+    rec = TaskRecorder()
+    writer: GroupWriter[int] = GroupWriter(rec, name="test", in_waiter=True)
+
+    async def open_gate(gate: anyio.Event) -> None:
+        await anyio.sleep(0.1)
+        gate.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        rec.gate = anyio.Event()
+        tg.start_soon(open_gate, rec.gate)
+        with anyio.fail_after(5), anyio.move_on_after(0.02):
+            await writer.wait_durable(writer.append(1))  # commits itself, held 0.1 s
+        # The deadline passed while the commit was held: it was not cut short.
+        assert rec.batches == [[1]] and writer.durable == 1
+        # Closing waits for a waiter's commit in flight.
+        rec.gate = anyio.Event()
+        rec.entered = anyio.Event()
+        tg.start_soon(writer.wait_durable, writer.append(2))
+        await rec.entered.wait()
+        tg.start_soon(open_gate, rec.gate)
+        with anyio.fail_after(5):
+            await writer.close()
+        assert rec.gate.is_set() and rec.batches == [[1], [2]] and writer.durable == 2
+
+
+async def test_an_in_waiter_writer_still_commits_rows_nobody_waits_for() -> None:
+    rec = TaskRecorder()
+    writer: GroupWriter[int] = GroupWriter(
+        rec, name="test", in_waiter=True, linger=0.01, linger_rows=1000
+    )
+    me = anyio.get_current_task().id
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        writer.append(1)
+        with anyio.fail_after(5):
+            while writer.durable < 1:
+                await anyio.sleep(0.001)
+        assert rec.batches == [[1]] and rec.tasks[0] != me  # the writer's commit
+        await writer.close()
+
+
 async def test_sqlite_reads_see_rows_the_writer_still_gathers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -59,6 +59,12 @@ class GroupWriter(Generic[Row]):
     to that long, or until ``linger_rows`` are pending, before the writer commits them:
     a commit has a fixed cost, and rows arriving one by one would otherwise each pay it.
     A waiter ends the linger at once (or, with ``commit_now``, commits for itself).
+
+    With ``in_waiter``, a waiter that finds no commit in flight awaits ``commit`` itself
+    for everything pending, instead of waking the writer task and waiting to be woken in
+    turn: a strict step on PostgreSQL saved two switches of tasks, ~17 µs of ~60 that
+    were not the round trip. The commit is shielded from the waiter's cancellation, as
+    the writer's are. The writer commits whatever no waiter took.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class GroupWriter(Generic[Row]):
         idle: Callable[[], Awaitable[None]] | None = None,
         linger: float = 0.0,
         linger_rows: int = 0,
+        in_waiter: bool = False,
     ) -> None:
         self._commit = commit
         self._key = key
@@ -80,6 +87,7 @@ class GroupWriter(Generic[Row]):
         self._idle = idle
         self._linger = linger
         self._linger_rows = linger_rows
+        self._in_waiter = in_waiter
         # Set to end the writer's linger early: a waiter came, the batch is full, closing.
         self._hurry: anyio.Event | None = None
         self._busy = False
@@ -114,7 +122,6 @@ class GroupWriter(Generic[Row]):
         self._closing = False
         self._running = False
         self._stopped = anyio.Event()
-        self._inline = anyio.Lock()
 
     @property
     def error(self) -> JournalError | None:
@@ -166,12 +173,13 @@ class GroupWriter(Generic[Row]):
                         continue
                 if self._commit_sync():
                     continue
-            if not self._running:
-                # The writer task is gone (its task group was cancelled, or it never
-                # started): commit in the waiter, one batch at a time, in append order.
-                async with self._inline:
-                    if self._pending and self._error is None:
-                        await self._commit_pending()
+            if not self._busy and self._pending and (not self._running or self._own_turn()):
+                # Commit here, in the waiter: the writer task is gone (its task group was
+                # cancelled, or it never started), or handing the batch to it would cost
+                # a switch of tasks on the way there and one on the way back. Shielded as
+                # the writer's commits are: its outcome must be known before the log goes on.
+                with anyio.CancelScope(shield=True):
+                    await self._commit_pending(by_waiter=True)
                 continue
             if self._hurry is not None:
                 self._hurry.set()  # the writer lingers over rows this waiter needs
@@ -209,6 +217,9 @@ class GroupWriter(Generic[Row]):
                     self._woken = False
                     if self._linger > 0:
                         await self._gather()
+                    continue
+                if self._busy:  # a waiter is committing (see ``in_waiter``)
+                    await self._wait_free()
                     continue
                 # A commit runs to the end even if the task group is cancelled: its
                 # outcome must be known before the log may go on.
@@ -252,14 +263,30 @@ class GroupWriter(Generic[Row]):
         with anyio.CancelScope(shield=True):
             if self._running:
                 await self._stopped.wait()
-            # The writer may have been cancelled with rows still queued.
+            # The writer may have been cancelled with rows still queued, and a waiter
+            # may be committing (see ``in_waiter``).
+            await self._wait_free()
             while self._pending and self._error is None:
                 await self._commit_pending()
+                await self._wait_free()
         if self._error is not None:
             raise self._error
         if self.failures > failures and self.last_failure is not None:
             # The rows queued at closing could not be kept: say so.
             raise self.last_failure
+
+    def _own_turn(self) -> bool:
+        """Whether a waiter should commit the pending rows itself (see ``in_waiter``)
+        rather than wake the writer for them. Not while commits fail: the writer spaces
+        the attempts out (``_backoff``)."""
+        return self._in_waiter and not self._backoff
+
+    async def _wait_free(self) -> None:
+        """Return once the commit in flight (one a waiter makes, see ``in_waiter``) ended."""
+        while self._busy:
+            if self._current is None:
+                self._current = anyio.Event()
+            await self._current.wait()
 
     def _commit_sync(self) -> bool:
         """Let the backend commit everything pending at once, in the waiter, without a
@@ -279,11 +306,12 @@ class GroupWriter(Generic[Row]):
         self._committed(self.appended)
         return True
 
-    def _committed(self, high: int) -> None:
-        """Everything up to ticket ``high`` is committed: wake the waiters it serves."""
+    def _committed(self, high: int, *, everyone: bool = False) -> None:
+        """Everything up to ticket ``high`` is committed: wake the waiters it serves (and
+        with ``everyone``, those waiting for later tickets too)."""
         self.durable = high
         self.commits += 1
-        self._wake_waiters(all_of_them=high == self.appended)
+        self._wake_waiters(all_of_them=everyone or high == self.appended)
 
     def _wake_waiters(self, *, all_of_them: bool) -> None:
         """Wake the waiters of the commit in flight, and with ``all_of_them`` also those
@@ -303,7 +331,7 @@ class GroupWriter(Generic[Row]):
         error.__cause__ = exc
         return error
 
-    async def _commit_pending(self) -> None:
+    async def _commit_pending(self, *, by_waiter: bool = False) -> None:
         batch = self._pending
         self._pending = []
         high = self.appended
@@ -337,7 +365,9 @@ class GroupWriter(Generic[Row]):
             self._busy = False
         if refused:
             self._drop(batch, high, refused)
-        self._committed(high)
+        # A waiter's commit wakes every waiter: the writer may not commit the rest (it
+        # is gone) or not soon (it lingers), and one of them will.
+        self._committed(high, everyone=by_waiter)
 
     def _drop(
         self, batch: list[Row | None], high: int, refused: Mapping[str, BaseException]

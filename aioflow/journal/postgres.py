@@ -363,7 +363,11 @@ class PostgresJournal(WriterJournal):
             raise
         self._pool = pool
         writer = self._new_writer(
-            self._commit, name=self.label, linger=_LINGER, linger_rows=_LINGER_ROWS
+            self._commit,
+            name=self.label,
+            linger=_LINGER,
+            linger_rows=_LINGER_ROWS,
+            in_waiter=True,
         )
         await self._start_writer(writer, self._close_pool)
 
