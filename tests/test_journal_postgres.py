@@ -254,6 +254,35 @@ async def test_a_commit_without_a_flow_event_rewrites_no_summary(pg_url: str) ->
     assert after == before
 
 
+async def test_a_commit_of_atom_events_alone_skips_the_summaries_and_keeps_its_fence(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that changes no summary is committed by the shorter statement, which still
+    checks the fence: once another owner took the flow, it writes nothing."""
+    from aioflow.journal import postgres as module
+
+    chosen: list[str] = []
+    statement = PostgresJournal._statement
+
+    def spy(self: PostgresJournal, *args: object, **kwargs: object) -> tuple[str, list[object]]:
+        sql, arguments = statement(self, *args, **kwargs)  # type: ignore[arg-type]
+        chosen.append("events" if sql is module._COMMIT_EVENTS else "summaries")
+        return sql, arguments
+
+    monkeypatch.setattr(PostgresJournal, "_statement", spy)
+    async with PostgresJournal(pg_url) as journal, PostgresJournal(pg_url) as other:
+        await journal.wait_durable(journal.append(flow_start("f")))
+        generation, _ = await journal.take("f", "me")
+        journal.set_fence("f", Fence("me", generation))
+        await journal.wait_durable(journal.append(atom_event("f", 2)))
+        assert chosen == ["summaries", "events"]
+        await other.take("f", "you")  # "me" keeps no heartbeat: its lease is over
+        with pytest.raises(aioflow.LeaseLostError, match="taken over by engine you"):
+            await journal.wait_durable(journal.append(atom_event("f", 3)))
+        assert chosen[-1] == "events"
+        assert [event.seq for event in await other.load("f")] == [1, 2]
+
+
 def test_schema_helper_isolation(pg_schema: str) -> None:
     assert run_sync(sql(pg_url_for(pg_schema), "SELECT current_schema()")) == [(pg_schema,)]
 

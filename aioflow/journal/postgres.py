@@ -130,6 +130,27 @@ _SCHEMA = (
     _OWNERS,
 )
 
+
+def _fenced_insert(fences: int) -> str:
+    """The statement's fence and events, the fenced flows and their generations in
+    parameters ``fences`` and ``fences + 1``."""
+    return f"""
+WITH owned AS (
+    SELECT f.flow_id FROM aioflow_flows f
+    JOIN unnest(${fences}::text[], ${fences + 1}::bigint[]) AS x(flow_id, generation)
+        USING (flow_id)
+    WHERE f.generation = x.generation
+    FOR UPDATE OF f
+), held AS (
+    SELECT count(*) = cardinality(${fences}::text[]) AS ok FROM owned
+), events AS (
+    INSERT INTO aioflow_events
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[],
+                         $6::text[], $7::int[], $8::float8[], $9::text[])
+    WHERE (SELECT ok FROM held)
+)"""
+
+
 # One statement commits a batch: it locks the summary rows of the fenced flows that hold
 # their fence's generation ($19, $20: flows the batch does not create), and only when all
 # of them do, inserts the events and upserts the summary of each flow it names or moves
@@ -138,20 +159,9 @@ _SCHEMA = (
 # no naming event in the batch keeps having none. A flow that comes to rest gives up its
 # owner. The statement returns whether the fences held; when they did not, it wrote
 # nothing and the commit finds which flows to leave out.
-_COMMIT = """
-WITH owned AS (
-    SELECT f.flow_id FROM aioflow_flows f
-    JOIN unnest($19::text[], $20::bigint[]) AS x(flow_id, generation) USING (flow_id)
-    WHERE f.generation = x.generation
-    FOR UPDATE OF f
-), held AS (
-    SELECT count(*) = cardinality($19::text[]) AS ok FROM owned
-), events AS (
-    INSERT INTO aioflow_events
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[], $4::text[], $5::text[],
-                         $6::text[], $7::int[], $8::float8[], $9::text[])
-    WHERE (SELECT ok FROM held)
-), flows AS (
+_COMMIT = (
+    _fenced_insert(19)
+    + """, flows AS (
     INSERT INTO aioflow_flows AS f
         (flow_id, name, status, ref, created, updated, owner, generation)
     SELECT u.flow_id, u.name, u.status, u.ref, u.created, u.updated, u.owner, u.generation
@@ -167,6 +177,12 @@ WITH owned AS (
 )
 SELECT ok FROM held
 """
+)
+# A batch that changes no summary (events of flows it neither names nor moves to another
+# status: most commits of a running flow) goes without the summaries' CTE and its
+# parameters ($10, $11: the fences): encoding, planning and running the part that wrote
+# nothing was a tenth of a strict step on a local server (benchmarks/README.md).
+_COMMIT_EVENTS = _fenced_insert(10) + "\nSELECT ok FROM held\n"
 # The commit of a batch that brings a conductor's job's flow to SUCCESS completes the job
 # too ($21 ids, $22 the claims' generations, $23 the time), if the claim still holds
 # (see Journal._complete_job_on_success); it returns the jobs it completed. A statement
@@ -533,17 +549,22 @@ class PostgresJournal(WriterJournal):
                     return False
                 # Two callers expecting the same last_seq both get here; the primary key
                 # lets one insert and refuses the other.
-                await conn.execute(_COMMIT, *self._arguments(batch, fenced=False))
+                sql, arguments = self._statement(batch, fenced=False)
+                await conn.execute(sql, *arguments)
         except asyncpg.UniqueViolationError:
             return False
         except _ERRORS as exc:
             raise self._error(f"cannot append to flow {flow_id}", exc) from exc
         return True
 
-    def _arguments(self, batch: list[_Row], *, fenced: bool = True) -> list[Any]:
-        """The 20 parameters of :data:`_COMMIT` for ``batch``: its events, the summaries
-        it changes (of the flows it names or moves to another status: a commit of other
-        events rewrites no summary) and the fences it checks."""
+    def _statement(
+        self, batch: list[_Row], *, fenced: bool = True, summaries: bool = False
+    ) -> tuple[str, list[Any]]:
+        """The statement that commits ``batch``, and its parameters: its events, the
+        summaries it changes (of the flows it names or moves to another status: a commit
+        of other events rewrites no summary) and the fences it checks. That is
+        :data:`_COMMIT_EVENTS` when no summary changes, unless ``summaries`` asks for the
+        parameters of :data:`_COMMIT` in any case."""
         columns: list[Any] = [list(column) for column in zip(*batch, strict=True)][:9]
         fences = self._fences if fenced else {}
         # flow_id -> [name, status, ref, created, updated, owner, generation]
@@ -570,14 +591,17 @@ class PostgresJournal(WriterJournal):
                 summary[5], summary[6] = fence.owner, fence.generation
             else:
                 summary[6] = fence.generation
-        summaries = [
+        changed = [
             [flow_id, *summary]
             for flow_id, summary in flows.items()
             if summary[0] is not None or summary[1] is not None  # named, or a FLOW event
-        ] or [[None] * 8]  # (a row that matches no flow: unnest needs its arrays typed)
-        columns += [list(column) for column in zip(*summaries, strict=True)]
-        columns += [_RESTING, checked, generations]
-        return columns
+        ]
+        if not changed and not summaries:
+            return _COMMIT_EVENTS, [*columns, checked, generations]
+        if not changed:
+            changed = [[None] * 8]  # a row that matches no flow (unnest needs typed arrays)
+        columns += [list(column) for column in zip(*changed, strict=True)]
+        return _COMMIT, [*columns, _RESTING, checked, generations]
 
     async def _commit(self, batch: list[_Row]) -> dict[str, BaseException] | None:
         """Commit ``batch`` in one statement (the writer's callback), leaving out the
@@ -624,7 +648,7 @@ class PostgresJournal(WriterJournal):
                 if jobs:
                     ok, done = await conn.fetchrow(
                         _COMMIT_COMPLETING,
-                        *self._arguments(batch),
+                        *self._statement(batch, summaries=True)[1],
                         [job[1] for job in jobs],
                         [job[2] for job in jobs],
                         jobs[0][0],
@@ -632,8 +656,10 @@ class PostgresJournal(WriterJournal):
                     if ok:
                         self._completed_with(jobs, done)
                         return
-                elif await conn.fetchval(_COMMIT, *self._arguments(batch)):
-                    return
+                else:
+                    sql, arguments = self._statement(batch)
+                    if await conn.fetchval(sql, *arguments):
+                        return
                 found = await self._lost(conn, batch)
             except asyncpg.UniqueViolationError:
                 # A run that lost its flow meets the new owner's events: say so.
