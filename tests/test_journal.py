@@ -279,7 +279,10 @@ async def test_an_in_waiter_writer_commits_in_the_waiter_one_commit_at_a_time() 
 
 async def test_an_in_waiter_commit_outlives_a_cancelled_waiter_and_holds_up_close() -> None:
     rec = TaskRecorder()
-    writer: GroupWriter[int] = GroupWriter(rec, name="test", in_waiter=True)
+    # The writer lingers over rows nobody waits for: each commit here is the waiter's.
+    writer: GroupWriter[int] = GroupWriter(
+        rec, name="test", in_waiter=True, linger=60.0, linger_rows=1000
+    )
 
     async def open_gate(gate: anyio.Event) -> None:
         await anyio.sleep(0.1)
@@ -302,6 +305,7 @@ async def test_an_in_waiter_commit_outlives_a_cancelled_waiter_and_holds_up_clos
         with anyio.fail_after(5):
             await writer.close()
         assert rec.gate.is_set() and rec.batches == [[1], [2]] and writer.durable == 2
+        assert rec.tasks[0] == anyio.get_current_task().id
 
 
 async def test_an_in_waiter_writer_still_commits_rows_nobody_waits_for() -> None:

@@ -163,24 +163,24 @@ class GroupWriter(Generic[Row]):
                 return
             if ticket > self.appended:
                 raise ValueError(f"ticket {ticket} was never handed out (last is {self.appended})")
-            if self._commit_now is not None and not self._busy and self._pending:
-                if not yielded:
+            if not self._busy and self._pending:
+                if not yielded and (self._commit_now is not None or self._own_turn()):
                     yielded = True
                     if _others_ready():
                         # Let whatever else is ready append first (and the writer, already
                         # woken, commit it all): atoms finishing together share a commit.
                         await anyio.lowlevel.checkpoint()
                         continue
-                if self._commit_sync():
+                if self._commit_now is not None and self._commit_sync():
                     continue
-            if not self._busy and self._pending and (not self._running or self._own_turn()):
-                # Commit here, in the waiter: the writer task is gone (its task group was
-                # cancelled, or it never started), or handing the batch to it would cost
-                # a switch of tasks on the way there and one on the way back. Shielded as
-                # the writer's commits are: its outcome must be known before the log goes on.
-                with anyio.CancelScope(shield=True):
-                    await self._commit_pending(by_waiter=True)
-                continue
+                if not self._running or self._own_turn():
+                    # Commit here, in the waiter: the writer task is gone (its task group
+                    # was cancelled, or it never started), or handing the batch to it
+                    # would cost a switch of tasks there and one back. Shielded as the
+                    # writer's commits are: the outcome must be known before the log goes on.
+                    with anyio.CancelScope(shield=True):
+                        await self._commit_pending()
+                    continue
             if self._hurry is not None:
                 self._hurry.set()  # the writer lingers over rows this waiter needs
             if ticket <= self._inflight:
@@ -277,9 +277,13 @@ class GroupWriter(Generic[Row]):
 
     def _own_turn(self) -> bool:
         """Whether a waiter should commit the pending rows itself (see ``in_waiter``)
-        rather than wake the writer for them. Not while commits fail: the writer spaces
-        the attempts out (``_backoff``)."""
-        return self._in_waiter and not self._backoff
+        rather than wake the writer for them: only the lone waiter, as in a strict chain
+        of steps. When others wait too, the writer commits for all (it gathers what they
+        append meanwhile into one commit). Not while commits fail: the writer spaces the
+        attempts out (``_backoff``)."""
+        return (
+            self._in_waiter and not self._backoff and self._current is None and self._next is None
+        )
 
     async def _wait_free(self) -> None:
         """Return once the commit in flight (one a waiter makes, see ``in_waiter``) ended."""
@@ -306,12 +310,12 @@ class GroupWriter(Generic[Row]):
         self._committed(self.appended)
         return True
 
-    def _committed(self, high: int, *, everyone: bool = False) -> None:
-        """Everything up to ticket ``high`` is committed: wake the waiters it serves (and
-        with ``everyone``, those waiting for later tickets too)."""
+    def _committed(self, high: int) -> None:
+        """Everything up to ticket ``high`` is committed: wake the waiters it serves (all
+        of them once the writer is gone: one of them commits the rest)."""
         self.durable = high
         self.commits += 1
-        self._wake_waiters(all_of_them=everyone or high == self.appended)
+        self._wake_waiters(all_of_them=high == self.appended or not self._running)
 
     def _wake_waiters(self, *, all_of_them: bool) -> None:
         """Wake the waiters of the commit in flight, and with ``all_of_them`` also those
@@ -331,7 +335,7 @@ class GroupWriter(Generic[Row]):
         error.__cause__ = exc
         return error
 
-    async def _commit_pending(self, *, by_waiter: bool = False) -> None:
+    async def _commit_pending(self) -> None:
         batch = self._pending
         self._pending = []
         high = self.appended
@@ -365,9 +369,7 @@ class GroupWriter(Generic[Row]):
             self._busy = False
         if refused:
             self._drop(batch, high, refused)
-        # A waiter's commit wakes every waiter: the writer may not commit the rest (it
-        # is gone) or not soon (it lingers), and one of them will.
-        self._committed(high, everyone=by_waiter)
+        self._committed(high)
 
     def _drop(
         self, batch: list[Row | None], high: int, refused: Mapping[str, BaseException]
