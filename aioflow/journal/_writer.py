@@ -60,11 +60,12 @@ class GroupWriter(Generic[Row]):
     a commit has a fixed cost, and rows arriving one by one would otherwise each pay it.
     A waiter ends the linger at once (or, with ``commit_now``, commits for itself).
 
-    With ``in_waiter``, a waiter that finds no commit in flight awaits ``commit`` itself
-    for everything pending, instead of waking the writer task and waiting to be woken in
-    turn: a strict step on PostgreSQL saved two switches of tasks, ~17 µs of ~60 that
-    were not the round trip. The commit is shielded from the waiter's cancellation, as
-    the writer's are. The writer commits whatever no waiter took.
+    With ``in_waiter``, a waiter that finds no commit in flight and no other waiter
+    awaits ``commit`` itself for everything pending, instead of waking the writer task
+    and waiting to be woken in turn: a strict step on PostgreSQL saves two switches of
+    tasks. The commit is shielded from the waiter's cancellation, as the writer's are.
+    The writer commits whatever no waiter took, and for all when several wait (it
+    gathers what they append meanwhile).
     """
 
     def __init__(
