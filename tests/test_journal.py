@@ -239,11 +239,15 @@ class TaskRecorder(Recorder):
             self.inside -= 1
 
 
-async def test_an_in_waiter_writer_commits_in_the_waiter_one_commit_at_a_time() -> None:
+def in_waiter_writer(linger: float = 60.0) -> tuple[TaskRecorder, GroupWriter[int]]:
+    """A TaskRecorder, and an ``in_waiter`` writer over it that lets rows nobody waits
+    for gather ``linger`` seconds (a minute: each commit is then a waiter's)."""
     rec = TaskRecorder()
-    writer: GroupWriter[int] = GroupWriter(
-        rec, name="test", in_waiter=True, linger=60.0, linger_rows=1000
-    )
+    return rec, GroupWriter(rec, name="test", in_waiter=True, linger=linger, linger_rows=1000)
+
+
+async def test_an_in_waiter_writer_commits_in_the_waiter_one_commit_at_a_time() -> None:
+    rec, writer = in_waiter_writer()
     me = anyio.get_current_task().id
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
@@ -278,11 +282,7 @@ async def test_an_in_waiter_writer_commits_in_the_waiter_one_commit_at_a_time() 
 
 
 async def test_an_in_waiter_commit_outlives_a_cancelled_waiter_and_holds_up_close() -> None:
-    rec = TaskRecorder()
-    # The writer lingers over rows nobody waits for: each commit here is the waiter's.
-    writer: GroupWriter[int] = GroupWriter(
-        rec, name="test", in_waiter=True, linger=60.0, linger_rows=1000
-    )
+    rec, writer = in_waiter_writer()
 
     async def open_gate(gate: anyio.Event) -> None:
         await anyio.sleep(0.1)
@@ -309,10 +309,7 @@ async def test_an_in_waiter_commit_outlives_a_cancelled_waiter_and_holds_up_clos
 
 
 async def test_an_in_waiter_writer_still_commits_rows_nobody_waits_for() -> None:
-    rec = TaskRecorder()
-    writer: GroupWriter[int] = GroupWriter(
-        rec, name="test", in_waiter=True, linger=0.01, linger_rows=1000
-    )
+    rec, writer = in_waiter_writer(linger=0.01)
     me = anyio.get_current_task().id
     async with anyio.create_task_group() as tg:
         await tg.start(writer.run)
