@@ -557,14 +557,11 @@ class PostgresJournal(WriterJournal):
             raise self._error(f"cannot append to flow {flow_id}", exc) from exc
         return True
 
-    def _statement(
-        self, batch: list[_Row], *, fenced: bool = True, summaries: bool = False
-    ) -> tuple[str, list[Any]]:
+    def _statement(self, batch: list[_Row], *, fenced: bool = True) -> tuple[str, list[Any]]:
         """The statement that commits ``batch``, and its parameters: its events, the
         summaries it changes (of the flows it names or moves to another status: a commit
         of other events rewrites no summary) and the fences it checks. That is
-        :data:`_COMMIT_EVENTS` when no summary changes, unless ``summaries`` asks for the
-        parameters of :data:`_COMMIT` in any case."""
+        :data:`_COMMIT_EVENTS` when no summary changes, else :data:`_COMMIT`."""
         columns: list[Any] = [list(column) for column in zip(*batch, strict=True)][:9]
         fences = self._fences if fenced else {}
         # flow_id -> [name, status, ref, created, updated, owner, generation]
@@ -596,10 +593,8 @@ class PostgresJournal(WriterJournal):
             for flow_id, summary in flows.items()
             if summary[0] is not None or summary[1] is not None  # named, or a FLOW event
         ]
-        if not changed and not summaries:
-            return _COMMIT_EVENTS, [*columns, checked, generations]
         if not changed:
-            changed = [[None] * 8]  # a row that matches no flow (unnest needs typed arrays)
+            return _COMMIT_EVENTS, [*columns, checked, generations]
         columns += [list(column) for column in zip(*changed, strict=True)]
         return _COMMIT, [*columns, _RESTING, checked, generations]
 
@@ -645,10 +640,14 @@ class PostgresJournal(WriterJournal):
         while batch:
             try:
                 jobs = self._completions(batch)
+                sql, arguments = self._statement(batch)
                 if jobs:
+                    # A job completes with its flow's SUCCESS: a FLOW event, so the
+                    # statement is _COMMIT, which this one extends.
+                    assert sql is _COMMIT
                     ok, done = await conn.fetchrow(
                         _COMMIT_COMPLETING,
-                        *self._statement(batch, summaries=True)[1],
+                        *arguments,
                         [job[1] for job in jobs],
                         [job[2] for job in jobs],
                         jobs[0][0],
@@ -656,10 +655,8 @@ class PostgresJournal(WriterJournal):
                     if ok:
                         self._completed_with(jobs, done)
                         return
-                else:
-                    sql, arguments = self._statement(batch)
-                    if await conn.fetchval(sql, *arguments):
-                        return
+                elif await conn.fetchval(sql, *arguments):
+                    return
                 found = await self._lost(conn, batch)
             except asyncpg.UniqueViolationError:
                 # A run that lost its flow meets the new owner's events: say so.
